@@ -1,0 +1,74 @@
+"""Shared fixtures: tiny random-weight checkpoints built from a config, and the bundled organism."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
+
+from workbench.model import load_model, organism_dir
+from workbench.organism.tokenizer import build_tokenizer
+
+ARCHITECTURES = {
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+    "llama": (LlamaConfig, LlamaForCausalLM),
+}
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+
+
+def save_tiny_model(folder: Path, arch: str, n_layers: int = 2, seed: int = 0) -> Path:
+    """Saves a random-weight ``arch`` checkpoint with the offline organism tokenizer into ``folder``."""
+    tok = build_tokenizer()
+    config_cls, model_cls = ARCHITECTURES[arch]
+    config = config_cls(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=n_layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = model_cls(config)
+    # Random init leaves RMSNorm weights at 1; perturb them so parity tests would see a skipped norm.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.2)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session", params=sorted(ARCHITECTURES))
+def tiny_dir(request, tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp(request.param), request.param)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    return load_model(save_tiny_model(tmp_path_factory.mktemp("qwen3"), "qwen3"))
+
+
+@pytest.fixture(scope="session")
+def organism():
+    if not (organism_dir() / "config.json").exists():
+        pytest.fail(f"the bundled organism is missing from {organism_dir()}; run `workbench organism train`")
+    return load_model("organism")

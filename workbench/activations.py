@@ -1,0 +1,115 @@
+"""Teacher-forced passes over finished sequences: MLP neuron reads and position-targeted edits.
+
+Sequences are right-padded, so every real token keeps its natural position and the causal mask
+keeps padding out of what real tokens see; only the positions asked for are copied out, never
+whole layers.
+
+Example:
+    >>> from workbench import load_model
+    >>> model = load_model("organism")
+    >>> ids = model.tokenizer("Q: 47 + 38 = ? <think> carefully 47 + 38 = 85 ;").input_ids
+    >>> window_means(model, [ids], starts=[8], length=4).shape
+    torch.Size([1, 2, 512])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens.hook_points import HookPoint
+from transformer_lens.model_bridge import TransformerBridge
+
+
+def mlp_post(layer: int) -> str:
+    """The hook name of layer ``layer``'s MLP neurons (the input of HF's ``mlp.down_proj``)."""
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+def _padded(model: TransformerBridge, sequences: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+    width = max(len(s) for s in sequences)
+    pad = model.tokenizer.pad_token_id
+    ids = torch.full((len(sequences), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, s in enumerate(sequences):
+        ids[r, : len(s)] = torch.tensor(list(s))
+        mask[r, : len(s)] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def run_forced(
+    model: TransformerBridge, sequences: Sequence[Sequence[int]], fwd_hooks=(),
+) -> Float[Tensor, "batch pos d_vocab"]:
+    """Logits of a right-padded batch under TransformerLens ``fwd_hooks``; hooks are removed after."""
+    ids, mask = _padded(model, sequences)
+    device = next(model.original_model.parameters()).device
+    with model.hooks(fwd_hooks=list(fwd_hooks)):
+        return model.original_model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+
+
+def window_means(
+    model: TransformerBridge,
+    sequences: Sequence[Sequence[int]],
+    starts: Sequence[int],
+    length: int,
+    batch_size: int = 64,
+) -> Float[Tensor, "batch n_layers d_mlp"]:
+    """Mean ``mlp.hook_post`` over ``length`` tokens from ``starts[i]`` in each sequence, all layers."""
+    if len(starts) != len(sequences):
+        raise ValueError(f"got {len(starts)} starts for {len(sequences)} sequences")
+    out = []
+    for b in range(0, len(sequences), batch_size):
+        seqs, st = sequences[b : b + batch_size], starts[b : b + batch_size]
+        idx = torch.stack([torch.arange(s, s + length) for s in st])  # (batch, length)
+        if any(s + length > len(q) for s, q in zip(st, seqs, strict=True)):
+            raise ValueError(f"a window of {length} tokens runs past the end of its sequence")
+        got: dict[int, Tensor] = {}
+
+        def grab(act: Float[Tensor, "batch pos d_mlp"], hook: HookPoint, idx=idx, got=got):
+            rows = torch.arange(act.shape[0])[:, None]
+            got[int(hook.name.split(".")[1])] = act[rows, idx.to(act.device)].mean(1).float().cpu()
+
+        hooks = [(mlp_post(layer), grab) for layer in range(model.cfg.n_layers)]
+        run_forced(model, seqs, hooks)
+        out.append(torch.stack([got[layer] for layer in range(model.cfg.n_layers)], dim=1))
+    return torch.cat(out)
+
+
+def gather_positions(
+    model: TransformerBridge,
+    sequences: Sequence[Sequence[int]],
+    positions: Sequence[int],
+    batch_size: int = 64,
+) -> Float[Tensor, "batch n_layers d_mlp"]:
+    """``mlp.hook_post`` at one position per sequence, all layers."""
+    return window_means(model, sequences, positions, length=1, batch_size=batch_size)
+
+
+def next_token_probs(
+    model: TransformerBridge,
+    sequences: Sequence[Sequence[int]],
+    positions: Sequence[int],
+    add: Float[Tensor, "n_layers d_mlp"] | None = None,
+    batch_size: int = 64,
+) -> Float[Tensor, "batch d_vocab"]:
+    """Next-token distribution at ``positions[i]``, optionally adding ``add[L]`` to layer L's neurons there."""
+    out = []
+    for b in range(0, len(sequences), batch_size):
+        seqs, pos = sequences[b : b + batch_size], torch.tensor(positions[b : b + batch_size])
+        rows = torch.arange(len(seqs))
+        hooks = []
+        if add is not None:
+            for layer in range(model.cfg.n_layers):
+
+                def push(act: Float[Tensor, "batch pos d_mlp"], hook: HookPoint, vec=add[layer], rows=rows, pos=pos):
+                    act = act.clone()
+                    act[rows, pos.to(act.device)] += vec.to(act.device, act.dtype)
+                    return act
+
+                hooks.append((mlp_post(layer), push))
+        logits = run_forced(model, seqs, hooks)
+        out.append(torch.softmax(logits[rows, pos.to(logits.device)].float(), -1).cpu())
+    return torch.cat(out)

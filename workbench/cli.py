@@ -1,0 +1,141 @@
+"""The ``workbench`` command line.
+
+Example:
+    $ workbench run                                # the main job on the bundled organism
+    $ workbench organism eval --problems 300 --json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from workbench.model import ModelLoadError
+
+app = typer.Typer(help="Find, read and steer the neurons behind reasoning successes and failures.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+organism_app = typer.Typer(help="Train and evaluate the bundled reasoning model organism.", no_args_is_help=True)
+app.add_typer(organism_app, name="organism")
+
+Threads = Annotated[int, typer.Option(help="torch CPU threads (1 is fastest for the organism on 2 cores).")]
+ModelSpec = Annotated[str, typer.Option("--model", help="'organism' or a local Hugging Face model folder.")]
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _load(spec: str, threads: int):
+    from workbench.model import load_model, set_threads
+
+    set_threads(threads)
+    try:
+        return load_model(spec)
+    except ModelLoadError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def run(
+    model: ModelSpec = "organism",
+    problems: Annotated[int, typer.Option(min=1, help="Held-out problems to sample.")] = 64,
+    samples: Annotated[int, typer.Option(min=1, help="Sampled traces per problem.")] = 4,
+    show: Annotated[int, typer.Option(min=0, help="Traces to print.")] = 4,
+    seed: int = 0,
+    threads: Threads = 1,
+) -> None:
+    """Main job: load the organism, sample traces on held-out problems, print accuracy and a few traces."""
+    from workbench.generation import SamplingConfig
+    from workbench.model import resolve
+    from workbench.organism.evaluate import DEFAULT_TEMPERATURE, behaviour, sample_and_label
+    from workbench.organism.task import sample_problems
+    from workbench.organism.train import recipe_of
+
+    t0 = time.time()
+    bridge = _load(model, threads)
+    probs = sample_problems(problems, seed, held_out=True)
+    recipe = recipe_of(resolve(model))
+    greedy = sample_and_label(bridge, probs, 1, SamplingConfig(temperature=0.0, seed=seed), recipe,
+                              progress=True)
+    sampled = sample_and_label(bridge, probs, samples, SamplingConfig(temperature=DEFAULT_TEMPERATURE,
+                               seed=seed), recipe, progress=True)
+    g, s = behaviour(greedy), behaviour(sampled)
+    typer.echo(f"\nmodel: {model}   held-out problems: {problems}   samples/problem: {samples} "
+               f"(T={DEFAULT_TEMPERATURE})")
+    typer.echo(f"greedy accuracy  {g['accuracy']:.3f}")
+    typer.echo(f"sampled accuracy {s['accuracy']:.3f}   (careful {s['accuracy_careful']:.3f}, "
+               f"careless {s['accuracy_careless']:.3f}, careless share {s['careless_share']:.3f})")
+    typer.echo(f"failure shares: reflection {s['reflection_rate']:.3f}   uncaught slip "
+               f"{s['uncaught_slip_rate']:.3f}   oscillation/stagnation {s['oscillation_rate']:.3f}   "
+               f"overthinking {s['overthinking_rate']:.3f}")
+    tok = bridge.tokenizer
+    for smp in sampled[:: max(1, len(sampled) // max(1, show))][:show]:
+        text = tok.decode(smp.generation.tokens, skip_special_tokens=True)
+        mark = "correct" if smp.labels.correct else f"WRONG (gold {smp.problem.answer})"
+        typer.echo(f"\n[{mark}] {text}")
+    typer.echo(f"\ndone in {time.time() - t0:.1f}s")
+
+
+@organism_app.command("train")
+def organism_train(
+    out: Annotated[Path, typer.Option(help="Folder for the checkpoint (resumes if it holds a state file).")] = Path(
+        "data/organism"),
+    steps: Annotated[int | None, typer.Option(min=1, help="Override the number of steps.")] = None,
+    seed: int = 0,
+    threads: Threads = 2,
+) -> None:
+    """Train the organism from scratch (seeded, resumable, about 15 minutes on 2 CPU cores)."""
+    from workbench.model import set_threads
+    from workbench.organism.train import TrainConfig, train
+
+    set_threads(threads)
+    cfg = TrainConfig(seed=seed) if steps is None else TrainConfig(seed=seed, steps=steps)
+    try:
+        path = train(cfg, out)
+    except ValueError as exc:
+        _fail(str(exc))
+    typer.echo(f"saved the organism to {path}")
+
+
+@organism_app.command("eval")
+def organism_eval(
+    model: ModelSpec = "organism",
+    problems: Annotated[int, typer.Option(min=10, help="Held-out problems.")] = 300,
+    samples: Annotated[int, typer.Option(min=1, help="Sampled traces per problem.")] = 8,
+    temperature: Annotated[float | None, typer.Option(min=0.0, help="Sampling temperature.")] = None,
+    seed: int = 1234,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    threads: Threads = 1,
+) -> None:
+    """Measure the organism's behaviour targets on held-out problems."""
+    from workbench.model import resolve
+    from workbench.organism.evaluate import DEFAULT_TEMPERATURE, EvalConfig, evaluate
+    from workbench.organism.train import recipe_of
+
+    bridge = _load(model, threads)
+    cfg = EvalConfig(problems=problems, samples=samples, seed=seed,
+                     temperature=DEFAULT_TEMPERATURE if temperature is None else temperature)
+    report = evaluate(bridge, cfg, recipe_of(resolve(model)), progress=not as_json)
+    if as_json:
+        json.dump(report, sys.stdout, indent=2)
+        typer.echo()
+        return
+    for key, value in report.items():
+        if key != "config":
+            shown = f"{value:.4f}" if isinstance(value, float) and not math.isnan(value) else value
+            typer.echo(f"{key:48s} {shown}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,213 @@
+"""Loading models: the bundled organism or any local Hugging Face causal-LM folder, offline.
+
+Everything goes through one path: the tokenizer and the HF model are read from the folder with
+``local_files_only`` (and the hub switched off), then wrapped in a TransformerLens
+``TransformerBridge``, whose hook names (``blocks.{L}.mlp.hook_post`` is the input of HF's
+``mlp.down_proj``) are the project's one addressing scheme. We pass our tokenizer to the bridge
+because letting it reload one by name can swap in a different class (a Qwen2-type folder once lost
+its custom tokenizer's spaces that way).
+
+Example:
+    >>> model = load_model("organism")
+    >>> model.cfg.n_layers
+    2
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+ORGANISM = "organism"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+class ModelLoadError(ValueError):
+    """A model folder that cannot be loaded; the message says what is wrong and how to fix it."""
+
+
+def organism_dir() -> Path:
+    """Where the bundled organism lives (``$WORKBENCH_ORGANISM`` overrides it)."""
+    return Path(os.environ.get("WORKBENCH_ORGANISM", DATA_DIR / "organism"))
+
+
+def resolve(spec: str | Path) -> Path:
+    """Maps a model spec (``"organism"`` or a folder) to a checked local folder."""
+    path = organism_dir() if str(spec) == ORGANISM else Path(spec).expanduser()
+    if not path.exists():
+        hint = (
+            "the bundled organism is missing: run `workbench organism train` or restore data/organism"
+            if str(spec) == ORGANISM
+            else "pass 'organism' or the path of a local Hugging Face model folder (models are never "
+            "downloaded)"
+        )
+        raise ModelLoadError(f"model folder {path} does not exist: {hint}")
+    if not path.is_dir():
+        raise ModelLoadError(f"model spec {path} is a file; pass the folder that holds config.json")
+    if not (path / "config.json").exists():
+        raise ModelLoadError(
+            f"{path} has no config.json, so it is not a Hugging Face model folder; save one with "
+            "`model.save_pretrained(folder)` and `tokenizer.save_pretrained(folder)`"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def offline() -> Iterator[None]:
+    """Forbids the hub for the duration, whatever the caller's environment says."""
+    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: "1" for k in keys})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _check_config(path: Path):
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        config = AutoConfig.from_pretrained(path, local_files_only=True)
+    except (ValueError, OSError, json.JSONDecodeError, KeyError) as exc:
+        raise ModelLoadError(f"{path / 'config.json'} cannot be read as a Hugging Face config: {exc}") from exc
+    archs = config.architectures or []
+    causal = (
+        any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+        if archs
+        else config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    )
+    if not causal:
+        raise ModelLoadError(
+            f"{path}: {', '.join(archs) or config.model_type!r} is not a causal language model; the workbench "
+            "needs a decoder that generates text (e.g. qwen3, qwen2, llama)"
+        )
+    from transformer_lens.factories.architecture_adapter_factory import SUPPORTED_ARCHITECTURES
+    from transformer_lens.model_bridge.sources._hf_format import determine_architecture_from_hf_config
+
+    try:
+        arch = determine_architecture_from_hf_config(config)
+    except ValueError:
+        arch = None
+    if arch not in SUPPORTED_ARCHITECTURES:
+        examples = ", ".join(a for a in ("Qwen3ForCausalLM", "Qwen2ForCausalLM", "LlamaForCausalLM",
+                                         "MistralForCausalLM", "GemmaForCausalLM") if a in SUPPORTED_ARCHITECTURES)
+        raise ModelLoadError(
+            f"{path}: architecture {', '.join(archs) or config.model_type} is not supported by "
+            f"TransformerLens's TransformerBridge (supported include {examples}, ...); convert the "
+            "checkpoint to a supported architecture or upgrade transformer-lens"
+        )
+    return config
+
+
+def _tokenizer_class(path: Path):
+    """AutoTokenizer, except for a generic ``tokenizer.json``, which must be loaded as it is saved.
+
+    For a generic fast tokenizer, AutoTokenizer picks the class of the config's model type instead
+    (a qwen2 folder gets ``Qwen2Tokenizer``), which rebuilds the pre-tokenizer and can drop spaces.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config_file = path / "tokenizer_config.json"
+    try:
+        declared = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.exists() else None
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{config_file} is not valid JSON: {exc}") from exc
+    generic = declared in {"TokenizersBackend", "PreTrainedTokenizerFast"}
+    return PreTrainedTokenizerFast if generic else AutoTokenizer
+
+
+def _load_tokenizer(path: Path, vocab_size: int):
+    try:
+        tokenizer = _tokenizer_class(path).from_pretrained(path, local_files_only=True)
+    except Exception as exc:  # tokenizers raise many types; all mean the same to the user
+        raise ModelLoadError(
+            f"{path}: the tokenizer files cannot be loaded ({type(exc).__name__}: {exc}); save a "
+            "working tokenizer into the folder with `tokenizer.save_pretrained(folder)`"
+        ) from exc
+    if len(tokenizer) > vocab_size:
+        raise ModelLoadError(
+            f"{path}: the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
+            f"{vocab_size}; the tokenizer belongs to another model"
+        )
+    probe = "Q: 12 + 34 = ?"
+    ids = tokenizer(probe, add_special_tokens=False).input_ids
+    if not ids or tokenizer.decode(ids).strip() != probe:
+        raise ModelLoadError(
+            f"{path}: the tokenizer does not round-trip text ({probe!r} -> "
+            f"{tokenizer.decode(ids)!r}); it is broken or incomplete"
+        )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model(
+    spec: str | Path = ORGANISM,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> TransformerBridge:
+    """Loads ``spec`` (``"organism"`` or a local HF folder) as a hookable TransformerBridge.
+
+    The returned bridge's ``tokenizer`` is the folder's own, left-padding, with a pad token.
+    Raises ``ModelLoadError`` with the file and the fix when the folder is unusable.
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = resolve(spec)
+    with offline():
+        config = _check_config(path)
+        tokenizer = _load_tokenizer(path, config.vocab_size)
+        try:
+            hf_model = AutoModelForCausalLM.from_pretrained(
+                path, local_files_only=True, dtype=dtype, attn_implementation="eager"
+            )
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"{path}: the weights cannot be loaded: {exc}") from exc
+        hf_model.eval()
+        bridge = TransformerBridge.boot_transformers(
+            str(path), hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=dtype
+        )
+    _restore_tokenizer(bridge, tokenizer)
+    bridge.eval()
+    return bridge
+
+
+def _restore_tokenizer(bridge: TransformerBridge, tokenizer) -> None:
+    """Puts the folder's own tokenizer back into the bridge.
+
+    The bridge reloads a tokenizer by name (``AutoTokenizer`` with ``add_bos_token=True``), and its
+    setter does so again on reassignment; for a generic ``tokenizer.json`` in a qwen2-type folder
+    that yields ``Qwen2Tokenizer``, which drops the spaces of a custom vocabulary. So we set the
+    stored tokenizer directly and re-detect its BOS/EOS behaviour for the bridge's config.
+    """
+    from transformer_lens.model_bridge.sources._bridge_builder import detect_tokenizer_bos_eos
+
+    if bridge.tokenizer is tokenizer:
+        return
+    bridge._tokenizer = tokenizer
+    driver = getattr(bridge, "_driver", None)
+    if driver is not None and hasattr(driver, "tokenizer"):
+        driver.tokenizer = tokenizer
+    bridge.cfg.tokenizer_prepends_bos, bridge.cfg.tokenizer_appends_eos = detect_tokenizer_bos_eos(tokenizer)
+
+
+def set_threads(n: int | None) -> int:
+    """Sets torch's CPU threads (small models on few cores often run fastest on one); returns it."""
+    if n is not None:
+        if n < 1:
+            raise ValueError(f"threads must be >= 1, got {n}")
+        torch.set_num_threads(n)
+    return torch.get_num_threads()

@@ -1,0 +1,226 @@
+"""Measures the organism's behaviour on held-out problems against its behaviour targets.
+
+* greedy and sampled accuracy (sampling at ``DEFAULT_TEMPERATURE``, the documented default);
+* the share of sampled traces showing each planted failure (reflection, oscillation or stagnation,
+  overthinking, uncaught slips), read back from the tokens by the labeler;
+* a correctness probe on the mean MLP activations (``blocks.{L}.mlp.hook_post``, all layers) of the
+  first ``THINK_WINDOW`` thinking tokens, against the same probe on hand-made features (operand
+  count, carry count, regime opener), both split by problem;
+* a first look at steering: does adding the careful-minus-careless mean difference at the positions
+  where a dropped carry is decided lower the probability of the slip? (teacher-forced; the
+  direction is fitted on one half of the problems and tested on the other; a random direction of
+  the same norm is the control.)
+
+Example:
+    >>> from workbench import load_model
+    >>> report = evaluate(load_model("organism"), EvalConfig(problems=20, samples=2))
+    >>> 0 <= report["greedy_accuracy"] <= 1
+    True
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from transformer_lens.model_bridge import TransformerBridge
+
+from workbench.activations import gather_positions, next_token_probs, window_means
+from workbench.generation import Generation, SamplingConfig, generate
+from workbench.organism.labeler import label_tokens
+from workbench.organism.task import Problem, TraceLabels, TraceRecipe, sample_problems, units_sum
+from workbench.organism.tokenizer import SPACE
+from workbench.probe import auroc, probe_auroc
+
+DEFAULT_TEMPERATURE = 1.0
+THINK_WINDOW = 8
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """What to measure.
+
+    Attributes:
+        problems: held-out problems (never seen in training).
+        samples: sampled traces per problem.
+        temperature: sampling temperature for the sampled traces.
+        seed: picks the problems and seeds every row's sampler.
+        batch_size: rows generated at once.
+        steer_alphas: multiples of the careful-minus-careless direction tried in the steering look.
+    """
+
+    problems: int = 300
+    samples: int = 8
+    temperature: float = DEFAULT_TEMPERATURE
+    seed: int = 1234
+    batch_size: int = 64
+    steer_alphas: tuple[float, ...] = (1.0, 2.0)
+
+
+@dataclass
+class Sample:
+    problem: Problem
+    index: int
+    generation: Generation
+    labels: TraceLabels
+
+
+def sample_and_label(
+    model: TransformerBridge, problems: list[Problem], samples: int, sampling: SamplingConfig,
+    recipe: TraceRecipe | None = None, batch_size: int = 64, progress: bool = False,
+) -> list[Sample]:
+    """Generates ``samples`` traces per problem and labels each from its tokens."""
+    jobs = [(p, i) for p in problems for i in range(samples)]
+    gens = generate(
+        model, [p.prompt for p, _ in jobs], sampling, keys=[f"{p.id}/{i}" for p, i in jobs],
+        batch_size=batch_size, progress=progress,
+    )
+    tok = model.tokenizer
+    return [
+        Sample(p, i, g, label_tokens(p, tok.convert_ids_to_tokens(g.tokens), recipe))
+        for (p, i), g in zip(jobs, gens, strict=True)
+    ]
+
+
+def behaviour(samples: list[Sample]) -> dict[str, float]:
+    """Accuracy and the share of traces showing each failure type."""
+    labels = [s.labels for s in samples]
+
+    def share(pred) -> float:
+        return float(np.mean([bool(pred(x)) for x in labels])) if labels else float("nan")
+
+    out = {
+        "accuracy": share(lambda x: x.correct),
+        "reflection_rate": share(lambda x: any(s.caught for s in x.slips)),
+        "uncaught_slip_rate": share(lambda x: any(not s.caught for s in x.slips)),
+        "oscillation_rate": share(lambda x: x.repeats),
+        "oscillation_only_rate": share(lambda x: any(r.kind == "oscillation" for r in x.repeats)),
+        "stagnation_only_rate": share(lambda x: any(r.kind == "stagnation" for r in x.repeats)),
+        "overthinking_rate": share(lambda x: x.overthinking),
+        "careless_share": share(lambda x: x.regime == "careless"),
+        "malformed_rate": share(lambda x: not x.well_formed or x.answer is None),
+        "length_cutoff_rate": float(np.mean([s.generation.finish_reason == "length" for s in samples])),
+        "mean_thinking_tokens": float(np.mean([
+            (x.think_end or len(s.generation.tokens)) - (x.think_start or 0) - 1
+            for s, x in zip(samples, labels, strict=True)
+        ])),
+    }
+    for regime in ("careful", "careless"):
+        sub = [x.correct for x in labels if x.regime == regime]
+        out[f"accuracy_{regime}"] = float(np.mean(sub)) if sub else float("nan")
+    return out
+
+
+def probe_report(model: TransformerBridge, samples: list[Sample]) -> dict[str, float | int]:
+    """Held-out AUROCs of correctness probes: activations vs hand-made features, and within regime."""
+    usable = [
+        s for s in samples
+        if s.labels.think_start is not None and len(s.generation.tokens) > s.labels.think_start + THINK_WINDOW
+    ]
+    y = np.array([s.labels.correct for s in usable])
+    groups = np.array([s.problem.id for s in usable])
+    acts = window_means(
+        model, [s.generation.tokens for s in usable], [s.labels.think_start + 1 for s in usable], THINK_WINDOW
+    )
+    act_probe = probe_auroc(acts.flatten(1).numpy(), y, groups)
+    careless = np.array([s.labels.regime == "careless" for s in usable], dtype=float)
+    hand = np.array([[s.labels.n_operands, s.labels.carry_count] for s in usable], dtype=float)
+    base_probe = probe_auroc(np.c_[hand, careless], y, groups)
+    oracle = np.c_[hand, careless, [s.labels.big_carry_count for s in usable],
+                   careless * np.array([s.labels.big_carry_count for s in usable])]
+    out = {
+        "probe_auroc_early": act_probe.auroc,
+        "probe_auroc_baseline": base_probe.auroc,
+        "probe_auroc_oracle_labels": probe_auroc(oracle, y, groups).auroc,
+        "probe_traces": len(usable),
+    }
+    for regime in ("careful", "careless"):
+        m = np.array([s.labels.regime == regime for s in usable])
+        out[f"probe_auroc_early_within_{regime}"] = auroc(y[m], act_probe.scores[m])
+        out[f"probe_auroc_baseline_within_{regime}"] = auroc(y[m], base_probe.scores[m])
+    return out
+
+
+def _decision_points(samples: list[Sample], threshold: int) -> list[tuple[Sample, int, int]]:
+    """(sample, decision position, index of the digit a dropped carry changes) for big-carry steps."""
+    points = []
+    for s in samples:
+        for st in s.labels.steps:
+            if units_sum(st.a, st.b) >= threshold and st.decision_position() < len(s.generation.tokens):
+                points.append((s, st.decision_position(), st.decision_position() + 1 - st.start))
+    return points
+
+
+def steering_look(
+    model: TransformerBridge, samples: list[Sample], recipe: TraceRecipe, alphas: tuple[float, ...],
+    seed: int = 0,
+) -> dict[str, float | int]:
+    """Teacher-forced: P(dropped carry) at careless decision points, with and without the direction."""
+    tok = model.tokenizer
+    ids = sorted({s.problem.id for s in samples})
+    random.Random(seed).shuffle(ids)
+    fit_ids = set(ids[: len(ids) // 2])
+    points = _decision_points(samples, recipe.big_carry_threshold)
+    fit = [p for p in points if p[0].problem.id in fit_ids]
+    test = [p for p in points if p[0].problem.id not in fit_ids and p[0].labels.regime == "careless"]
+    by_regime = {
+        r: [p for p in fit if p[0].labels.regime == r] for r in ("careful", "careless")
+    }
+    if not test or not all(by_regime.values()):
+        return {"steer_points": len(test)}
+
+    def acts(pts):
+        return gather_positions(model, [p[0].generation.tokens[: p[1] + 1] for p in pts], [p[1] for p in pts])
+
+    direction = acts(by_regime["careful"]).mean(0) - acts(by_regime["careless"]).mean(0)
+    gen = torch.Generator().manual_seed(seed)
+    rand = torch.randn(direction.shape, generator=gen)
+    rand = rand / rand.norm(dim=-1, keepdim=True) * direction.norm(dim=-1, keepdim=True)
+
+    def wrong_token(p) -> int:
+        s, pos, digit = p
+        step = next(st for st in s.labels.steps if st.decision_position() == pos)
+        text = str(step.a + step.b - 10)
+        return tok.convert_tokens_to_ids((SPACE if digit == 0 else "") + text[digit])
+
+    seqs = [p[0].generation.tokens[: p[1] + 1] for p in test]
+    pos = [p[1] for p in test]
+    wrong = torch.tensor([wrong_token(p) for p in test])
+    rows = torch.arange(len(test))
+
+    def p_slip(add) -> float:
+        return float(next_token_probs(model, seqs, pos, add)[rows, wrong].mean())
+
+    out = {"steer_points": len(test), "steer_p_slip_careless": p_slip(None)}
+    for a in alphas:
+        out[f"steer_p_slip_careless_alpha{a:g}"] = p_slip(a * direction)
+        out[f"steer_p_slip_careless_random_alpha{a:g}"] = p_slip(a * rand)
+    return out
+
+
+def evaluate(
+    model: TransformerBridge, cfg: EvalConfig, recipe: TraceRecipe | None = None, progress: bool = False,
+) -> dict:
+    """The full behaviour report (see the module docstring); keys are stable for ``--json``."""
+    recipe = recipe or TraceRecipe()
+    problems = sample_problems(cfg.problems, cfg.seed, held_out=True)
+    greedy = sample_and_label(
+        model, problems, 1, SamplingConfig(temperature=0.0, seed=cfg.seed), recipe, cfg.batch_size, progress
+    )
+    sampled = sample_and_label(
+        model, problems, cfg.samples, SamplingConfig(temperature=cfg.temperature, seed=cfg.seed), recipe,
+        cfg.batch_size, progress,
+    )
+    g, s = behaviour(greedy), behaviour(sampled)
+    report: dict = {
+        "config": asdict(cfg),
+        "greedy_accuracy": g["accuracy"],
+        "greedy_careless_share": g["careless_share"],
+        "sampled_accuracy": s["accuracy"],
+        **{k: v for k, v in s.items() if k != "accuracy"},
+    }
+    report.update(probe_report(model, sampled))
+    report.update(steering_look(model, sampled, recipe, cfg.steer_alphas, seed=cfg.seed))
+    return report

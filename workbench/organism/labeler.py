@@ -1,0 +1,165 @@
+"""Reads a generated organism trace back into ground-truth labels.
+
+The model's samples carry no labels, so this parser recovers them from the tokens with the same
+definitions the trace renderer uses when it plants them (a test checks the two agree): the regime
+opener, every step and whether its sum is right, dropped carries and whether a ``wait`` caught them,
+repeated steps (oscillation when the value changes, stagnation when it does not), redundant
+``check`` clauses after the answer, and where the final answer was first reached.
+
+Example:
+    >>> from workbench.organism.task import Problem
+    >>> from workbench.organism.tokenizer import build_tokenizer
+    >>> tok = build_tokenizer()
+    >>> p = Problem((47, 38))
+    >>> ids = tok(p.prompt + " carefully 47 + 38 = 75 ; </think> 75").input_ids
+    >>> labels = label_tokens(p, tok.convert_ids_to_tokens(ids))
+    >>> labels.correct, labels.slips[0].caught
+    (False, False)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from workbench.organism.task import (
+    CAREFUL_OPENERS,
+    CARELESS_OPENERS,
+    CHECK_OK,
+    CHECK_WORD,
+    REFLECTION_WORD,
+    STEP_END,
+    THINK_CLOSE,
+    THINK_OPEN,
+    Problem,
+    Repeat,
+    Slip,
+    Step,
+    TraceLabels,
+    TraceRecipe,
+    first_difference,
+    problem_labels,
+    units_sum,
+)
+from workbench.organism.tokenizer import SPACE
+
+_SPECIAL = {"<bos>", "<eos>", "<pad>", "<unk>"}
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    start: int  # position of its first token
+
+    @property
+    def number(self) -> int | None:
+        return int(self.text) if self.text.isdigit() else None
+
+
+def words_of(tokens: Sequence[str]) -> list[Word]:
+    """Groups tokens into words: a token with a leading space starts a new word, digits glue on."""
+    words: list[Word] = []
+    for pos, tok in enumerate(tokens):
+        if tok in _SPECIAL:
+            words.append(Word(tok, pos))
+            continue
+        body = tok.removeprefix(SPACE)
+        glue = not tok.startswith(SPACE) and words and words[-1].text.isdigit() and body.isdigit()
+        if glue:
+            words[-1] = Word(words[-1].text + body, words[-1].start)
+        else:
+            words.append(Word(body, pos))
+    return words
+
+
+def _step_at(words: list[Word], i: int) -> tuple[int, int, Word] | None:
+    """Parses ``A + B = R`` starting at word ``i``."""
+    chunk = words[i : i + 5]
+    if len(chunk) < 5 or chunk[1].text != "+" or chunk[3].text != "=":
+        return None
+    a, b, r = chunk[0].number, chunk[2].number, chunk[4]
+    if a is None or b is None or r.number is None:
+        return None
+    return a, b, r
+
+
+def label_tokens(problem: Problem, tokens: Sequence[str], recipe: TraceRecipe | None = None) -> TraceLabels:
+    """Labels a full sequence (prompt and generation) given as token strings."""
+    words = words_of(tokens)
+    steps = problem.steps()
+    labels = problem_labels(problem, recipe or TraceRecipe())
+    try:
+        i = next(k for k, w in enumerate(words) if w.text == THINK_OPEN) + 1
+    except StopIteration:
+        labels.well_formed = False
+        return labels
+    labels.think_start = words[i - 1].start
+    if i < len(words) and words[i].text in CAREFUL_OPENERS + CARELESS_OPENERS:
+        labels.regime = "careful" if words[i].text in CAREFUL_OPENERS else "careless"
+        i += 1
+    step_idx, prev, redo, base = -1, None, None, None  # prev: (a, b, value) of the last finished step
+    results: list[tuple[int, int, int]] = []  # (step, value, position of its last digit)
+    while i < len(words):
+        w = words[i]
+        if w.text == THINK_CLOSE:
+            labels.think_end = w.start
+            labels.answer = words[i + 1].number if i + 1 < len(words) else None
+            break
+        if w.text == CHECK_WORD:
+            tail = [x.text for x in words[i + 6 : i + 8]]
+            labels.well_formed &= _step_at(words, i + 1) is not None and tail == [CHECK_OK, STEP_END]
+            start = labels.overthinking[0] if labels.overthinking else w.start
+            i += 8
+            labels.overthinking = (start, words[i].start if i < len(words) else len(tokens))
+            continue
+        parsed = _step_at(words, i)
+        if parsed is None:
+            labels.well_formed = False
+            i += 1
+            continue
+        a, b, r = parsed
+        value = r.number
+        assert value is not None
+        after = words[i + 5].text if i + 5 < len(words) else None
+        repeat = redo != (a, b) and prev is not None and (a, b) == prev[:2]
+        if repeat:
+            _add_repeat(labels, step_idx, words[i].start, r, after, same=value == prev[2], wrong=value != base)
+        elif redo != (a, b):
+            step_idx += 1
+            labels.steps.append(Step(step_idx, a, b, value, r.start))
+        redo = None
+        if value != a + b and not repeat:
+            kind = "dropped_carry" if value == a + b - 10 and units_sum(a, b) >= 10 else "other"
+            labels.slips.append(Slip(
+                step=step_idx, token=r.start + first_difference(a + b, value),
+                caught=after == REFLECTION_WORD, kind=kind,
+            ))
+        if after == REFLECTION_WORD:
+            redo = (a, b)
+            i += 6
+            continue
+        results.append((step_idx, value, r.start + len(r.text) - 1))
+        if not repeat:
+            base = value  # what a later repeat of this step is compared with
+        prev = (a, b, value)
+        i += 6 if after == STEP_END else 5
+    if labels.answer is not None:
+        last_step = len(steps) - 1
+        labels.answer_reached = next(
+            (p for s, v, p in results if s == last_step and v == labels.answer), None
+        )
+    return labels
+
+
+def _add_repeat(
+    labels: TraceLabels, step: int, start: int, result: Word, after: str | None, same: bool, wrong: bool
+) -> None:
+    """Records a repeated step, merging back-to-back repeats of one step into one span."""
+    kind = "stagnation" if same else "oscillation"
+    end = result.start + len(result.text) + (after == STEP_END)
+    last = labels.repeats[-1] if labels.repeats else None
+    if last is not None and last.step == step and last.end == start:
+        kind = "oscillation" if "oscillation" in (kind, last.kind) else kind
+        labels.repeats[-1] = Repeat(step, kind, last.start, end, wrong)
+    else:
+        labels.repeats.append(Repeat(step, kind, start, end, wrong))

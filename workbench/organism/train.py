@@ -1,0 +1,197 @@
+"""Trains the organism from scratch: a small Qwen3-style causal LM on freshly rendered traces.
+
+Every batch is rendered anew from the training side of the problem split, so the model never sees
+a held-out problem and cannot memorise traces; batches are bucketed by length to waste little
+compute on padding. Training is seeded and resumable: a state file is written atomically every
+``save_every`` steps and picked up again by the next call with the same config.
+
+Example:
+    >>> from workbench.organism.train import TrainConfig
+    >>> TrainConfig(steps=10).n_layers
+    2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
+
+from workbench.atomic import atomic_torch_save, atomic_write_text
+from workbench.organism.task import TraceRecipe, is_held_out, render_trace, sample_problem
+from workbench.organism.tokenizer import build_tokenizer
+
+STATE_FILE = "train_state.pt"
+ORGANISM_FILE = "organism.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Architecture and optimisation of the organism.
+
+    Attributes:
+        n_layers, d_model, d_mlp, n_heads: the Qwen3 architecture (gated SiLU MLP, RMSNorm, rotary).
+        steps, batch_size, lr, warmup, weight_decay: AdamW with linear warm-up and cosine decay.
+        bucket: batches rendered at once and sorted by length before being split.
+        seed: seeds the initialisation and every bucket of problems and traces.
+        save_every: steps between resumable state files.
+        recipe: how failure modes are planted in the traces.
+    """
+
+    n_layers: int = 2
+    d_model: int = 128
+    d_mlp: int = 512
+    n_heads: int = 4
+    steps: int = 7000
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup: int = 200
+    weight_decay: float = 0.01
+    bucket: int = 16
+    seed: int = 0
+    save_every: int = 500
+    recipe: TraceRecipe = field(default_factory=TraceRecipe)
+
+    def model_config(self, tokenizer: PreTrainedTokenizerFast) -> Qwen3Config:
+        return Qwen3Config(
+            vocab_size=len(tokenizer),
+            hidden_size=self.d_model,
+            intermediate_size=self.d_mlp,
+            num_hidden_layers=self.n_layers,
+            num_attention_heads=self.n_heads,
+            num_key_value_heads=self.n_heads,
+            head_dim=self.d_model // self.n_heads,
+            max_position_embeddings=256,
+            tie_word_embeddings=True,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            rope_theta=10000.0,
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        d["recipe"] = TraceRecipe(**d.get("recipe", {}))
+        return cls(**d)
+
+
+def _bucket(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast, k: int) -> list[tuple[Tensor, Tensor]]:
+    """Bucket ``k``: ``cfg.bucket`` batches of (input_ids, labels), sorted by length, prompt masked.
+
+    Each bucket is seeded by (seed, k) alone, so a resumed run sees exactly the batches an
+    uninterrupted one would.
+    """
+    rng = random.Random(f"{cfg.seed}:{k}")
+    rows: list[tuple[list[int], int]] = []
+    while len(rows) < cfg.batch_size * cfg.bucket:
+        problem = sample_problem(rng)
+        if is_held_out(problem):
+            continue
+        trace = render_trace(problem, rng, cfg.recipe)
+        rows.append(([*tokenizer(trace.text).input_ids, tokenizer.eos_token_id], trace.labels.think_start))
+    rows.sort(key=lambda r: len(r[0]))
+    chunks = [rows[i : i + cfg.batch_size] for i in range(0, len(rows), cfg.batch_size)]
+    rng.shuffle(chunks)
+    batches = []
+    for chunk in chunks:
+        width = max(len(ids) for ids, _ in chunk)
+        x = torch.full((len(chunk), width), tokenizer.pad_token_id)
+        y = torch.full((len(chunk), width), -100)
+        for r, (ids, think) in enumerate(chunk):
+            x[r, : len(ids)] = torch.tensor(ids)
+            # Predict everything after <think>: the opener, the steps, the answer and <eos>.
+            y[r, think + 1 : len(ids)] = torch.tensor(ids[think + 1 :])
+        batches.append((x, y))
+    return batches
+
+
+def _batches(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast, start: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """The batches of steps ``start``, ``start + 1``, ... ."""
+    k, skip = divmod(start, cfg.bucket)
+    while True:
+        yield from _bucket(cfg, tokenizer, k)[skip:]
+        k, skip = k + 1, 0
+
+
+def _lr(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Path:
+    """Trains (or resumes training) and saves an HF checkpoint with its tokenizer into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    torch.manual_seed(cfg.seed)
+    model = Qwen3ForCausalLM(cfg.model_config(tokenizer))
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
+    start, losses = 0, []
+    state_path = out / STATE_FILE
+    if state_path.exists():
+        state = torch.load(state_path, weights_only=False)
+        if state["config"] != asdict(cfg):
+            raise ValueError(
+                f"{state_path} was written by a different training config; delete it to start over "
+                f"or train into another --out folder."
+            )
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start, losses = state["step"], state["losses"]
+    batches = _batches(cfg, tokenizer, start)
+    model.train()
+    t0 = time.time()
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train organism",
+               disable=not progress)
+    for step in bar:
+        x, y = next(batches)
+        for group in opt.param_groups:
+            group["lr"] = _lr(cfg, step)
+        loss = model(input_ids=x, attention_mask=(x != tokenizer.pad_token_id), labels=y).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(round(loss.item(), 5))
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
+        if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+            atomic_torch_save({
+                "config": asdict(cfg), "model": model.state_dict(), "opt": opt.state_dict(),
+                "step": step + 1, "losses": losses,
+            }, state_path)
+    model.eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    meta = {
+        "config": asdict(cfg),
+        "final_loss": sum(losses[-100:]) / max(1, len(losses[-100:])),
+        "train_seconds_this_call": round(time.time() - t0, 1),
+        "torch_threads": torch.get_num_threads(),
+    }
+    atomic_write_text(out / ORGANISM_FILE, json.dumps(meta, indent=2))
+    state_path.unlink(missing_ok=True)
+    return out
+
+
+def recipe_of(model_dir: Path) -> TraceRecipe:
+    """The trace recipe a saved organism was trained on (the default when none is recorded)."""
+    meta = Path(model_dir) / ORGANISM_FILE
+    if not meta.exists():
+        return TraceRecipe()
+    fields = json.loads(meta.read_text())["config"].get("recipe", {})
+    known = {f.name for f in dataclasses.fields(TraceRecipe)}
+    return TraceRecipe(**{k: v for k, v in fields.items() if k in known})

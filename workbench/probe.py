@@ -35,10 +35,38 @@ def auroc(y: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(y, scores)) if len(np.unique(y)) == 2 else float("nan")
 
 
+C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+def _fit(x: np.ndarray, y: np.ndarray, c: float):
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000)).fit(x, y)
+
+
+def select_c(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 3) -> float:
+    """The L2 strength with the best grouped inner-CV AUROC (ties go to stronger regularisation)."""
+    folds = min(folds, len(np.unique(groups)))
+    best, best_score = C_GRID[0], -1.0
+    for c in C_GRID:
+        scores = np.zeros(len(y))
+        for train, test in GroupKFold(n_splits=folds).split(x, y, groups):
+            if len(np.unique(y[train])) < 2:
+                scores[test] = y[train].mean()
+                continue
+            scores[test] = _fit(x[train], y[train], c).predict_proba(x[test])[:, 1]
+        score = auroc(y, scores)
+        if score > best_score + 1e-9:
+            best, best_score = c, score
+    return best
+
+
 def probe_auroc(
-    x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 5, c: float = 0.05
+    x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 5, c: float | None = None
 ) -> ProbeResult:
-    """Out-of-fold AUROC of a standardised L2 logistic regression predicting ``y`` from ``x``."""
+    """Out-of-fold AUROC of a standardised L2 logistic regression predicting ``y`` from ``x``.
+
+    With ``c=None`` the regularisation is chosen inside each training fold (nested, grouped CV), so
+    the held-out fold never influences it.
+    """
     x, y, groups = np.asarray(x, dtype=np.float64), np.asarray(y).astype(int), np.asarray(groups)
     if len(x) != len(y) or len(y) != len(groups):
         raise ValueError(f"x, y and groups disagree in length: {len(x)}, {len(y)}, {len(groups)}")
@@ -47,10 +75,9 @@ def probe_auroc(
     folds = min(folds, len(np.unique(groups)))
     scores = np.zeros(len(y))
     for train, test in GroupKFold(n_splits=folds).split(x, y, groups):
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
         if len(np.unique(y[train])) < 2:
             scores[test] = y[train].mean()
             continue
-        clf.fit(x[train], y[train])
-        scores[test] = clf.predict_proba(x[test])[:, 1]
+        strength = c if c is not None else select_c(x[train], y[train], groups[train])
+        scores[test] = _fit(x[train], y[train], strength).predict_proba(x[test])[:, 1]
     return ProbeResult(auroc(y, scores), scores)

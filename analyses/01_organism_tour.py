@@ -5,7 +5,7 @@
 
 # %%
 from workbench import load_model, set_threads
-from workbench.generation import SamplingConfig
+from workbench.engine import SamplingConfig
 from workbench.organism.evaluate import (
     DEFAULT_TEMPERATURE,
     EvalConfig,

@@ -3,7 +3,7 @@
 import streamlit as st
 
 from workbench import load_model
-from workbench.generation import SamplingConfig
+from workbench.engine import SamplingConfig
 from workbench.organism.evaluate import DEFAULT_TEMPERATURE, behaviour, sample_and_label
 from workbench.organism.task import sample_problems
 

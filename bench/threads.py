@@ -13,7 +13,7 @@ import time
 import torch
 
 from workbench import load_model
-from workbench.generation import SamplingConfig, generate
+from workbench.engine import SamplingConfig, generate
 from workbench.organism.task import sample_problems
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench.generation import SamplingConfig, generate
+from workbench.engine import SamplingConfig, generate
 
 PROMPTS = [
     "Q: 47 + 38 = ? <think>",

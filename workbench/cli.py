@@ -52,7 +52,7 @@ def run(
     threads: Threads = 1,
 ) -> None:
     """Main job: load the organism, sample traces on held-out problems, print accuracy and a few traces."""
-    from workbench.generation import SamplingConfig
+    from workbench.engine import SamplingConfig
     from workbench.model import resolve
     from workbench.organism.evaluate import DEFAULT_TEMPERATURE, behaviour, sample_and_label
     from workbench.organism.task import sample_problems

@@ -28,7 +28,7 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from workbench.activations import gather_positions, next_token_probs, window_means
-from workbench.generation import Generation, SamplingConfig, generate
+from workbench.engine import Finished, SamplingConfig, generate
 from workbench.organism.labeler import label_tokens
 from workbench.organism.task import Problem, TraceLabels, TraceRecipe, sample_problems, units_sum
 from workbench.organism.tokenizer import SPACE
@@ -63,7 +63,7 @@ class EvalConfig:
 class Sample:
     problem: Problem
     index: int
-    generation: Generation
+    generation: Finished
     labels: TraceLabels
 
 

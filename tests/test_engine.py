@@ -1,0 +1,190 @@
+"""The engine: refilling rows, edits, controllers and events, and hooks that always come off."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench.engine import Controller, Engine, EngineConfig, NeuronEdit, Request, SamplingConfig, generate
+from workbench.neurons import NeuronSet
+
+PROMPTS = [
+    "Q: 47 + 38 = ? <think>",
+    "Q: 12 + 99 + 50 + 31 = ? <think> carefully",
+    "Q: 5 + 6 + 70 = ? <think>",
+    "Q: 88 + 19 + 44 = ? <think> quickly 88",
+    "Q: 1 + 2 = ?",
+    "Q: 60 + 61 + 62 + 63 = ? <think>",
+    "Q: 99 + 99 = ? <think> slowly",
+]
+GREEDY = SamplingConfig(temperature=0.0, max_new_tokens=14)
+NEURONS = NeuronSet.from_pairs([(0, 3), (1, 5), (1, 17)])
+
+
+def hook_counts(model) -> int:
+    return sum(len(hp._forward_hooks) for name, hp in model.hook_dict.items())
+
+
+def hf_greedy(model, prompt: str, max_new_tokens: int, pre_hook=None) -> list[int]:
+    tok, hf = model.tokenizer, model.original_model
+    handles = [layer.mlp.down_proj.register_forward_pre_hook(pre_hook(i)) for i, layer in enumerate(hf.model.layers)] \
+        if pre_hook else []
+    try:
+        ids = tok(prompt, return_tensors="pt").input_ids
+        out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
+                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    finally:
+        for h in handles:
+            h.remove()
+    return out[0].tolist()
+
+
+class TestRefill:
+    """Rows that finish are refilled; every row still decodes as if it ran alone."""
+
+    @pytest.mark.parametrize("batch_size", [1, 2, 3, 64])
+    def test_greedy_equals_hf_generate_with_refill(self, tiny_model, batch_size):
+        ours = generate(tiny_model, PROMPTS, GREEDY, batch_size=batch_size)
+        for prompt, gen in zip(PROMPTS, ours, strict=True):
+            assert gen.tokens == hf_greedy(tiny_model, prompt, 14)[: len(gen.tokens)]
+
+    def test_organism_greedy_with_refill(self, organism):
+        cfg = SamplingConfig(temperature=0.0, max_new_tokens=80)
+        ours = generate(organism, PROMPTS * 2, cfg, keys=[str(i) for i in range(14)], batch_size=3)
+        for prompt, gen in zip(PROMPTS * 2, ours, strict=True):
+            assert gen.tokens == hf_greedy(organism, prompt, 80)
+
+    def test_sampling_is_independent_of_batch_size(self, tiny_model):
+        cfg = SamplingConfig(temperature=1.0, max_new_tokens=12, seed=5)
+        keys = [f"p{i}/0" for i in range(len(PROMPTS))]
+        a = generate(tiny_model, PROMPTS, cfg, keys=keys, batch_size=2)
+        b = generate(tiny_model, PROMPTS, cfg, keys=keys, batch_size=64)
+        assert [g.tokens for g in a] == [g.tokens for g in b]
+
+    def test_requests_are_validated(self, tiny_model):
+        with pytest.raises(ValueError, match="empty prompt"):
+            list(Engine(tiny_model, EngineConfig()).run([Request("a", [])]))
+        with pytest.raises(ValueError, match="unique"):
+            generate(tiny_model, PROMPTS[:2], GREEDY, keys=["a", "a"])
+
+
+class TestEdits:
+    """Edits act at the current position of every forward pass, like a pre-hook on HF's down_proj."""
+
+    def test_add_edit_matches_a_down_proj_pre_hook(self, tiny_model):
+        values = (4.0, -3.0, 5.0)
+        edit = NeuronEdit(NEURONS, values)
+        by_layer = NEURONS.by_layer()
+
+        def pre_hook(layer):
+            def fn(module, args):
+                x = args[0].clone()
+                if layer in by_layer:
+                    pos, idx = by_layer[layer]
+                    x[:, -1, list(idx)] += torch.tensor([values[p] for p in pos])
+                return (x,)
+            return fn
+
+        ours = generate(tiny_model, PROMPTS, GREEDY, batch_size=3, edits=[edit])
+        plain = generate(tiny_model, PROMPTS, GREEDY, batch_size=3)
+        assert any(a.tokens != b.tokens for a, b in zip(ours, plain, strict=True))  # the edit matters
+        for prompt, gen in zip(PROMPTS, ours, strict=True):
+            assert gen.tokens == hf_greedy(tiny_model, prompt, 14, pre_hook)[: len(gen.tokens)]
+
+    def test_set_edit_is_what_monitors_read(self, tiny_model):
+        seen = []
+
+        class Watch(Controller):
+            neurons = NEURONS
+
+            def on_step(self, view):
+                seen.append(view.acts[list(view.rows())].clone())
+
+        edit = NeuronEdit(NEURONS, (1.5, 2.5, 3.5), mode="set")
+        generate(tiny_model, PROMPTS[:3], GREEDY, edits=[edit], controllers=[Watch()])
+        for acts in seen:
+            torch.testing.assert_close(acts, torch.tensor([[1.5, 2.5, 3.5]]).expand_as(acts))
+
+    def test_edit_toggled_off_per_row(self, tiny_model):
+        class OffForFirst(Controller):
+            def on_step(self, view):
+                for row in view.rows():
+                    if view.keys[row] == "0" and view.n_generated[row] == 0:
+                        view.set_edit(row, "push", False)
+
+        edit = NeuronEdit(NEURONS, (9.0, 9.0, 9.0), name="push", default_on=False)
+        on = NeuronEdit(NEURONS, (9.0, 9.0, 9.0), name="push")
+        off_run = generate(tiny_model, PROMPTS[:2], GREEDY, edits=[edit])
+        plain = generate(tiny_model, PROMPTS[:2], GREEDY)
+        assert [g.tokens for g in off_run] == [g.tokens for g in plain]
+        toggled = generate(tiny_model, PROMPTS[:2], GREEDY, edits=[on], controllers=[OffForFirst()])
+        assert [e.kind for e in toggled[0].events] == ["edit_off"]
+
+    def test_bad_edits_are_refused(self, tiny_model):
+        with pytest.raises(ValueError, match="values"):
+            NeuronEdit(NEURONS, (1.0,))
+        outside = NeuronEdit(NeuronSet.from_pairs([(7, 0)]), (1.0,))
+        with pytest.raises(ValueError, match="outside the model"):
+            generate(tiny_model, PROMPTS[:1], GREEDY, edits=[outside])
+
+
+class TestControllers:
+    """Controllers watch live activations and ban, force or stop per sequence; every action is an event."""
+
+    def test_monitor_reads_the_live_activations(self, tiny_model):
+        reads: dict[str, list[torch.Tensor]] = {}
+
+        class Record(Controller):
+            neurons = NEURONS
+
+            def on_step(self, view):
+                for row in view.rows():
+                    reads.setdefault(view.keys[row], []).append(view.acts[row].clone())
+
+        gen = generate(tiny_model, PROMPTS[:3], GREEDY, batch_size=2, controllers=[Record()])
+        # Teacher-force the finished sequence: the reads are hook_post at the positions that chose each token.
+        for g in gen:
+            ids = torch.tensor([g.tokens[:-1]])
+            _, cache = tiny_model.run_with_cache(ids, names_filter=lambda n: n.endswith("hook_post"))
+            expected = torch.stack([cache[f"blocks.{layer}.mlp.hook_post"][0, :, idx] for layer, idx in
+                                    zip(NEURONS.layers, NEURONS.indices, strict=True)], dim=-1)
+            got = torch.stack(reads[g.key])
+            torch.testing.assert_close(got, expected[g.prompt_len - 1:], atol=1e-5, rtol=0)
+
+    def test_ban_force_and_stop(self, tiny_model):
+        tok = tiny_model.tokenizer
+        banned = tok.convert_tokens_to_ids("▁wait")
+        forced = tok.convert_tokens_to_ids(["▁</think>", "▁7"])
+
+        class Act(Controller):
+            def on_step(self, view):
+                for row in view.rows():
+                    view.ban(row, [banned])
+                    if view.n_generated[row] == 2:
+                        view.force(row, forced)
+                    if view.n_generated[row] == 6:
+                        view.stop(row, "enough")
+
+        cfg = SamplingConfig(temperature=1.0, max_new_tokens=30, seed=1)
+        for g in generate(tiny_model, PROMPTS, cfg, batch_size=3, controllers=[Act()]):
+            assert banned not in g.generated
+            assert g.generated[2:4] == forced or g.finish_reason == "eos"
+            if g.finish_reason != "eos":
+                assert g.finish_reason == "enough" and len(g.generated) == 6
+                kinds = [e.kind for e in g.events]
+                assert kinds.count("force") == 1 and kinds[-1] == "stop"
+                assert [e.step for e in g.events if e.kind == "force"] == [2]
+
+    def test_hooks_come_off_after_a_run_and_after_an_error(self, tiny_model):
+        class Boom(Controller):
+            neurons = NEURONS
+
+            def on_step(self, view):
+                raise RuntimeError("controller failed")
+
+        before = hook_counts(tiny_model)
+        generate(tiny_model, PROMPTS[:2], GREEDY, edits=[NeuronEdit(NEURONS, (1.0, 1.0, 1.0))])
+        assert hook_counts(tiny_model) == before
+        with pytest.raises(RuntimeError, match="controller failed"):
+            generate(tiny_model, PROMPTS[:2], GREEDY, controllers=[Boom()])
+        assert hook_counts(tiny_model) == before

@@ -9,8 +9,9 @@ the edits and the reads; they are added for the run and removed when it ends, on
 Example:
     >>> from workbench import load_model
     >>> model = load_model("organism")
-    >>> cfg = EngineConfig(sampling=SamplingConfig(temperature=0.0))
-    >>> [f.finish_reason for f in Engine(model, cfg).run([Request("a", model.tokenizer("Q: 4 + 5 = ? <think>").input_ids)])]
+    >>> engine = Engine(model, EngineConfig(sampling=SamplingConfig(temperature=0.0)))
+    >>> request = Request("a", model.tokenizer("Q: 4 + 5 = ? <think>").input_ids)
+    >>> [f.finish_reason for f in engine.run([request])]
     ['eos']
 """
 

@@ -83,6 +83,40 @@ def run(
     typer.echo(f"\ndone in {time.time() - t0:.1f}s")
 
 
+@app.command()
+def traces(
+    out: Annotated[Path, typer.Option(help="Run directory (created, or resumed when its config matches).")],
+    model: ModelSpec = "organism",
+    task: Annotated[str, typer.Option(help="organism, math or humaneval.")] = "organism",
+    data: Annotated[Path | None, typer.Option(help="math task file: .jsonl, .parquet or save_to_disk dir.")] = None,
+    problems: Annotated[int | None, typer.Option(min=1, help="Problems to use (default: all for file tasks).")] = None,
+    samples: Annotated[int, typer.Option(min=1, help="Samples per problem.")] = 1,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy.")] = 1.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 160,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    seed: int = 0,
+    threads: Threads = 1,
+) -> None:
+    """Generate graded traces into a resumable run directory (traces.parquet + manifest.json)."""
+    from workbench.model import set_threads
+    from workbench.store import RunDirError
+    from workbench.tasks import TaskDataError
+    from workbench.traces import TraceRunConfig, run_traces
+
+    set_threads(threads)
+    if problems is None and task == "organism":
+        problems = 100
+    cfg = TraceRunConfig(model=model, task=task, data=str(data) if data else None, problems=problems,
+                         samples=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                         batch_size=batch_size, seed=seed)
+    try:
+        summary = run_traces(cfg, out)
+    except (ModelLoadError, RunDirError, TaskDataError) as exc:
+        _fail(str(exc))
+    typer.echo(json.dumps(summary, indent=2))
+
+
 @organism_app.command("train")
 def organism_train(
     out: Annotated[Path, typer.Option(help="Folder for the checkpoint (resumes if it holds a state file).")] = Path(

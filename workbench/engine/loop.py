@@ -351,6 +351,7 @@ def generate(
         for f in engine.run(requests):
             done[f.key] = f
             bar.update(1)
-            bar.set_postfix(tok_s=f"{engine.tokens_generated / max(bar.format_dict['elapsed'], 1e-9):.0f}")
+            bar.set_postfix(tok_s=f"{engine.tokens_generated / max(bar.format_dict['elapsed'], 1e-9):.0f}",
+                            refresh=False)
     return [done[k] for k in keys]
 

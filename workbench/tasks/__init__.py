@@ -1,0 +1,35 @@
+"""Tasks behind one protocol (problems, prompt, grade): the organism, math files, HumanEval.
+
+Example:
+    >>> get_task("organism").name
+    'organism'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from workbench.tasks.base import Grade, Task, TaskProblem
+from workbench.tasks.math import MathTask, TaskDataError
+
+TASKS = ("organism", "math", "humaneval")
+
+
+def get_task(name: str, data: str | Path | None = None) -> Task:
+    """The task called ``name``; ``math`` needs ``data`` (a .jsonl, .parquet or save_to_disk folder)."""
+    if name == "organism":
+        from workbench.tasks.organism import OrganismTask
+
+        return OrganismTask()
+    if name == "math":
+        if data is None:
+            raise TaskDataError("the math task needs --data FILE (.jsonl, .parquet or a save_to_disk folder)")
+        return MathTask.from_file(data)
+    if name == "humaneval":
+        from workbench.tasks.humaneval import HumanEvalTask
+
+        return HumanEvalTask.load()
+    raise TaskDataError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
+
+
+__all__ = ["TASKS", "Grade", "MathTask", "Task", "TaskDataError", "TaskProblem", "get_task"]

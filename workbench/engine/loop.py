@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import random
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -27,9 +28,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge import TransformerBridge
-from transformers import DynamicCache
 
-from workbench.engine import cache as kv
+from workbench.engine.backends import make_backend
 from workbench.engine.interventions import Controller, Event, NeuronEdit, StepView
 from workbench.engine.sampling import SamplingConfig, pick_tokens, row_generator
 from workbench.neurons import mlp_post
@@ -67,12 +67,14 @@ class EngineConfig:
         batch_size: rows decoded together.
         stop_token_ids: tokens that end a sequence (default: the tokenizer's EOS).
         compact_every: cut unused cache columns once this many have piled up on the left.
+        backend: ``"auto"`` (the fast forward when the model supports it), ``"fast"`` or ``"bridge"``.
     """
 
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     batch_size: int = 64
     stop_token_ids: tuple[int, ...] | None = None
     compact_every: int = 32
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -113,17 +115,22 @@ class _Hooks:
         return [(mlp_post(layer), self._hook) for layer in layers]
 
     def _hook(self, act: Float[Tensor, "batch pos d_mlp"], hook: HookPoint) -> Tensor:
-        layer = int(hook.name.split(".")[1])
-        last = act[:, -1]  # the current position of every row (left padding keeps it last)
+        # The current position of every row is the last one (the bridge backend left-pads).
+        self.apply(int(hook.name.split(".")[1]), act[:, -1])
+        return act
+
+    def apply(self, layer: int, last: Float[Tensor, "rows d_mlp"]) -> Tensor:
+        """Edits ``last`` (the current position's neurons of ``self.rows``) in place, then reads it."""
         for e, idx, values in self.edit_plan.get(layer, ()):
-            on = self.edit_on[self.rows, e].to(act.device)[:, None]
-            cur = last[:, idx]
-            new = cur + values.to(act.dtype) * on if self.edits[e].mode == "add" else torch.where(
-                on, values.to(act.dtype).expand_as(cur), cur)
-            last[:, idx] = new
+            on = self.edit_on[self.rows.cpu(), e].to(last.device)[:, None]
+            cur, values = last[:, idx], values.to(last.dtype)
+            if self.edits[e].mode == "add":
+                last[:, idx] = cur + values * on
+            else:
+                last[:, idx] = torch.where(on, values.expand_as(cur), cur)
         for c, _, idx in self.read_plan.get(layer, ()):
             self.reads[(c, layer)] = last[:, idx].detach().clone()
-        return act
+        return last
 
     def acts_for(self, c: int, n_rows: int, n_neurons: int, device) -> Tensor:
         out = torch.zeros(n_rows, n_neurons, device=device)
@@ -159,30 +166,31 @@ class Engine:
     def run(self, requests: Iterable[Request]) -> Iterator[Finished]:
         """Yields each sequence as it finishes (not in request order)."""
         hooks = _Hooks(self.model, self.edits, self.controllers)
-        with self.model.hooks(fwd_hooks=hooks.fwd_hooks()):
-            yield from _Run(self, hooks, deque(requests)).loop()
+        backend = make_backend(self.model, self.cfg.backend, hooks)
+        self.backend_name = type(backend).__name__
+        with self.model.hooks(fwd_hooks=hooks.fwd_hooks() if backend.uses_tl_hooks else []):
+            yield from _Run(self, hooks, backend, deque(requests)).loop()
 
 
 class _Run:
     """The mutable state of one ``Engine.run``: slot-indexed rows over one shared KV cache."""
 
-    def __init__(self, engine: Engine, hooks: _Hooks, waiting: deque[Request]) -> None:
-        self.e, self.hooks, self.waiting = engine, hooks, waiting
-        self.hf = engine.model.original_model
-        self.device = next(self.hf.parameters()).device
+    def __init__(self, engine: Engine, hooks: _Hooks, backend, waiting: deque[Request]) -> None:
+        self.e, self.hooks, self.backend, self.waiting = engine, hooks, backend, waiting
+        self.device = backend.device
         b = engine.cfg.batch_size
         self.keys: list[str | None] = [None] * b
         self.tokens: list[list[int]] = [[] for _ in range(b)]
         self.prompt_len = [0] * b
         self.events: list[list[Event]] = [[] for _ in range(b)]
-        self.generators: list[torch.Generator | None] = [None] * b
+        self.generators: list[random.Random | None] = [None] * b
         self.forced: list[list[int]] = [[] for _ in range(b)]
         self.n_cached = torch.zeros(b, dtype=torch.long, device=self.device)
         self.live = torch.zeros(b, dtype=torch.bool)
         self.next_input = torch.full((b,), engine.pad_id, dtype=torch.long, device=self.device)
         hooks.edit_on = torch.tensor([[ed.default_on for ed in engine.edits]] * b, dtype=torch.bool).reshape(
             b, len(engine.edits))
-        self.cache: DynamicCache | None = None
+        self.started = False
 
     def loop(self) -> Iterator[Finished]:
         while self.waiting or bool(self.live.any()):
@@ -192,7 +200,10 @@ class _Run:
                 for c in self.e.controllers
             ]
             if bool(self.live.any()):
-                self._decode(logits, acts)
+                live = self.live.to(self.device)
+                logits[live] = self.backend.decode(self.next_input, self.n_cached)[live]
+                self.n_cached += 1
+                self._collect(torch.arange(len(self.keys)), acts)
             if self.waiting and not bool(self.live.all()):
                 self._prefill(logits, acts)
             yield from self._choose(logits, acts)
@@ -203,43 +214,14 @@ class _Run:
             if a is not None:
                 a[rows] = self.hooks.acts_for(c, len(rows), a.shape[1], self.device)
 
-    def _decode(self, logits: Tensor, acts: list[Tensor | None]) -> None:
-        assert self.cache is not None
-        w = kv.width(self.cache)
-        mask = torch.cat([kv.right_aligned_mask(self.n_cached, w), torch.ones_like(self.n_cached)[:, None]], dim=1)
-        rows = torch.arange(len(self.keys))
-        self.hooks.rows = rows
-        out = self.hf(input_ids=self.next_input[:, None], attention_mask=mask, position_ids=self.n_cached[:, None],
-                      past_key_values=self.cache, use_cache=True)
-        self.n_cached += 1
-        live = self.live.to(self.device)
-        logits[live] = out.logits[live, -1].float()
-        self._collect(rows, acts)
-
     def _prefill(self, logits: Tensor, acts: list[Tensor | None]) -> None:
         free = torch.nonzero(~self.live).flatten()
         reqs = [self.waiting.popleft() for _ in range(min(len(free), len(self.waiting)))]
-        slots = free[: len(reqs)]
-        width = max(len(r.prompt_ids) for r in reqs)
-        ids = torch.full((len(reqs), width), self.e.pad_id, dtype=torch.long)
-        for i, r in enumerate(reqs):
+        for r in reqs:
             if len(r.prompt_ids) == 0:
                 raise ValueError(f"request {r.key!r} has an empty prompt")
-            ids[i, width - len(r.prompt_ids):] = torch.tensor(list(r.prompt_ids))
-        lens = torch.tensor([len(r.prompt_ids) for r in reqs], device=self.device)
-        mask = kv.right_aligned_mask(lens, width)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        self.hooks.rows = slots
-        new_cache = DynamicCache()
-        out = self.hf(input_ids=ids.to(self.device), attention_mask=mask, position_ids=positions,
-                      past_key_values=new_cache, use_cache=True)
-        if self.cache is None:
-            kv.check_supported(new_cache)
-            self.cache = new_cache
-            self._pad_rows(len(self.keys) - len(reqs))
-        else:
-            kv.merge_rows(self.cache, new_cache, slots.to(self.device))
-        logits[slots] = out.logits[:, -1].float()
+        slots = free[: len(reqs)]
+        logits[slots] = self.backend.prefill(slots, [r.prompt_ids for r in reqs], len(self.keys), self.e.pad_id)
         self._collect(slots, acts)
         for slot, r in zip(slots.tolist(), reqs, strict=True):
             self.keys[slot], self.tokens[slot] = r.key, list(r.prompt_ids)
@@ -250,15 +232,6 @@ class _Run:
             self.hooks.edit_on[slot] = torch.tensor([ed.default_on for ed in self.e.edits], dtype=torch.bool)
             for ctrl in self.e.controllers:
                 ctrl.on_start(r.key)
-
-    def _pad_rows(self, n: int) -> None:
-        """The first prefill may fill fewer rows than the batch holds: add empty rows to the cache."""
-        if n <= 0:
-            return
-        assert self.cache is not None
-        for layer in self.cache.layers:
-            layer.keys = torch.cat([layer.keys, layer.keys.new_zeros((n, *layer.keys.shape[1:]))])
-            layer.values = torch.cat([layer.values, layer.values.new_zeros((n, *layer.values.shape[1:]))])
 
     def _choose(self, logits: Tensor, acts: list[Tensor | None]) -> Iterator[Finished]:
         rows = torch.nonzero(self.live).flatten().tolist()
@@ -306,18 +279,14 @@ class _Run:
     def _tidy(self) -> None:
         """Cuts cache columns no live row uses; halves the batch when it drains."""
         if not bool(self.live.any()):
-            self.cache = None  # the next prefill starts a fresh cache
+            self.backend.reset()  # the next prefill starts afresh
             self.n_cached.zero_()
             return
-        assert self.cache is not None
         live = self.live.to(self.device)
-        unused = kv.width(self.cache) - int(self.n_cached[live].max())
-        if unused >= self.e.cfg.compact_every:
-            kv.drop_left(self.cache, unused)
-        n_live = int(self.live.sum())
-        if not self.waiting and n_live <= len(self.keys) // 2:
+        self.backend.compact(self.n_cached, live, self.e.cfg.compact_every)
+        if not self.waiting and int(self.live.sum()) <= len(self.keys) // 2:
             keep = torch.nonzero(self.live).flatten()
-            kv.select_rows(self.cache, keep.to(self.device))
+            self.backend.select(keep.to(self.device))
             idx = keep.tolist()
             for name in ("keys", "tokens", "prompt_len", "events", "generators", "forced"):
                 setattr(self, name, [getattr(self, name)[i] for i in idx])
@@ -336,6 +305,7 @@ def generate(
     edits: Sequence[NeuronEdit] = (),
     controllers: Sequence[Controller] = (),
     progress: bool = False,
+    backend: str = "auto",
 ) -> list[Finished]:
     """Convenience: tokenizes ``prompts``, runs the engine, returns results in prompt order."""
     keys = list(keys) if keys is not None else [str(i) for i in range(len(prompts))]
@@ -345,7 +315,7 @@ def generate(
         raise ValueError("keys must be unique")
     tok = model.tokenizer
     requests = [Request(k, tok(p).input_ids) for k, p in zip(keys, prompts, strict=True)]
-    engine = Engine(model, EngineConfig(sampling=cfg, batch_size=batch_size), edits, controllers)
+    engine = Engine(model, EngineConfig(sampling=cfg, batch_size=batch_size, backend=backend), edits, controllers)
     done: dict[str, Finished] = {}
     with tqdm(total=len(requests), desc="generate", disable=not progress) as bar:
         for f in engine.run(requests):

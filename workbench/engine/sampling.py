@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -46,15 +47,20 @@ class SamplingConfig:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
 
-def row_generator(seed: int, key: str) -> torch.Generator:
+def row_generator(seed: int, key: str) -> random.Random:
+    """The random stream of one sequence, seeded by (seed, key) alone."""
     digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+    return random.Random(int.from_bytes(digest[:8], "little"))
 
 
 def pick_tokens(
-    logits: Float[Tensor, "batch d_vocab"], cfg: SamplingConfig, generators: Sequence[torch.Generator]
+    logits: Float[Tensor, "batch d_vocab"], cfg: SamplingConfig, generators: Sequence[random.Random]
 ) -> Int[Tensor, " batch"]:
-    """Greedy or temperature/top-p sampling, each row from its own generator."""
+    """Greedy, or temperature/top-p sampling by inverse CDF with one uniform per row from its own stream.
+
+    Drawing the uniforms per row (cheap Python floats) and inverting the CDF in one batched
+    ``searchsorted`` keeps each row reproducible without a per-row sampling call.
+    """
     if cfg.temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits.float() / cfg.temperature, dim=-1)
@@ -64,9 +70,9 @@ def pick_tokens(
         drop = sorted_p.cumsum(-1) - sorted_p >= cfg.top_p
         sorted_p = sorted_p.masked_fill(drop, 0)
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    probs = probs.cpu()
-    return torch.stack([
-        torch.multinomial(probs[r], 1, generator=g)[0] for r, g in enumerate(generators)
-    ]).to(logits.device)
+    cdf = probs.double().cumsum(-1)
+    u = torch.tensor([g.random() for g in generators], dtype=torch.float64, device=cdf.device)
+    picked = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0]
+    return picked.clamp(max=logits.shape[-1] - 1)
 
 

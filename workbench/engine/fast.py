@@ -1,0 +1,203 @@
+"""A lean decoder forward for Llama-family models (Llama, Mistral, Qwen2, Qwen3) over the HF weights.
+
+The bridge's forward runs every module through TransformerLens wrappers, which costs more than the
+arithmetic on small batches. For generation the engine can instead run this forward: the same
+weight tensors (shared, not copied), the HF rotary module, a preallocated per-row KV cache with no
+concatenation, and the MLP neurons edited and read at exactly TransformerLens's
+``blocks.{L}.mlp.hook_post`` site (the input of ``down_proj``). Parity with HF and the bridge is
+tested; configurations it does not cover (sliding windows, partial rotary, MoE, other
+architectures) make ``unsupported_reason`` say why, and the engine falls back to the bridge.
+
+Each row stores its tokens left-aligned: column ``j`` of a row's cache holds its position ``j``, so
+causality is ``key column <= query position`` and refilling a row just overwrites its columns.
+
+Example:
+    >>> from workbench import load_model
+    >>> model = load_model("organism")
+    >>> unsupported_reason(model.original_model.config) is None
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+SUPPORTED = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
+
+# (layer, act at the current positions (rows, d_mlp)) -> act to use instead
+MlpHook = Callable[[int, Float[Tensor, "rows d_mlp"]], Tensor]
+
+
+def unsupported_reason(config) -> str | None:
+    """Why the fast forward cannot run this config, or None when it can."""
+    archs = set(config.architectures or [])
+    if not archs & SUPPORTED:
+        return f"architecture {sorted(archs)} is not one of {sorted(SUPPORTED)}"
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
+        return "sliding-window attention"
+    if getattr(config, "partial_rotary_factor", 1.0) != 1.0:
+        return "partial rotary embeddings"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r}"
+    if getattr(config, "mlp_bias", False):
+        return "MLP biases"
+    return None
+
+
+def _strip(name: str) -> str:
+    return name.replace("._original_component", "")
+
+
+@dataclass
+class _Layer:
+    ln1: Tensor
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    o: Tensor
+    qb: Tensor | None
+    kb: Tensor | None
+    vb: Tensor | None
+    q_norm: Tensor | None
+    k_norm: Tensor | None
+    ln2: Tensor
+    gate: Tensor
+    up: Tensor
+    down: Tensor
+
+
+class FastDecoder:
+    """The forward pass over a (possibly bridge-wrapped) HF model's own parameters."""
+
+    def __init__(self, hf_model) -> None:
+        cfg = hf_model.config
+        reason = unsupported_reason(cfg)
+        if reason is not None:
+            raise ValueError(f"the fast forward does not support this model: {reason}")
+        p = {_strip(n): t for n, t in hf_model.named_parameters()}
+        self.embed = p["model.embed_tokens.weight"]
+        self.lm_head = p.get("lm_head.weight", self.embed)
+        self.norm = p["model.norm.weight"]
+        self.eps = cfg.rms_norm_eps
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
+        rot = hf_model.model.rotary_emb
+        self.rotary = getattr(rot, "_original_component", rot)
+        self.layers = []
+        for i in range(cfg.num_hidden_layers):
+            pre = f"model.layers.{i}."
+            self.layers.append(_Layer(
+                ln1=p[pre + "input_layernorm.weight"], q=p[pre + "self_attn.q_proj.weight"],
+                k=p[pre + "self_attn.k_proj.weight"], v=p[pre + "self_attn.v_proj.weight"],
+                o=p[pre + "self_attn.o_proj.weight"], qb=p.get(pre + "self_attn.q_proj.bias"),
+                kb=p.get(pre + "self_attn.k_proj.bias"), vb=p.get(pre + "self_attn.v_proj.bias"),
+                q_norm=p.get(pre + "self_attn.q_norm.weight"), k_norm=p.get(pre + "self_attn.k_norm.weight"),
+                ln2=p[pre + "post_attention_layernorm.weight"], gate=p[pre + "mlp.gate_proj.weight"],
+                up=p[pre + "mlp.up_proj.weight"], down=p[pre + "mlp.down_proj.weight"],
+            ))
+        self.dtype, self.device = self.embed.dtype, self.embed.device
+
+    def _rms(self, x: Tensor, w: Tensor) -> Tensor:
+        # As HF: normalise in fp32, cast back, then scale.
+        xf = x.float()
+        return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+
+    def new_cache(self, batch: int, capacity: int) -> KVCache:
+        shape = (len(self.layers), batch, self.n_kv, capacity, self.head_dim)
+        return KVCache(torch.zeros(shape, dtype=self.dtype, device=self.device),
+                       torch.zeros(shape, dtype=self.dtype, device=self.device))
+
+    @torch.no_grad()
+    def forward(
+        self,
+        ids: Int[Tensor, "rows pos"],
+        positions: Int[Tensor, "rows pos"],
+        lengths: Int[Tensor, " rows"],
+        slots: Int[Tensor, " rows"],
+        cache: KVCache,
+        mlp_hook: MlpHook | None = None,
+    ) -> Float[Tensor, "rows d_vocab"]:
+        """Runs ``ids`` (right-padded to ``lengths``) at ``positions`` for cache rows ``slots``.
+
+        Writes their keys and values, and returns the logits at each row's last real token; the
+        MLP hook sees (and may replace) the neurons at that same position.
+        """
+        rows, t = ids.shape
+        last = lengths - 1
+        width = int(positions.max()) + 1
+        cache.ensure(width)
+        x = F.embedding(ids, self.embed)
+        cos, sin = self.rotary(x, positions)
+        cos, sin = cos[:, None], sin[:, None]  # (rows, 1, pos, head_dim)
+        keys_j = torch.arange(width, device=ids.device)
+        valid = torch.arange(t, device=ids.device)[None, :] < lengths[:, None]  # (rows, pos)
+        # query (r, i) may see key column j iff j <= its position
+        mask = keys_j[None, None, :] <= positions[:, :, None]
+        mask = mask[:, None]  # (rows, 1, pos, width)
+        ar = torch.arange(rows, device=ids.device)
+        # Cache writes: every real (row, i) token; a full, in-order batch reads the cache by slicing.
+        r_idx, i_idx = torch.nonzero(valid, as_tuple=True)
+        w_slot, w_pos = slots[r_idx], positions[r_idx, i_idx]
+        full = rows == cache.k.shape[1] and bool((slots == torch.arange(rows, device=slots.device)).all())
+        for li, layer in enumerate(self.layers):
+            h = self._rms(x, layer.ln1)
+            q = F.linear(h, layer.q, layer.qb).view(rows, t, self.n_heads, self.head_dim)
+            k = F.linear(h, layer.k, layer.kb).view(rows, t, self.n_kv, self.head_dim)
+            v = F.linear(h, layer.v, layer.vb).view(rows, t, self.n_kv, self.head_dim)
+            if layer.q_norm is not None:
+                q, k = self._rms(q, layer.q_norm), self._rms(k, layer.k_norm)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+            kc, vc = cache.k[li], cache.v[li]
+            kc[w_slot, :, w_pos] = k[r_idx, :, i_idx]
+            vc[w_slot, :, w_pos] = v[r_idx, :, i_idx]
+            if full:
+                keys, vals = kc[:, :, :width], vc[:, :, :width]
+            else:
+                keys, vals = kc[slots, :, :width], vc[slots, :, :width]
+            if self.n_kv != self.n_heads:
+                rep = self.n_heads // self.n_kv
+                keys, vals = keys.repeat_interleave(rep, 1), vals.repeat_interleave(rep, 1)
+            att = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask)
+            x = x + F.linear(att.transpose(1, 2).reshape(rows, t, -1), layer.o)
+            h = self._rms(x, layer.ln2)
+            act = F.silu(F.linear(h, layer.gate)) * F.linear(h, layer.up)
+            if mlp_hook is not None:
+                act[ar, last] = mlp_hook(li, act[ar, last])
+            x = x + F.linear(act, layer.down)
+        out = self._rms(x[ar, last], self.norm)
+        return F.linear(out, self.lm_head).float()
+
+
+def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+@dataclass
+class KVCache:
+    """Keys and values, (n_layers, batch, n_kv_heads, capacity, head_dim), rows left-aligned."""
+
+    k: Tensor
+    v: Tensor
+
+    def ensure(self, width: int) -> None:
+        """Grows the capacity (doubling) so that ``width`` columns fit."""
+        cap = self.k.shape[3]
+        if width <= cap:
+            return
+        new = max(width, 2 * cap)
+        pad = (*self.k.shape[:3], new - cap, self.k.shape[4])
+        self.k = torch.cat([self.k, self.k.new_zeros(pad)], dim=3)
+        self.v = torch.cat([self.v, self.v.new_zeros(pad)], dim=3)
+
+    def select(self, rows: Tensor) -> None:
+        self.k, self.v = self.k[:, rows].contiguous(), self.v[:, rows].contiguous()

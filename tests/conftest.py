@@ -17,7 +17,7 @@ from transformers import (
     Qwen3ForCausalLM,
 )
 
-from workbench.model import load_model, organism_dir
+from workbench.model import load_model, organism_dir, set_threads
 from workbench.organism.tokenizer import build_tokenizer
 
 ARCHITECTURES = {
@@ -32,7 +32,7 @@ def _seed() -> None:
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
-    torch.set_num_threads(1)
+    set_threads(1)
 
 
 def save_tiny_model(folder: Path, arch: str, n_layers: int = 2, seed: int = 0) -> Path:

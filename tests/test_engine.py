@@ -39,27 +39,61 @@ def hf_greedy(model, prompt: str, max_new_tokens: int, pre_hook=None) -> list[in
     return out[0].tolist()
 
 
-class TestRefill:
-    """Rows that finish are refilled; every row still decodes as if it ran alone."""
+BACKENDS = ["fast", "bridge"]
 
+
+class TestRefill:
+    """Rows that finish are refilled; every row still decodes as if it ran alone, on both backends."""
+
+    @pytest.mark.parametrize("backend", BACKENDS)
     @pytest.mark.parametrize("batch_size", [1, 2, 3, 64])
-    def test_greedy_equals_hf_generate_with_refill(self, tiny_model, batch_size):
-        ours = generate(tiny_model, PROMPTS, GREEDY, batch_size=batch_size)
+    def test_greedy_equals_hf_generate_with_refill(self, tiny_model, batch_size, backend):
+        ours = generate(tiny_model, PROMPTS, GREEDY, batch_size=batch_size, backend=backend)
         for prompt, gen in zip(PROMPTS, ours, strict=True):
             assert gen.tokens == hf_greedy(tiny_model, prompt, 14)[: len(gen.tokens)]
 
-    def test_organism_greedy_with_refill(self, organism):
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_organism_greedy_with_refill(self, organism, backend):
         cfg = SamplingConfig(temperature=0.0, max_new_tokens=80)
-        ours = generate(organism, PROMPTS * 2, cfg, keys=[str(i) for i in range(14)], batch_size=3)
+        ours = generate(organism, PROMPTS * 2, cfg, keys=[str(i) for i in range(14)], batch_size=3, backend=backend)
         for prompt, gen in zip(PROMPTS * 2, ours, strict=True):
             assert gen.tokens == hf_greedy(organism, prompt, 80)
 
-    def test_sampling_is_independent_of_batch_size(self, tiny_model):
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_sampling_is_independent_of_batch_size(self, tiny_model, backend):
         cfg = SamplingConfig(temperature=1.0, max_new_tokens=12, seed=5)
         keys = [f"p{i}/0" for i in range(len(PROMPTS))]
-        a = generate(tiny_model, PROMPTS, cfg, keys=keys, batch_size=2)
-        b = generate(tiny_model, PROMPTS, cfg, keys=keys, batch_size=64)
+        a = generate(tiny_model, PROMPTS, cfg, keys=keys, batch_size=2, backend=backend)
+        b = generate(tiny_model, PROMPTS, cfg, keys=keys, batch_size=64, backend=backend)
         assert [g.tokens for g in a] == [g.tokens for g in b]
+
+    def test_backends_sample_the_same_tokens(self, organism):
+        cfg = SamplingConfig(temperature=1.0, max_new_tokens=60, seed=2)
+        keys = [f"p{i}/0" for i in range(len(PROMPTS))]
+        fast = generate(organism, PROMPTS, cfg, keys=keys, batch_size=3, backend="fast")
+        bridge = generate(organism, PROMPTS, cfg, keys=keys, batch_size=3, backend="bridge")
+        assert [g.tokens for g in fast] == [g.tokens for g in bridge]
+
+
+class TestFastForward:
+    """The fast forward matches HF on every architecture it claims, and refuses the rest clearly."""
+
+    def test_greedy_parity_per_architecture(self, tiny_dir):
+        from workbench import load_model
+
+        model = load_model(tiny_dir)
+        ours = generate(model, PROMPTS, GREEDY, batch_size=2, backend="fast")
+        for prompt, gen in zip(PROMPTS, ours, strict=True):
+            assert gen.tokens == hf_greedy(model, prompt, 14)[: len(gen.tokens)]
+
+    def test_unsupported_config_is_refused_or_falls_back(self, tiny_model, monkeypatch):
+        monkeypatch.setattr(tiny_model.original_model.config, "sliding_window", 4, raising=False)
+        monkeypatch.setattr(tiny_model.original_model.config, "use_sliding_window", True, raising=False)
+        with pytest.raises(ValueError, match="sliding-window"):
+            generate(tiny_model, PROMPTS[:1], GREEDY, backend="fast")
+        engine = Engine(tiny_model, EngineConfig(sampling=GREEDY))
+        list(engine.run([Request("a", tiny_model.tokenizer(PROMPTS[0]).input_ids)]))
+        assert engine.backend_name == "BridgeBackend"
 
     def test_requests_are_validated(self, tiny_model):
         with pytest.raises(ValueError, match="empty prompt"):
@@ -71,7 +105,8 @@ class TestRefill:
 class TestEdits:
     """Edits act at the current position of every forward pass, like a pre-hook on HF's down_proj."""
 
-    def test_add_edit_matches_a_down_proj_pre_hook(self, tiny_model):
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_add_edit_matches_a_down_proj_pre_hook(self, tiny_model, backend):
         values = (4.0, -3.0, 5.0)
         edit = NeuronEdit(NEURONS, values)
         by_layer = NEURONS.by_layer()
@@ -85,13 +120,14 @@ class TestEdits:
                 return (x,)
             return fn
 
-        ours = generate(tiny_model, PROMPTS, GREEDY, batch_size=3, edits=[edit])
-        plain = generate(tiny_model, PROMPTS, GREEDY, batch_size=3)
+        ours = generate(tiny_model, PROMPTS, GREEDY, batch_size=3, edits=[edit], backend=backend)
+        plain = generate(tiny_model, PROMPTS, GREEDY, batch_size=3, backend=backend)
         assert any(a.tokens != b.tokens for a, b in zip(ours, plain, strict=True))  # the edit matters
         for prompt, gen in zip(PROMPTS, ours, strict=True):
             assert gen.tokens == hf_greedy(tiny_model, prompt, 14, pre_hook)[: len(gen.tokens)]
 
-    def test_set_edit_is_what_monitors_read(self, tiny_model):
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_set_edit_is_what_monitors_read(self, tiny_model, backend):
         seen = []
 
         class Watch(Controller):
@@ -101,7 +137,7 @@ class TestEdits:
                 seen.append(view.acts[list(view.rows())].clone())
 
         edit = NeuronEdit(NEURONS, (1.5, 2.5, 3.5), mode="set")
-        generate(tiny_model, PROMPTS[:3], GREEDY, edits=[edit], controllers=[Watch()])
+        generate(tiny_model, PROMPTS[:3], GREEDY, edits=[edit], controllers=[Watch()], backend=backend)
         for acts in seen:
             torch.testing.assert_close(acts, torch.tensor([[1.5, 2.5, 3.5]]).expand_as(acts))
 
@@ -131,7 +167,8 @@ class TestEdits:
 class TestControllers:
     """Controllers watch live activations and ban, force or stop per sequence; every action is an event."""
 
-    def test_monitor_reads_the_live_activations(self, tiny_model):
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_monitor_reads_the_live_activations(self, tiny_model, backend):
         reads: dict[str, list[torch.Tensor]] = {}
 
         class Record(Controller):
@@ -141,7 +178,7 @@ class TestControllers:
                 for row in view.rows():
                     reads.setdefault(view.keys[row], []).append(view.acts[row].clone())
 
-        gen = generate(tiny_model, PROMPTS[:3], GREEDY, batch_size=2, controllers=[Record()])
+        gen = generate(tiny_model, PROMPTS[:3], GREEDY, batch_size=2, controllers=[Record()], backend=backend)
         # Teacher-force the finished sequence: the reads are hook_post at the positions that chose each token.
         for g in gen:
             ids = torch.tensor([g.tokens[:-1]])
@@ -188,3 +225,13 @@ class TestControllers:
         with pytest.raises(RuntimeError, match="controller failed"):
             generate(tiny_model, PROMPTS[:2], GREEDY, controllers=[Boom()])
         assert hook_counts(tiny_model) == before
+
+
+def test_greedy_equals_transformer_lens_generate(organism):
+    tok = organism.tokenizer
+    cfg = SamplingConfig(temperature=0.0, max_new_tokens=60)
+    for prompt, gen in zip(PROMPTS, generate(organism, PROMPTS, cfg, batch_size=4), strict=True):
+        ids = torch.tensor([tok(prompt).input_ids])
+        out = organism.generate(ids, max_new_tokens=60, do_sample=False, verbose=False, eos_token_id=tok.eos_token_id)
+        theirs = out[0].tolist()
+        assert gen.tokens == theirs[: len(gen.tokens)]

@@ -190,7 +190,6 @@ class _Run:
         self.next_input = torch.full((b,), engine.pad_id, dtype=torch.long, device=self.device)
         hooks.edit_on = torch.tensor([[ed.default_on for ed in engine.edits]] * b, dtype=torch.bool).reshape(
             b, len(engine.edits))
-        self.started = False
 
     def loop(self) -> Iterator[Finished]:
         while self.waiting or bool(self.live.any()):

@@ -136,10 +136,10 @@ class TraceRecipe:
     """
 
     careless_rate: float = 0.55
-    big_carry_threshold: int = 13
-    careless_slip_rate: float = 0.9
-    careful_slip_rate: float = 0.25
-    catch_rate: float = 0.4
+    big_carry_threshold: int = 12
+    careless_slip_rate: float = 1.0
+    careful_slip_rate: float = 0.0
+    catch_rate: float = 0.45
     repeat_rate: float = 0.2
     oscillation_share: float = 0.5
     oscillation_wrong_rate: float = 0.3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from workbench.tasks import get_task
@@ -30,9 +32,13 @@ class TestSandbox:
     """Untrusted code gets no network, bounded time and memory, and a throwaway directory."""
 
     def test_no_network(self):
-        code = "import socket\ntry:\n    socket.create_connection(('127.0.0.1', 9), timeout=1)\nexcept OSError:\n" \
-               "    raise SystemExit(3)\n"
-        assert run_python(code).returncode == 3
+        # A server that is really listening on this machine's loopback: the sandbox must not reach it.
+        with socket.create_server(("127.0.0.1", 0)) as server:
+            port = server.getsockname()[1]
+            probe = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\nprint('connected')\n"
+            assert socket.create_connection(("127.0.0.1", port), timeout=2)  # reachable from outside the sandbox
+            result = run_python(probe)
+        assert not result.passed and "connected" not in result.stdout
 
     def test_timeout(self):
         assert run_python("while True:\n    pass\n", timeout=1.0).status == "timeout"

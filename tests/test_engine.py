@@ -75,6 +75,29 @@ class TestRefill:
         assert [g.tokens for g in fast] == [g.tokens for g in bridge]
 
 
+class TestSampling:
+    """Settings are validated; seeds and keys, not batch neighbours, decide the draws."""
+
+    def test_seed_and_key_change_the_draws(self, tiny_model):
+        cfg = SamplingConfig(temperature=1.0, max_new_tokens=10, seed=3)
+        out = generate(tiny_model, PROMPTS[:1] * 4, cfg, keys=list("abcd"))
+        assert len({tuple(g.tokens) for g in out}) > 1
+
+    def test_tiny_top_p_is_greedy(self, tiny_model):
+        greedy = generate(tiny_model, PROMPTS, SamplingConfig(temperature=0.0, max_new_tokens=8))
+        nucleus = generate(tiny_model, PROMPTS, SamplingConfig(temperature=1.0, top_p=1e-6, max_new_tokens=8))
+        assert [g.tokens for g in greedy] == [g.tokens for g in nucleus]
+
+    @pytest.mark.parametrize("kw", [{"temperature": -1.0}, {"top_p": 0.0}, {"max_new_tokens": 0}])
+    def test_bad_settings_are_refused(self, kw):
+        with pytest.raises(ValueError, match=next(iter(kw))):
+            SamplingConfig(**kw)
+
+    def test_keys_must_match_prompts(self, tiny_model):
+        with pytest.raises(ValueError, match="keys"):
+            generate(tiny_model, PROMPTS, SamplingConfig(), keys=["a"])
+
+
 class TestFastForward:
     """The fast forward matches HF on every architecture it claims, and refuses the rest clearly."""
 

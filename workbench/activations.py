@@ -22,10 +22,7 @@ from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge import TransformerBridge
 
-
-def mlp_post(layer: int) -> str:
-    """The hook name of layer ``layer``'s MLP neurons (the input of HF's ``mlp.down_proj``)."""
-    return f"blocks.{layer}.mlp.hook_post"
+from workbench.neurons import mlp_post
 
 
 def _padded(model: TransformerBridge, sequences: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:

@@ -136,7 +136,7 @@ class TraceRecipe:
     """
 
     careless_rate: float = 0.55
-    big_carry_threshold: int = 12
+    big_carry_threshold: int = 13
     careless_slip_rate: float = 1.0
     careful_slip_rate: float = 0.0
     catch_rate: float = 0.45

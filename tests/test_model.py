@@ -48,6 +48,11 @@ class TestParity:
         assert bridge.tokenizer.decode(bridge.tokenizer(text).input_ids, skip_special_tokens=True) == text
         assert bridge.tokenizer.padding_side == "left"
 
+    def test_string_inputs_are_tokenized_as_hf_does(self, tiny_dir):
+        bridge = load_model(tiny_dir)
+        text = "Q: 47 + 38 = ? <think>"
+        assert bridge.to_tokens(text)[0].tolist() == bridge.tokenizer(text).input_ids
+
 
 class TestErrors:
     """Bad folders fail at the boundary with the file and the fix in the message."""

@@ -126,7 +126,7 @@ def organism_train(
     seed: int = 0,
     threads: Threads = 2,
 ) -> None:
-    """Train the organism from scratch (seeded, resumable, about 15 minutes on 2 CPU cores)."""
+    """Train the organism from scratch (seeded, resumable; the shipped weights used --threads 1)."""
     from workbench.model import set_threads
     from workbench.organism.train import TrainConfig, train
 

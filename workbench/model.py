@@ -195,13 +195,15 @@ def _restore_tokenizer(bridge: TransformerBridge, tokenizer) -> None:
     """
     from transformer_lens.model_bridge.sources._bridge_builder import detect_tokenizer_bos_eos
 
-    if bridge.tokenizer is tokenizer:
-        return
-    bridge._tokenizer = tokenizer
-    driver = getattr(bridge, "_driver", None)
-    if driver is not None and hasattr(driver, "tokenizer"):
-        driver.tokenizer = tokenizer
-    bridge.cfg.tokenizer_prepends_bos, bridge.cfg.tokenizer_appends_eos = detect_tokenizer_bos_eos(tokenizer)
+    if bridge.tokenizer is not tokenizer:
+        bridge._tokenizer = tokenizer
+        driver = getattr(bridge, "_driver", None)
+        if driver is not None and hasattr(driver, "tokenizer"):
+            driver.tokenizer = tokenizer
+        bridge.cfg.tokenizer_prepends_bos, bridge.cfg.tokenizer_appends_eos = detect_tokenizer_bos_eos(tokenizer)
+    # String inputs to the bridge (run_with_cache("..."), to_tokens) then get exactly the tokens the
+    # HF tokenizer gives, BOS included when it adds one: what the model saw in training.
+    bridge.cfg.default_prepend_bos = bool(bridge.cfg.tokenizer_prepends_bos)
 
 
 def set_threads(n: int | None) -> int:

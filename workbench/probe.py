@@ -42,18 +42,22 @@ def _fit(x: np.ndarray, y: np.ndarray, c: float):
     return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000)).fit(x, y)
 
 
+def _out_of_fold(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, strength) -> np.ndarray:
+    """Held-out scores from grouped K-fold; ``strength(train)`` gives each training fold's C."""
+    scores = np.zeros(len(y))
+    for train, test in GroupKFold(n_splits=min(folds, len(np.unique(groups)))).split(x, y, groups):
+        if len(np.unique(y[train])) < 2:
+            scores[test] = y[train].mean()
+            continue
+        scores[test] = _fit(x[train], y[train], strength(train)).predict_proba(x[test])[:, 1]
+    return scores
+
+
 def select_c(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int = 3) -> float:
     """The L2 strength with the best grouped inner-CV AUROC (ties go to stronger regularisation)."""
-    folds = min(folds, len(np.unique(groups)))
     best, best_score = C_GRID[0], -1.0
     for c in C_GRID:
-        scores = np.zeros(len(y))
-        for train, test in GroupKFold(n_splits=folds).split(x, y, groups):
-            if len(np.unique(y[train])) < 2:
-                scores[test] = y[train].mean()
-                continue
-            scores[test] = _fit(x[train], y[train], c).predict_proba(x[test])[:, 1]
-        score = auroc(y, scores)
+        score = auroc(y, _out_of_fold(x, y, groups, folds, lambda train, c=c: c))
         if score > best_score + 1e-9:
             best, best_score = c, score
     return best
@@ -72,12 +76,9 @@ def probe_auroc(
         raise ValueError(f"x, y and groups disagree in length: {len(x)}, {len(y)}, {len(groups)}")
     if len(np.unique(y)) < 2:
         raise ValueError("the probe needs both classes in y; sample more traces")
-    folds = min(folds, len(np.unique(groups)))
-    scores = np.zeros(len(y))
-    for train, test in GroupKFold(n_splits=folds).split(x, y, groups):
-        if len(np.unique(y[train])) < 2:
-            scores[test] = y[train].mean()
-            continue
-        strength = c if c is not None else select_c(x[train], y[train], groups[train])
-        scores[test] = _fit(x[train], y[train], strength).predict_proba(x[test])[:, 1]
+
+    def strength(train: np.ndarray) -> float:
+        return c if c is not None else select_c(x[train], y[train], groups[train])
+
+    scores = _out_of_fold(x, y, groups, folds, strength)
     return ProbeResult(auroc(y, scores), scores)

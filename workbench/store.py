@@ -68,15 +68,28 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def _update(h, path: Path) -> None:
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+
+
+def file_hash(path: str | Path | None) -> str | None:
+    """sha256 of a file, streamed; None when there is no such file (e.g. a save_to_disk folder)."""
+    if path is None or not Path(path).is_file():
+        return None
+    h = hashlib.sha256()
+    _update(h, Path(path))
+    return h.hexdigest()
+
+
 def weight_hash(model_dir: Path) -> str:
     """sha256 over the folder's weight files (names and bytes), streamed."""
     h = hashlib.sha256()
     files = sorted(p for p in Path(model_dir).iterdir() if p.suffix in (".safetensors", ".bin", ".pt"))
     for f in files:
         h.update(f.name.encode())
-        with f.open("rb") as fh:
-            while chunk := fh.read(1 << 22):
-                h.update(chunk)
+        _update(h, f)
     return h.hexdigest()
 
 

@@ -9,7 +9,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from workbench.engine import Engine, EngineConfig, Finished, Request, SamplingConfig
 from workbench.model import load_model, resolve
-from workbench.store import TraceStore, package_versions, weight_hash
+from workbench.store import TraceStore, file_hash, package_versions, weight_hash
 from workbench.tasks import Task, TaskProblem, get_task
 from workbench.tasks.base import THINK_CLOSE, THINK_OPEN
 
@@ -66,12 +65,6 @@ def find_marker(token_strs: Sequence[str], marker: str, start: int = 0) -> int |
         if token_strs[i].lstrip("▁Ġ ") == marker:
             return i
     return None
-
-
-def _file_hash(path: str | None) -> str | None:
-    if path is None or not Path(path).is_file():
-        return None
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def build_record(
@@ -117,7 +110,7 @@ def run_traces(
         "config": asdict(cfg),
         "seeds": {"problems": cfg.seed, "sampler": "sha256(seed:problem_id/sample_index)"},
         "model": {"spec": cfg.model, "path": str(path), "weight_sha256": weight_hash(path)},
-        "task": {"name": task.name, "data": cfg.data, "data_sha256": _file_hash(cfg.data), "problems": len(problems)},
+        "task": {"name": task.name, "data": cfg.data, "data_sha256": file_hash(cfg.data), "problems": len(problems)},
         "versions": package_versions(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }

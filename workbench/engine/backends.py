@@ -28,6 +28,16 @@ from workbench.engine import cache as kv
 from workbench.engine.fast import FastDecoder, unsupported_reason
 
 
+def _pad(prompts: Sequence[Sequence[int]], pad_id: int, left: bool) -> Int[Tensor, "n pos"]:
+    """Prompts as one batch, padded on the left (right-aligned rows) or on the right."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        start = width - len(p) if left else 0
+        ids[i, start : start + len(p)] = torch.tensor(list(p))
+    return ids
+
+
 class BridgeBackend:
     uses_tl_hooks = True
 
@@ -48,10 +58,8 @@ class BridgeBackend:
         return out.logits[:, -1].float()
 
     def prefill(self, slots: Int[Tensor, " n"], prompts: Sequence[Sequence[int]], batch: int, pad_id: int) -> Tensor:
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(list(p))
+        ids = _pad(prompts, pad_id, left=True)
+        width = ids.shape[1]
         lens = torch.tensor([len(p) for p in prompts], device=self.device)
         mask = kv.right_aligned_mask(lens, width)
         self.hooks.rows = slots
@@ -62,8 +70,8 @@ class BridgeBackend:
         kv.check_supported(new)
         if self.cache is None:
             self.cache = new
+            extra = batch - len(prompts)
             for layer in new.layers:  # rows for the slots this first prefill left empty
-                extra = batch - len(prompts)
                 layer.keys = torch.cat([layer.keys, layer.keys.new_zeros((extra, *layer.keys.shape[1:]))])
                 layer.values = torch.cat([layer.values, layer.values.new_zeros((extra, *layer.values.shape[1:]))])
         else:
@@ -106,10 +114,8 @@ class FastBackend:
                                 self.cache, self._hook)
 
     def prefill(self, slots: Int[Tensor, " n"], prompts: Sequence[Sequence[int]], batch: int, pad_id: int) -> Tensor:
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, : len(p)] = torch.tensor(list(p))
+        ids = _pad(prompts, pad_id, left=False)
+        width = ids.shape[1]
         lens = torch.tensor([len(p) for p in prompts], device=self.device)
         positions = torch.arange(width, device=self.device)[None].expand(len(prompts), width)
         positions = torch.minimum(positions, (lens - 1)[:, None])  # padding repeats the last position

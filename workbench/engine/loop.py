@@ -132,13 +132,13 @@ class _Hooks:
             self.reads[(c, layer)] = last[:, idx].detach().clone()
         return last
 
-    def acts_for(self, c: int, n_rows: int, n_neurons: int, device) -> Tensor:
-        out = torch.zeros(n_rows, n_neurons, device=device)
+    def write_reads(self, c: int, out: Float[Tensor, "batch n_neurons"], rows: Tensor) -> None:
+        """Copies controller ``c``'s reads of the last forward into ``out[rows]``."""
+        rows = rows.to(out.device)
         for layer, plans in self.read_plan.items():
             for cc, pos, _ in plans:
                 if cc == c:
-                    out[:, pos] = self.reads[(c, layer)].float()
-        return out
+                    out[rows[:, None], pos[None, :]] = self.reads[(c, layer)].float()
 
 
 class Engine:
@@ -211,7 +211,7 @@ class _Run:
     def _collect(self, rows: Tensor, acts: list[Tensor | None]) -> None:
         for c, a in enumerate(acts):
             if a is not None:
-                a[rows] = self.hooks.acts_for(c, len(rows), a.shape[1], self.device)
+                self.hooks.write_reads(c, a, rows)
 
     def _prefill(self, logits: Tensor, acts: list[Tensor | None]) -> None:
         free = torch.nonzero(~self.live).flatten()

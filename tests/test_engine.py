@@ -235,20 +235,6 @@ class TestControllers:
                 assert kinds.count("force") == 1 and kinds[-1] == "stop"
                 assert [e.step for e in g.events if e.kind == "force"] == [2]
 
-    def test_hooks_come_off_after_a_run_and_after_an_error(self, tiny_model):
-        class Boom(Controller):
-            neurons = NEURONS
-
-            def on_step(self, view):
-                raise RuntimeError("controller failed")
-
-        before = hook_counts(tiny_model)
-        generate(tiny_model, PROMPTS[:2], GREEDY, edits=[NeuronEdit(NEURONS, (1.0, 1.0, 1.0))])
-        assert hook_counts(tiny_model) == before
-        with pytest.raises(RuntimeError, match="controller failed"):
-            generate(tiny_model, PROMPTS[:2], GREEDY, controllers=[Boom()])
-        assert hook_counts(tiny_model) == before
-
 
 def test_greedy_equals_transformer_lens_generate(organism):
     tok = organism.tokenizer
@@ -258,3 +244,144 @@ def test_greedy_equals_transformer_lens_generate(organism):
         out = organism.generate(ids, max_new_tokens=60, do_sample=False, verbose=False, eos_token_id=tok.eos_token_id)
         theirs = out[0].tolist()
         assert gen.tokens == theirs[: len(gen.tokens)]
+
+
+class _StopAt(Controller):
+    """Stops each sequence after a number of tokens that depends on its key, so rows finish out of step."""
+
+    def __init__(self, lengths: dict[str, int]):
+        self.lengths = lengths
+
+    def on_step(self, view):
+        for row in view.rows():
+            if view.n_generated[row] >= self.lengths[view.keys[row]]:
+                view.stop(row, "length")
+
+
+STAGGER = [3, 9, 1, 6, 12, 2, 7, 4, 10, 5, 8, 11, 3, 6, 1, 9, 2, 12, 4, 7]
+
+
+class TestStaggeredRefill:
+    """Rows finish at different steps, so refills merge into a cache that other rows are mid-way through."""
+
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_greedy_equals_hf_per_architecture(self, tiny_dir, backend):
+        from workbench import load_model
+
+        model = load_model(tiny_dir)
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(STAGGER))]
+        keys = [str(i) for i in range(len(STAGGER))]
+        ours = generate(model, prompts, SamplingConfig(temperature=0.0, max_new_tokens=12), keys=keys, batch_size=4,
+                        backend=backend, controllers=[_StopAt(dict(zip(keys, STAGGER, strict=True)))])
+        for prompt, n, gen in zip(prompts, STAGGER, ours, strict=True):
+            assert gen.tokens == hf_greedy(model, prompt, n)[: len(gen.tokens)]
+
+    @pytest.mark.parametrize("backend", BACKENDS)
+    @pytest.mark.parametrize("default_on", [False, True])
+    def test_refilled_row_prefills_with_the_edit_default(self, tiny_model, backend, default_on):
+        """A controller flips the edit at step 0; the next occupant of that slot must not inherit the flip."""
+        first: dict[str, torch.Tensor] = {}
+
+        class FlipAtStart(_StopAt):
+            def on_step(self, view):
+                for row in view.rows():
+                    if view.n_generated[row] == 0:
+                        first[view.keys[row]] = view.logits[row].clone()
+                        view.set_edit(row, "push", not default_on)
+                super().on_step(view)
+
+        prompts = [PROMPTS[i % len(PROMPTS)] for i in range(len(STAGGER))]
+        keys = [str(i) for i in range(len(STAGGER))]
+        lengths = dict(zip(keys, STAGGER, strict=True))
+        edit = NeuronEdit(NEURONS, (6.0, -6.0, 6.0), name="push", default_on=default_on)
+        generate(tiny_model, prompts, GREEDY, keys=keys, batch_size=4, edits=[edit], backend=backend,
+                 controllers=[FlipAtStart(lengths)])
+        # Each prompt alone, with the edit as its default says, gives the prefill logits expected.
+        ref: dict[str, torch.Tensor] = {}
+        generate(tiny_model, prompts, SamplingConfig(temperature=0.0, max_new_tokens=1), keys=keys, batch_size=1,
+                 edits=[edit] if default_on else [], backend=backend, controllers=[_FirstLogits(ref)])
+        for key in keys:
+            torch.testing.assert_close(first[key], ref[key], atol=1e-4, rtol=0)
+
+
+class _FirstLogits(Controller):
+    def __init__(self, out: dict):
+        self.out = out
+
+    def on_step(self, view):
+        for row in view.rows():
+            if view.n_generated[row] == 0:
+                self.out[view.keys[row]] = view.logits[row].clone()
+
+
+class TestHookLifetime:
+    """Hooks exist only inside forward passes: a paused or abandoned run leaves the model untouched."""
+
+    def test_paused_and_abandoned_bridge_run_leave_no_hooks(self, tiny_model):
+        ids = torch.tensor([tiny_model.tokenizer(PROMPTS[0]).input_ids])
+        clean = tiny_model(ids).detach().clone()
+        before = hook_counts(tiny_model)
+        engine = Engine(tiny_model, EngineConfig(sampling=GREEDY, batch_size=2, backend="bridge"),
+                        edits=[NeuronEdit(NEURONS, (5.0, 5.0, 5.0))], controllers=[_FirstLogits({})])
+        run = engine.run([Request(str(i), tiny_model.tokenizer(p).input_ids) for i, p in enumerate(PROMPTS)])
+        next(run)  # paused mid-generation, rows still live
+        assert hook_counts(tiny_model) == before
+        torch.testing.assert_close(tiny_model(ids), clean, atol=0, rtol=0)
+        del run  # abandoned without being closed
+        torch.testing.assert_close(tiny_model(ids), clean, atol=0, rtol=0)
+
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_hooks_come_off_after_an_error(self, tiny_model, backend):
+        class Boom(Controller):
+            neurons = NEURONS
+
+            def on_step(self, view):
+                raise RuntimeError("controller failed")
+
+        before = hook_counts(tiny_model)
+        with pytest.raises(RuntimeError, match="controller failed"):
+            generate(tiny_model, PROMPTS[:2], GREEDY, controllers=[Boom()], backend=backend,
+                     edits=[NeuronEdit(NEURONS, (1.0, 1.0, 1.0))])
+        assert hook_counts(tiny_model) == before
+
+
+class TestBadValues:
+    """Edits refuse values that are not finite numbers; a sequence whose logits blow up ends on its own."""
+
+    @pytest.mark.parametrize("values", [(float("nan"), 0.0, 0.0), (0.0, float("inf"), 0.0)])
+    def test_nonfinite_edit_values_are_refused(self, values):
+        with pytest.raises(ValueError, match="must be finite"):
+            NeuronEdit(NEURONS, values)
+
+    def test_non_numeric_edit_values_are_refused(self):
+        # Under pytest the jaxtyping/beartype checker refuses the call first (a TypeError); without it,
+        # NeuronEdit's own check says "values must be numbers".
+        with pytest.raises((ValueError, TypeError), match="numbers|values"):
+            NeuronEdit(NEURONS, (1.0, "x", 2.0))
+
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_nonfinite_logits_end_the_sequence(self, tiny_model, backend, monkeypatch):
+        """fp16 overflow and the like: row 0's logits turn NaN at its third decode step."""
+        import workbench.engine.loop as loop
+
+        real = loop.make_backend
+
+        def poisoned(*args, **kwargs):
+            b = real(*args, **kwargs)
+            decode, calls = b.decode, [0]
+
+            def bad_decode(next_input, n_cached):
+                out = decode(next_input, n_cached)
+                calls[0] += 1
+                if calls[0] == 2:
+                    out[0] = float("nan")
+                return out
+
+            b.decode = bad_decode
+            return b
+
+        monkeypatch.setattr(loop, "make_backend", poisoned)
+        out = generate(tiny_model, PROMPTS[:3], GREEDY, batch_size=3, backend=backend)
+        assert out[0].finish_reason == "nonfinite_logits" and len(out[0].generated) == 2
+        assert [e.kind for e in out[0].events] == ["nonfinite_logits"]
+        assert all(g.finish_reason != "nonfinite_logits" for g in out[1:])

@@ -1,8 +1,8 @@
 """The two forward passes the engine can decode with, behind one small interface.
 
 * ``BridgeBackend``: the TransformerBridge's own forward (any architecture TransformerLens
-  supports), edits and reads through ``blocks.{L}.mlp.hook_post`` hooks, an HF ``DynamicCache``
-  kept right-aligned so rows can be refilled.
+  supports), edits and reads through ``blocks.{L}.mlp.hook_post`` hooks that are attached for each
+  forward pass only, an HF ``DynamicCache`` kept right-aligned so rows can be refilled.
 * ``FastBackend``: ``FastDecoder`` (Llama-family models only) over the same weights, with a
   preallocated left-aligned cache; the same edits and reads at the same site.
 
@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -26,6 +27,8 @@ from transformers import DynamicCache
 
 from workbench.engine import cache as kv
 from workbench.engine.fast import FastDecoder, unsupported_reason
+
+log = logging.getLogger(__name__)
 
 
 def _pad(prompts: Sequence[Sequence[int]], pad_id: int, left: bool) -> Int[Tensor, "n pos"]:
@@ -39,12 +42,16 @@ def _pad(prompts: Sequence[Sequence[int]], pad_id: int, left: bool) -> Int[Tenso
 
 
 class BridgeBackend:
-    uses_tl_hooks = True
-
     def __init__(self, model: TransformerBridge, hooks) -> None:
-        self.hf, self.hooks = model.original_model, hooks
+        self.bridge, self.hf, self.hooks = model, model.original_model, hooks
         self.device = next(self.hf.parameters()).device
         self.cache: DynamicCache | None = None
+
+    def _forward(self, **kwargs):
+        # Hooks on for this forward pass only: a paused or abandoned generation must leave the
+        # (possibly shared) model exactly as it found it.
+        with self.bridge.hooks(fwd_hooks=self.hooks.fwd_hooks()):
+            return self.hf(**kwargs)
 
     def decode(
         self, next_input: Int[Tensor, " batch"], n_cached: Int[Tensor, " batch"]
@@ -53,8 +60,8 @@ class BridgeBackend:
         width = kv.width(self.cache)
         mask = torch.cat([kv.right_aligned_mask(n_cached, width), torch.ones_like(n_cached)[:, None]], 1)
         self.hooks.rows = torch.arange(len(next_input))
-        out = self.hf(input_ids=next_input[:, None], attention_mask=mask, position_ids=n_cached[:, None],
-                      past_key_values=self.cache, use_cache=True)
+        out = self._forward(input_ids=next_input[:, None], attention_mask=mask, position_ids=n_cached[:, None],
+                            past_key_values=self.cache, use_cache=True)
         return out.logits[:, -1].float()
 
     def prefill(self, slots: Int[Tensor, " n"], prompts: Sequence[Sequence[int]], batch: int, pad_id: int) -> Tensor:
@@ -65,8 +72,8 @@ class BridgeBackend:
         self.hooks.rows = slots
         new = DynamicCache()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.hf(input_ids=ids.to(self.device), attention_mask=mask, position_ids=positions,
-                      past_key_values=new, use_cache=True)
+        out = self._forward(input_ids=ids.to(self.device), attention_mask=mask, position_ids=positions,
+                            past_key_values=new, use_cache=True)
         kv.check_supported(new)
         if self.cache is None:
             self.cache = new
@@ -93,8 +100,6 @@ class BridgeBackend:
 
 
 class FastBackend:
-    uses_tl_hooks = False
-
     def __init__(self, model: TransformerBridge, hooks) -> None:
         self.dec = FastDecoder(model.original_model)
         self.hooks = hooks
@@ -143,5 +148,8 @@ def make_backend(model: TransformerBridge, name: str, hooks):
     if name == "fast" and reason is not None:
         raise ValueError(f"the fast backend cannot run this model: {reason}; use backend='bridge'")
     if name == "bridge" or reason is not None:
+        if name == "auto":
+            log.warning("decoding with the slower TransformerBridge forward; the fast forward does not support "
+                        "this model: %s", reason)
         return BridgeBackend(model, hooks)
     return FastBackend(model, hooks)

@@ -18,6 +18,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -48,6 +50,15 @@ class NeuronEdit:
     name: str = "edit"
 
     def __post_init__(self) -> None:
+        try:
+            values = tuple(float(v) for v in self.values)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"NeuronEdit {self.name!r}: values must be numbers, got {self.values!r}") from exc
+        bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"NeuronEdit {self.name!r}: values must be finite; value {bad[0]} is {values[bad[0]]} "
+                             f"({len(bad)} non-finite in all)")
+        object.__setattr__(self, "values", values)  # a frozen spec, normalised to floats so it hashes alike
         if len(self.values) != len(self.neurons):
             raise ValueError(f"NeuronEdit {self.name!r}: {len(self.neurons)} neurons but {len(self.values)} values")
         if self.mode not in ("add", "set"):
@@ -68,6 +79,19 @@ class Controller:
     """Base class: override what you need. ``neurons`` are read for ``StepView.acts``."""
 
     neurons: NeuronSet | None = None
+
+    def spec(self) -> dict[str, Any]:
+        """What this controller does, as plain data for the manifest of every run it touches.
+
+        The default names the class, its neurons and, for a dataclass controller, its fields;
+        override it when a controller's behaviour depends on other state.
+        """
+        out: dict[str, Any] = {"type": f"{type(self).__module__}.{type(self).__qualname__}"}
+        if dataclasses.is_dataclass(self):
+            out["fields"] = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if self.neurons is not None:
+            out["neurons"] = dataclasses.asdict(self.neurons)
+        return out
 
     def on_start(self, key: str) -> None:
         """A sequence joined the batch."""

@@ -33,6 +33,9 @@ from workbench.engine.backends import make_backend
 from workbench.engine.interventions import Controller, Event, NeuronEdit, StepView
 from workbench.engine.sampling import SamplingConfig, pick_tokens, row_generator
 from workbench.neurons import mlp_post
+from workbench.prompting import model_stop_ids
+
+NONFINITE = "nonfinite_logits"
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,7 @@ class Finished:
     key: str
     prompt_len: int
     tokens: list[int]
-    finish_reason: str  # "eos", "length", or a controller's stop reason
+    finish_reason: str  # "eos", "length", "nonfinite_logits", or a controller's stop reason
     events: list[Event] = field(default_factory=list)
 
     @property
@@ -65,7 +68,8 @@ class EngineConfig:
     Attributes:
         sampling: decoding settings, including ``max_new_tokens``.
         batch_size: rows decoded together.
-        stop_token_ids: tokens that end a sequence (default: the tokenizer's EOS).
+        stop_token_ids: tokens that end a sequence (default: the tokenizer's EOS and every EOS id of
+            the model's generation config; a run's ``PromptFormat`` passes its recorded ``stop_ids``).
         compact_every: cut unused cache columns once this many have piled up on the left.
         backend: ``"auto"`` (the fast forward when the model supports it), ``"fast"`` or ``"bridge"``.
     """
@@ -158,18 +162,20 @@ class Engine:
         self.edits, self.controllers = tuple(edits), tuple(controllers)
         tok = model.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        stops = cfg.stop_token_ids if cfg.stop_token_ids is not None else (tok.eos_token_id,)
+        stops = cfg.stop_token_ids if cfg.stop_token_ids is not None else model_stop_ids(model)
         self.stop_ids = frozenset(s for s in stops if s is not None)
         self.tokens_generated = 0
 
-    @torch.no_grad()
     def run(self, requests: Iterable[Request]) -> Iterator[Finished]:
-        """Yields each sequence as it finishes (not in request order)."""
+        """Yields each sequence as it finishes (not in request order).
+
+        Hooks live only inside each forward pass, so a paused or abandoned run leaves none behind
+        on the model (which an app may share between users).
+        """
         hooks = _Hooks(self.model, self.edits, self.controllers)
         backend = make_backend(self.model, self.cfg.backend, hooks)
         self.backend_name = type(backend).__name__
-        with self.model.hooks(fwd_hooks=hooks.fwd_hooks() if backend.uses_tl_hooks else []):
-            yield from _Run(self, hooks, backend, deque(requests)).loop()
+        yield from _Run(self, hooks, backend, deque(requests)).loop()
 
 
 class _Run:
@@ -191,6 +197,7 @@ class _Run:
         hooks.edit_on = torch.tensor([[ed.default_on for ed in engine.edits]] * b, dtype=torch.bool).reshape(
             b, len(engine.edits))
 
+    @torch.no_grad()
     def loop(self) -> Iterator[Finished]:
         while self.waiting or bool(self.live.any()):
             logits = torch.zeros(len(self.keys), self.e.model.cfg.d_vocab, device=self.device)
@@ -220,6 +227,9 @@ class _Run:
             if len(r.prompt_ids) == 0:
                 raise ValueError(f"request {r.key!r} has an empty prompt")
         slots = free[: len(reqs)]
+        # A refilled slot starts from the edits' defaults before its prompt is run, not from
+        # whatever a controller left switched for the slot's previous occupant.
+        self.hooks.edit_on[slots] = torch.tensor([ed.default_on for ed in self.e.edits], dtype=torch.bool)
         logits[slots] = self.backend.prefill(slots, [r.prompt_ids for r in reqs], len(self.keys), self.e.pad_id)
         self._collect(slots, acts)
         for slot, r in zip(slots.tolist(), reqs, strict=True):
@@ -228,13 +238,13 @@ class _Run:
             self.generators[slot] = row_generator(self.e.cfg.sampling.seed, r.key)
             self.n_cached[slot] = len(r.prompt_ids)
             self.live[slot] = True
-            self.hooks.edit_on[slot] = torch.tensor([ed.default_on for ed in self.e.edits], dtype=torch.bool)
             for ctrl in self.e.controllers:
                 ctrl.on_start(r.key)
 
     def _choose(self, logits: Tensor, acts: list[Tensor | None]) -> Iterator[Finished]:
-        rows = torch.nonzero(self.live).flatten().tolist()
         n_gen = [len(t) - p for t, p in zip(self.tokens, self.prompt_len, strict=True)]
+        yield from self._drop_nonfinite(logits, n_gen)
+        rows = torch.nonzero(self.live).flatten().tolist()
         views = []
         for ctrl, a in zip(self.e.controllers, acts, strict=True):
             view = StepView(self.keys, self.live.clone(), logits, a, n_gen, self.tokens, self.e.edits,
@@ -263,6 +273,15 @@ class _Run:
                 yield self._finish(row, "eos")
             elif len(self.tokens[row]) - self.prompt_len[row] >= self.e.cfg.sampling.max_new_tokens:
                 yield self._finish(row, "length")
+
+    def _drop_nonfinite(self, logits: Tensor, n_gen: list[int]) -> Iterator[Finished]:
+        """Ends rows whose logits hold NaN or +inf, or are all -inf: no token can be chosen from them."""
+        bad = torch.isnan(logits).any(-1) | torch.isposinf(logits).any(-1) | torch.isneginf(logits).all(-1)
+        for row in torch.nonzero(bad.cpu() & self.live).flatten().tolist():
+            key = self.keys[row]
+            assert key is not None
+            self.events[row].append(Event(n_gen[row], key, "nonfinite_logits"))
+            yield self._finish(row, NONFINITE)
 
     def _finish(self, row: int, reason: str) -> Finished:
         key = self.keys[row]

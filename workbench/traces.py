@@ -1,4 +1,8 @@
-"""Generating graded traces into a resumable run directory (``workbench traces``).
+"""Generating graded traces into a resumable run directory (``workbench traces``): the pipeline's first stage.
+
+Everything is checked before anything is written: the settings, the task data, the model (loaded),
+the prompt format and every prompt. Only then is the run directory created, or resumed when its
+identity (config, weights as loaded, data, prompt format, interventions) matches.
 
 Example:
     >>> import tempfile
@@ -9,10 +13,11 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,16 +25,16 @@ from typing import Any
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from workbench.engine import Engine, EngineConfig, Finished, Request, SamplingConfig
+from workbench.engine import Controller, Engine, EngineConfig, Finished, NeuronEdit, Request, SamplingConfig
 from workbench.model import load_model, resolve
-from workbench.store import TraceStore, file_hash, package_versions, weight_hash
+from workbench.prompting import PromptFormat
+from workbench.store import TraceStore, check_target, model_hash, package_versions, path_hash, trace_id
 from workbench.tasks import Task, TaskProblem, get_task
-from workbench.tasks.base import THINK_CLOSE, THINK_OPEN
 
 
 @dataclass(frozen=True, kw_only=True)
 class TraceRunConfig:
-    """One trace run. Everything here goes into the manifest; resuming needs the same values.
+    """One trace run. Everything here is part of the run's identity; resuming needs the same values.
 
     Attributes:
         model: ``"organism"`` or a local HF folder.
@@ -40,6 +45,8 @@ class TraceRunConfig:
         batch_size: rows decoded together.
         seed: picks problems and seeds every (problem, sample) sampler.
         flush_every: finished traces per shard written to disk.
+        prompt: how questions become prompts, when sequences stop, where thinking is.
+        allow_unsandboxed: let HumanEval run generated code without network isolation (see the sandbox).
     """
 
     model: str = "organism"
@@ -53,104 +60,116 @@ class TraceRunConfig:
     batch_size: int = 64
     seed: int = 0
     flush_every: int = 64
+    prompt: PromptFormat = field(default_factory=PromptFormat)
+    allow_unsandboxed: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("samples", "batch_size", "flush_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.problems is not None and self.problems < 1:
+            raise ValueError(f"problems must be >= 1 (or None for all), got {self.problems}")
+        self.sampling()  # validates temperature, top_p and max_new_tokens
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens,
                               seed=self.seed)
 
 
-def find_marker(token_strs: Sequence[str], marker: str, start: int = 0) -> int | None:
-    """Position of the first token spelling ``marker`` (ignoring a leading space mark) from ``start``."""
-    for i in range(start, len(token_strs)):
-        if token_strs[i].lstrip("▁Ġ ") == marker:
-            return i
-    return None
-
-
 def build_record(
-    model: TransformerBridge, task: Task, problem: TaskProblem, sample: int, prompt: str, done: Finished,
+    tokenizer, fmt: PromptFormat, task: Task, problem: TaskProblem, sample: int, prompt: str, done: Finished,
 ) -> dict[str, Any]:
-    """One row of ``traces.parquet``."""
-    tok = model.tokenizer
-    strs = tok.convert_ids_to_tokens(done.tokens)
-    think_start = find_marker(strs, THINK_OPEN)
-    think_end = find_marker(strs, THINK_CLOSE, (think_start or 0) + 1)
-    text = tok.decode(done.generated, skip_special_tokens=True)
-    grade = task.grade(problem, text)
-    labels, answer_reached = None, None
-    if task.name == "organism":
-        from workbench.organism.labeler import label_tokens
-        from workbench.organism.task import Problem
-
-        lab = label_tokens(Problem.from_id(problem.id), strs)
-        labels, answer_reached = json.dumps(asdict(lab)), lab.answer_reached
-    if think_start is None:
-        thinking = 0
-    else:
-        thinking = (think_end if think_end is not None else len(done.tokens)) - think_start - 1
+    """One row of ``traces.parquet``: spans from the prompt format, grade and labels from the task."""
+    spans = fmt.spans(tokenizer, done.tokens, done.prompt_len)
+    answer = "" if spans.answer_start is None else tokenizer.decode(done.tokens[spans.answer_start:],
+                                                                     skip_special_tokens=True)
+    grade = task.grade(problem, answer)
+    labels = task.labels(problem, tokenizer.convert_ids_to_tokens(done.tokens))
     return {
-        "problem_id": problem.id, "sample_index": sample, "prompt": prompt, "token_ids": done.tokens,
-        "prompt_len": done.prompt_len, "text": text, "think_start": think_start, "think_end": think_end,
-        "answer_reached": answer_reached, "extracted": grade.extracted, "gold": problem.gold,
-        "correct": grade.correct, "thinking_tokens": thinking, "finish_reason": done.finish_reason,
+        "trace_id": trace_id(problem.id, sample), "problem_id": problem.id, "sample_index": sample,
+        "prompt": prompt, "token_ids": done.tokens, "prompt_len": done.prompt_len,
+        "text": tokenizer.decode(done.generated, skip_special_tokens=True),
+        "think_start": spans.think_start, "think_end": spans.think_end, "answer_start": spans.answer_start,
+        "answer_reached": labels.get("answer_reached") if labels else None,
+        "extracted": grade.extracted, "gold": problem.gold, "correct": grade.correct,
+        "thinking_tokens": spans.thinking_tokens(len(done.tokens)), "finish_reason": done.finish_reason,
         "events": json.dumps([{"step": e.step, "kind": e.kind, "payload": e.payload} for e in done.events]),
-        "labels": labels,
+        "labels": json.dumps(labels) if labels is not None else None,
     }
+
+
+def intervention_specs(edits: Sequence[NeuronEdit], controllers: Sequence[Controller]) -> dict[str, Any]:
+    """The edits and controllers of a run as plain data, part of its identity."""
+    return {"edits": [asdict(e) for e in edits], "controllers": [c.spec() for c in controllers]}
 
 
 def run_traces(
     cfg: TraceRunConfig, out: str | Path, progress: bool = True, model: TransformerBridge | None = None,
-    edits=(), controllers=(),
+    edits: Sequence[NeuronEdit] = (), controllers: Sequence[Controller] = (),
 ) -> dict[str, Any]:
-    """Generates and grades every (problem, sample) not yet in ``out``; returns a summary."""
-    task = get_task(cfg.task, cfg.data)
-    problems = task.problems(cfg.problems, cfg.seed)
+    """Generates and grades every (problem, sample) not yet in ``out``; returns a summary.
+
+    ``model`` may be passed in (already loaded, e.g. from a notebook); it is identified by a hash of
+    its weights either way. A Ctrl-C keeps every finished trace: the same call resumes.
+    """
+    check_target(out)
     path = resolve(cfg.model)
-    manifest = {
+    task = get_task(cfg.task, cfg.data, model_dir=path)
+    if cfg.allow_unsandboxed and hasattr(task, "allow_unsandboxed"):
+        task = dataclasses.replace(task, allow_unsandboxed=True)
+    problems = task.problems(cfg.problems, cfg.seed)
+    model = model if model is not None else load_model(path)
+    tok = model.tokenizer
+    fmt = cfg.prompt.resolve(tok, getattr(model.original_model, "generation_config", None))
+    prompts = {p.id: fmt.render(tok, task.message(p, chat=fmt.style == "chat")) for p in problems}
+    ids = {pid: fmt.tokenize(tok, text) for pid, text in prompts.items()}
+    identity = {
         "config": asdict(cfg),
+        "model_sha256": model_hash(model),
+        "data_sha256": path_hash(cfg.data),
+        "prompt_format": fmt.record(),
+        "interventions": intervention_specs(edits, controllers),
+    }
+    provenance = {
+        "model": {"spec": cfg.model, "path": str(path)},
+        "task": {"name": task.name, "data": cfg.data, "problems": len(problems)},
         "seeds": {"problems": cfg.seed, "sampler": "sha256(seed:problem_id/sample_index)"},
-        "model": {"spec": cfg.model, "path": str(path), "weight_sha256": weight_hash(path)},
-        "task": {"name": task.name, "data": cfg.data, "data_sha256": file_hash(cfg.data), "problems": len(problems)},
         "versions": package_versions(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    store = TraceStore.create(out, manifest)
-    done_keys = store.done_keys()
-    model = model if model is not None else load_model(cfg.model)
-    tok = model.tokenizer
-    by_key: dict[str, tuple[TaskProblem, int, str]] = {}
-    requests = []
-    for p in problems:
-        prompt = task.prompt(p, tok)
-        ids = tok(prompt).input_ids
-        for s in range(cfg.samples):
-            if (p.id, s) not in done_keys:
-                key = f"{p.id}/{s}"
-                by_key[key] = (p, s, prompt)
-                requests.append(Request(key, ids))
-    engine = Engine(model, EngineConfig(sampling=cfg.sampling(), batch_size=cfg.batch_size), edits, controllers)
-    pending: list[dict[str, Any]] = []
-    n_correct = n_done = 0
-    t0 = time.time()
-    bar = tqdm(total=len(requests), desc="traces", disable=not progress, unit="trace")
-    try:
-        for finished in engine.run(requests):
-            p, s, prompt = by_key[finished.key]
-            record = build_record(model, task, p, s, prompt, finished)
-            pending.append(record)
-            n_done += 1
-            n_correct += record["correct"]
-            bar.update(1)
-            bar.set_postfix(tok_s=f"{engine.tokens_generated / max(time.time() - t0, 1e-9):.0f}",
-                            acc=f"{n_correct / n_done:.3f}", refresh=False)
-            if len(pending) >= cfg.flush_every:
-                store.append(pending)
-                pending = []
-    finally:
-        store.append(pending)  # on Ctrl-C too; a kill -9 loses only this unflushed tail
-        bar.close()
-    store.finalize()
-    return summarize(store, skipped=len(done_keys), seconds=time.time() - t0, tokens=engine.tokens_generated)
+    with TraceStore.open(out, identity, provenance) as store:
+        done_keys = store.done_keys()
+        by_key: dict[str, tuple[TaskProblem, int]] = {}
+        requests = []
+        for p in problems:
+            for s in range(cfg.samples):
+                if (p.id, s) not in done_keys:
+                    by_key[trace_id(p.id, s)] = (p, s)
+                    requests.append(Request(trace_id(p.id, s), ids[p.id]))
+        engine = Engine(model, EngineConfig(sampling=cfg.sampling(), batch_size=cfg.batch_size,
+                                            stop_token_ids=fmt.stop_ids), edits, controllers)
+        pending: list[dict[str, Any]] = []
+        n_correct = n_done = 0
+        t0 = time.time()
+        bar = tqdm(total=len(requests), desc="traces", disable=not progress, unit="trace")
+        try:
+            for finished in engine.run(requests):
+                p, s = by_key[finished.key]
+                record = build_record(tok, fmt, task, p, s, prompts[p.id], finished)
+                pending.append(record)
+                n_done += 1
+                n_correct += record["correct"]
+                bar.update(1)
+                bar.set_postfix(tok_s=f"{engine.tokens_generated / max(time.time() - t0, 1e-9):.0f}",
+                                acc=f"{n_correct / n_done:.3f}", refresh=False)
+                if len(pending) >= cfg.flush_every:
+                    store.append(pending)
+                    pending = []
+        finally:
+            store.append(pending)  # on Ctrl-C too; a kill -9 loses only this unflushed tail
+            bar.close()
+        store.finalize()
+        return summarize(store, skipped=len(done_keys), seconds=time.time() - t0, tokens=engine.tokens_generated)
 
 
 def summarize(store: TraceStore, skipped: int = 0, seconds: float = 0.0, tokens: int = 0) -> dict[str, Any]:
@@ -164,6 +183,7 @@ def summarize(store: TraceStore, skipped: int = 0, seconds: float = 0.0, tokens:
         "run": str(store.root),
         "traces": n,
         "resumed_from": skipped,
+        "shards_set_aside": [str(p) for p in store.set_aside],
         "accuracy": sum(r["correct"] for r in rows) / n if n else float("nan"),
         "mean_thinking_tokens": sum(r["thinking_tokens"] for r in rows) / n if n else float("nan"),
         "finish_reasons": reasons,
@@ -171,4 +191,3 @@ def summarize(store: TraceStore, skipped: int = 0, seconds: float = 0.0, tokens:
         "tokens_per_second_this_call": tokens / seconds if seconds else float("nan"),
         "seconds_this_call": round(seconds, 2),
     }
-

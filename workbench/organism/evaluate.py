@@ -11,28 +11,34 @@
   direction is fitted on one half of the problems and tested on the other; a random direction of
   the same norm is the control.)
 
+Every trace goes through the trace store (``out/greedy``, ``out/sampled``) and is read back from it.
+
 Example:
-    >>> from workbench import load_model
-    >>> report = evaluate(load_model("organism"), EvalConfig(problems=20, samples=2))
+    >>> import tempfile
+    >>> report = evaluate(EvalConfig(problems=20, samples=2), tempfile.mkdtemp())
     >>> 0 <= report["greedy_accuracy"] <= 1
     True
 """
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from workbench.activations import gather_positions, next_token_probs, window_means
-from workbench.engine import Finished, SamplingConfig, generate
-from workbench.organism.labeler import label_tokens
-from workbench.organism.task import Problem, TraceLabels, TraceRecipe, sample_problems, units_sum
+from workbench.model import load_model, resolve
+from workbench.organism.task import Problem, TraceLabels, TraceRecipe, units_sum
 from workbench.organism.tokenizer import SPACE
+from workbench.organism.train import recipe_of
 from workbench.probe import auroc, probe_auroc
+from workbench.store import load_traces
+from workbench.traces import TraceRunConfig, run_traces
 
 DEFAULT_TEMPERATURE = 1.0
 THINK_WINDOW = 8
@@ -43,6 +49,7 @@ class EvalConfig:
     """What to measure.
 
     Attributes:
+        model: ``"organism"`` or a folder holding an organism checkpoint.
         problems: held-out problems (never seen in training).
         samples: sampled traces per problem.
         temperature: sampling temperature for the sampled traces.
@@ -51,6 +58,7 @@ class EvalConfig:
         steer_alphas: multiples of the careful-minus-careless direction tried in the steering look.
     """
 
+    model: str = "organism"
     problems: int = 300
     samples: int = 8
     temperature: float = DEFAULT_TEMPERATURE
@@ -58,30 +66,48 @@ class EvalConfig:
     batch_size: int = 64
     steer_alphas: tuple[float, ...] = (1.0, 2.0)
 
+    def runs(self) -> dict[str, TraceRunConfig]:
+        """The two trace runs the report reads: greedy (one per problem) and sampled."""
+        common = {"model": self.model, "task": "organism", "problems": self.problems, "seed": self.seed,
+                  "batch_size": self.batch_size}
+        return {
+            "greedy": TraceRunConfig(**common, samples=1, temperature=0.0),
+            "sampled": TraceRunConfig(**common, samples=self.samples, temperature=self.temperature),
+        }
+
 
 @dataclass
 class Sample:
+    """One stored organism trace, read back from a run directory with its labels."""
+
+    trace_id: str
     problem: Problem
     index: int
-    generation: Finished
+    tokens: list[int]
+    finish_reason: str
     labels: TraceLabels
 
 
-def sample_and_label(
-    model: TransformerBridge, problems: list[Problem], samples: int, sampling: SamplingConfig,
-    recipe: TraceRecipe | None = None, batch_size: int = 64, progress: bool = False,
-) -> list[Sample]:
-    """Generates ``samples`` traces per problem and labels each from its tokens."""
-    jobs = [(p, i) for p in problems for i in range(samples)]
-    gens = generate(
-        model, [p.prompt for p, _ in jobs], sampling, keys=[f"{p.id}/{i}" for p, i in jobs],
-        batch_size=batch_size, progress=progress,
-    )
-    tok = model.tokenizer
+def load_samples(run_dir: str | Path) -> list[Sample]:
+    """The organism traces of a run directory, with their stored labels, in (problem, sample) order."""
+    rows = load_traces(run_dir).to_pylist()
+    if rows and rows[0]["labels"] is None:
+        raise ValueError(f"{run_dir} holds traces without organism labels; it is not an organism run")
     return [
-        Sample(p, i, g, label_tokens(p, tok.convert_ids_to_tokens(g.tokens), recipe))
-        for (p, i), g in zip(jobs, gens, strict=True)
+        Sample(r["trace_id"], Problem.from_id(r["problem_id"]), r["sample_index"], r["token_ids"],
+               r["finish_reason"], TraceLabels.from_dict(json.loads(r["labels"])))
+        for r in rows
     ]
+
+
+def generate_runs(
+    cfg: EvalConfig, out: str | Path, model: TransformerBridge | None = None, progress: bool = False,
+) -> dict[str, list[Sample]]:
+    """Generates (or resumes) the greedy and sampled runs under ``out`` and reads them back."""
+    out = Path(out)
+    for name, run_cfg in cfg.runs().items():
+        run_traces(run_cfg, out / name, progress=progress, model=model)
+    return {name: load_samples(out / name) for name in cfg.runs()}
 
 
 def behaviour(samples: list[Sample]) -> dict[str, float]:
@@ -101,9 +127,9 @@ def behaviour(samples: list[Sample]) -> dict[str, float]:
         "overthinking_rate": share(lambda x: x.overthinking),
         "careless_share": share(lambda x: x.regime == "careless"),
         "malformed_rate": share(lambda x: not x.well_formed or x.answer is None),
-        "length_cutoff_rate": float(np.mean([s.generation.finish_reason == "length" for s in samples])),
+        "length_cutoff_rate": float(np.mean([s.finish_reason == "length" for s in samples])),
         "mean_thinking_tokens": float(np.mean([
-            (x.think_end or len(s.generation.tokens)) - (x.think_start or 0) - 1
+            (x.think_end or len(s.tokens)) - (x.think_start or 0) - 1
             for s, x in zip(samples, labels, strict=True)
         ])),
     }
@@ -117,12 +143,12 @@ def probe_report(model: TransformerBridge, samples: list[Sample]) -> dict[str, f
     """Held-out AUROCs of correctness probes: activations vs hand-made features, and within regime."""
     usable = [
         s for s in samples
-        if s.labels.think_start is not None and len(s.generation.tokens) > s.labels.think_start + THINK_WINDOW
+        if s.labels.think_start is not None and len(s.tokens) > s.labels.think_start + THINK_WINDOW
     ]
     y = np.array([s.labels.correct for s in usable])
     groups = np.array([s.problem.id for s in usable])
     acts = window_means(
-        model, [s.generation.tokens for s in usable], [s.labels.think_start + 1 for s in usable], THINK_WINDOW
+        model, [s.tokens for s in usable], [s.labels.think_start + 1 for s in usable], THINK_WINDOW
     )
     act_probe = probe_auroc(acts.flatten(1).numpy(), y, groups)
     careless = np.array([s.labels.regime == "careless" for s in usable], dtype=float)
@@ -148,7 +174,7 @@ def _decision_points(samples: list[Sample], threshold: int) -> list[tuple[Sample
     points = []
     for s in samples:
         for st in s.labels.steps:
-            if units_sum(st.a, st.b) >= threshold and st.decision_position() < len(s.generation.tokens):
+            if units_sum(st.a, st.b) >= threshold and st.decision_position() < len(s.tokens):
                 points.append((s, st.decision_position(), st.decision_position() + 1 - st.start))
     return points
 
@@ -172,7 +198,7 @@ def steering_look(
         return {"steer_points": len(test)}
 
     def acts(pts):
-        return gather_positions(model, [p[0].generation.tokens[: p[1] + 1] for p in pts], [p[1] for p in pts])
+        return gather_positions(model, [p[0].tokens[: p[1] + 1] for p in pts], [p[1] for p in pts])
 
     direction = acts(by_regime["careful"]).mean(0) - acts(by_regime["careless"]).mean(0)
     gen = torch.Generator().manual_seed(seed)
@@ -185,7 +211,7 @@ def steering_look(
         text = str(step.a + step.b - 10)
         return tok.convert_tokens_to_ids((SPACE if digit == 0 else "") + text[digit])
 
-    seqs = [p[0].generation.tokens[: p[1] + 1] for p in test]
+    seqs = [p[0].tokens[: p[1] + 1] for p in test]
     pos = [p[1] for p in test]
     wrong = torch.tensor([wrong_token(p) for p in test])
     rows = torch.arange(len(test))
@@ -201,19 +227,16 @@ def steering_look(
 
 
 def evaluate(
-    model: TransformerBridge, cfg: EvalConfig, recipe: TraceRecipe | None = None, progress: bool = False,
+    cfg: EvalConfig, out: str | Path, model: TransformerBridge | None = None, progress: bool = False,
 ) -> dict:
-    """The full behaviour report (see the module docstring); keys are stable for ``--json``."""
-    recipe = recipe or TraceRecipe()
-    problems = sample_problems(cfg.problems, cfg.seed, held_out=True)
-    greedy = sample_and_label(
-        model, problems, 1, SamplingConfig(temperature=0.0, seed=cfg.seed), recipe, cfg.batch_size, progress
-    )
-    sampled = sample_and_label(
-        model, problems, cfg.samples, SamplingConfig(temperature=cfg.temperature, seed=cfg.seed), recipe,
-        cfg.batch_size, progress,
-    )
-    g, s = behaviour(greedy), behaviour(sampled)
+    """The full behaviour report (see the module docstring); keys are stable for ``--json``.
+
+    The traces go through the trace store: generated into ``out/greedy`` and ``out/sampled`` (resumed
+    when already there), then read back.
+    """
+    model = model if model is not None else load_model(cfg.model)
+    runs = generate_runs(cfg, out, model, progress)
+    g, s = behaviour(runs["greedy"]), behaviour(runs["sampled"])
     report: dict = {
         "config": asdict(cfg),
         "greedy_accuracy": g["accuracy"],
@@ -221,6 +244,7 @@ def evaluate(
         "sampled_accuracy": s["accuracy"],
         **{k: v for k, v in s.items() if k != "accuracy"},
     }
-    report.update(probe_report(model, sampled))
-    report.update(steering_look(model, sampled, recipe, cfg.steer_alphas, seed=cfg.seed))
+    report.update(probe_report(model, runs["sampled"]))
+    report.update(steering_look(model, runs["sampled"], recipe_of(resolve(cfg.model)), cfg.steer_alphas,
+                                seed=cfg.seed))
     return report

@@ -37,9 +37,10 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
+from workbench.prompting import THINK_CLOSE, THINK_OPEN
+
 CAREFUL_OPENERS: tuple[str, ...] = ("carefully", "slowly")
 CARELESS_OPENERS: tuple[str, ...] = ("quickly", "roughly")
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 REFLECTION_WORD = "wait"
 CHECK_WORD, CHECK_OK = "check", "ok"
 STEP_END = ";"
@@ -212,6 +213,17 @@ class TraceLabels:
     @property
     def correct(self) -> bool:
         return self.answer == Problem.from_id(self.problem_id).answer
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TraceLabels:
+        """The labels from their stored form (``dataclasses.asdict``, e.g. read back from a trace store)."""
+        d = dict(d)
+        d["steps"] = [Step(**x) for x in d.get("steps", [])]
+        d["slips"] = [Slip(**x) for x in d.get("slips", [])]
+        d["repeats"] = [Repeat(**x) for x in d.get("repeats", [])]
+        if d.get("overthinking") is not None:
+            d["overthinking"] = tuple(d["overthinking"])
+        return cls(**d)
 
 
 @dataclass

@@ -15,12 +15,16 @@ from workbench.tasks.math import MathTask, TaskDataError
 TASKS = ("organism", "math", "humaneval")
 
 
-def get_task(name: str, data: str | Path | None = None) -> Task:
-    """The task called ``name``; ``math`` needs ``data`` (a .jsonl, .parquet or save_to_disk folder)."""
+def get_task(name: str, data: str | Path | None = None, model_dir: str | Path | None = None) -> Task:
+    """The task called ``name``; ``math`` needs ``data`` (a .jsonl, .parquet or save_to_disk folder).
+
+    ``model_dir`` lets the organism task label traces by the recipe that model was trained on.
+    """
     if name == "organism":
+        from workbench.organism.train import recipe_of
         from workbench.tasks.organism import OrganismTask
 
-        return OrganismTask()
+        return OrganismTask(recipe=recipe_of(Path(model_dir)) if model_dir is not None else None)
     if name == "math":
         if data is None:
             raise TaskDataError("the math task needs --data FILE (.jsonl, .parquet or a save_to_disk folder)")

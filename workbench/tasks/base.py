@@ -1,19 +1,22 @@
-"""The task protocol: problems, how to prompt for them, and how to grade a completion.
+"""The task protocol: problems, the question to ask, how to grade an answer, and optional labels.
+
+A task never sees prompt templates or token ids: the run's ``PromptFormat`` turns ``message`` into
+the prompt, finds the thinking span in the generated tokens, and hands ``grade`` only the answer
+(the text after the thinking span; empty when thinking never ended).
 
 Example:
     >>> from workbench.tasks import get_task
     >>> task = get_task("organism")
     >>> p = task.problems(1, seed=0)[0]
-    >>> task.grade(p, p.meta["prompt"] + " carefully x </think> " + p.gold).correct
+    >>> task.grade(p, " " + p.gold).correct
     True
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
-
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 
 @dataclass(frozen=True)
@@ -40,25 +43,17 @@ class Task(Protocol):
         """Up to ``n`` problems (all when ``None``), chosen reproducibly from ``seed``."""
         ...
 
-    def prompt(self, problem: TaskProblem, tokenizer) -> str:
-        """The text the model continues."""
+    def message(self, problem: TaskProblem, chat: bool) -> str:
+        """What to ask: the user turn of a chat template (``chat``) or the text of a raw prompt."""
         ...
 
-    def grade(self, problem: TaskProblem, completion: str) -> Grade:
-        """Grades the generated text (what follows the prompt)."""
+    def grade(self, problem: TaskProblem, answer: str) -> Grade:
+        """Grades the answer: the generated text after the thinking span."""
         ...
 
+    def labels(self, problem: TaskProblem, token_strs: Sequence[str]) -> dict[str, Any] | None:
+        """Ground-truth labels read from a finished sequence's tokens, or None when the task has none.
 
-def after_thinking(text: str) -> str:
-    """The part of a completion after its thinking span (all of it when there is none)."""
-    return text.rsplit(THINK_CLOSE, 1)[1] if THINK_CLOSE in text else text
-
-
-def chat_prompt(tokenizer, question: str) -> str:
-    """The question in the tokenizer's chat template when it has one, else as it is."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True,
-            enable_thinking=True,
-        )
-    return question
+        A label dict may carry ``answer_reached``: the position where the final answer first appears.
+        """
+        ...

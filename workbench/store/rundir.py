@@ -1,0 +1,164 @@
+"""A run directory's identity, lock and manifest: what makes resuming safe.
+
+A run is identified by everything that decides its results: the config, a hash of the weights as
+loaded, a hash of the task data, the resolved prompt format and the intervention specs. Resuming
+compares that identity field by field and refuses a mismatch, so one run directory never holds two
+models. One process at a time writes a run: ``RunLock`` holds an ``flock`` on ``.lock`` (released by
+the kernel even after ``kill -9``), and a second writer gets a clear refusal.
+
+Example:
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp()) / "run"
+    >>> with RunLock.acquire(root):
+    ...     RunLock.acquire(root)
+    Traceback (most recent call last):
+    ...
+    workbench.store.rundir.RunDirError: ...another process (pid ...) is writing to this run...
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+MANIFEST, LOCK = "manifest.json", ".lock"
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be created, resumed or read as asked; the message says what to do."""
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in ("reasoning-neuron-workbench", "torch", "transformers", "transformer-lens", "tokenizers"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _update(h, path: Path) -> None:
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 22):
+            h.update(chunk)
+
+
+def path_hash(path: str | Path | None) -> str | None:
+    """sha256 of a file, or of a folder's files (relative names and bytes); None for no path."""
+    if path is None:
+        return None
+    path = Path(path)
+    h = hashlib.sha256()
+    if path.is_dir():
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(str(f.relative_to(path)).encode())
+            _update(h, f)
+    elif path.is_file():
+        _update(h, path)
+    else:
+        return None
+    return h.hexdigest()
+
+
+def model_hash(model) -> str:
+    """sha256 of a loaded model's weights (names, dtypes, shapes, bytes) and its config.
+
+    Hashing what was loaded, not the folder, also identifies a model passed in from Python or
+    edited in memory.
+    """
+    import torch
+
+    hf = getattr(model, "original_model", model)
+    h = hashlib.sha256()
+    config = getattr(hf, "config", None)
+    if config is not None:
+        h.update(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+    for name, p in hf.named_parameters():
+        t = p.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def identity_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The dotted names of the fields where two identities differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted({*old, *new}, key=str):
+            out += identity_diff(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    path = Path(root) / MANIFEST
+    if not path.exists():
+        raise RunDirError(f"{root} is not a run directory (no {MANIFEST}); make one with `workbench traces --out {root}`")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path} is not valid JSON ({exc}); restore it or start a new run directory") from exc
+
+
+def normalise(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists), so identities compare alike."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def make_dir(root: Path) -> None:
+    """Creates ``root`` (and parents), turning OS refusals into a clear ``RunDirError``."""
+    if root.exists() and not root.is_dir():
+        raise RunDirError(f"{root} exists and is not a directory; choose a folder for the run")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create the run directory {root}: {exc.strerror or exc}; choose a folder you can "
+                          "write to") from exc
+
+
+class RunLock:
+    """An exclusive, non-blocking ``flock`` on ``root/.lock``: one writer per run directory."""
+
+    def __init__(self, root: Path, fd: int) -> None:
+        self.root, self._fd = root, fd
+
+    @classmethod
+    def acquire(cls, root: str | Path) -> RunLock:
+        root = Path(root)
+        make_dir(root)
+        try:
+            fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise RunDirError(f"cannot write to the run directory {root}: {exc.strerror or exc}; choose a folder you "
+                              "can write to") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunDirError(
+                f"another process (pid {holder}) is writing to this run ({root}); wait for it to finish, or "
+                "use another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return cls(root, fd)
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -1,0 +1,213 @@
+"""The trace store: a run directory of graded traces that survives crashes and refuses to mix runs.
+
+Layout::
+
+    runs/NAME/
+      manifest.json      # identity (compared on resume) and provenance (versions, paths, time)
+      .lock              # held by the one process writing the run
+      shards/part-<writer>-<n>.parquet   # traces as they finish, each file written atomically
+      traces.parquet     # all traces, (re)written atomically when a run completes
+
+Every trace has a stable ``trace_id`` (``problem_id/sample_index``) that later stores, such as the
+activation store, join on. Shard names carry a per-writer tag, so writers never collide on a name.
+A ``kill -9`` leaves whole shards only; a shard that is nevertheless unreadable (a disk that filled
+up, a copy cut short) is named, set aside into ``shards-corrupt/`` on resume and its traces are
+recomputed.
+
+Example:
+    >>> import tempfile
+    >>> with TraceStore.open(tempfile.mkdtemp() + "/run", {"config": {"task": "organism"}}) as store:
+    ...     store.done_keys()
+    set()
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from workbench.atomic import atomic_write, atomic_write_text
+from workbench.store.rundir import (
+    MANIFEST,
+    RunDirError,
+    RunLock,
+    identity_diff,
+    make_dir,
+    normalise,
+    read_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA = pa.schema([
+    ("trace_id", pa.string()),
+    ("problem_id", pa.string()),
+    ("sample_index", pa.int32()),
+    ("prompt", pa.string()),
+    ("token_ids", pa.list_(pa.int32())),
+    ("prompt_len", pa.int32()),
+    ("text", pa.string()),
+    ("think_start", pa.int32()),
+    ("think_end", pa.int32()),
+    ("answer_start", pa.int32()),
+    ("answer_reached", pa.int32()),
+    ("extracted", pa.string()),
+    ("gold", pa.string()),
+    ("correct", pa.bool_()),
+    ("thinking_tokens", pa.int32()),
+    ("finish_reason", pa.string()),
+    ("events", pa.string()),  # JSON list of {step, kind, payload}
+    ("labels", pa.string()),  # JSON labels from the task, null when it has none
+])
+TRACES, SHARDS, CORRUPT = "traces.parquet", "shards", "shards-corrupt"
+
+
+def trace_id(problem_id: str, sample_index: int) -> str:
+    return f"{problem_id}/{sample_index}"
+
+
+def check_target(root: str | Path) -> None:
+    """Refuses, before anything is written, a path that cannot become or resume a run directory."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise RunDirError(f"{root} exists and is not a directory; choose a folder for the run")
+    if root.is_dir() and not (root / MANIFEST).exists() and any(p.name != ".lock" for p in root.iterdir()):
+        raise RunDirError(f"{root} is not empty and has no {MANIFEST}; choose an empty or new folder")
+
+
+def _read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
+    try:
+        return pq.read_table(path, columns=columns, schema=SCHEMA)
+    except (pa.ArrowException, OSError) as exc:
+        raise RunDirError(
+            f"shard {path} is unreadable ({exc}); run the same `workbench traces` command again to resume: it "
+            f"sets the shard aside into {CORRUPT}/ and recomputes its traces"
+        ) from exc
+
+
+class TraceStore:
+    """A run directory; see the module docstring. ``open`` it to write, construct it to read."""
+
+    def __init__(self, root: str | Path, lock: RunLock | None = None) -> None:
+        self.root = Path(root)
+        self._lock = lock
+        self._writer = uuid.uuid4().hex[:8]
+        self._written = 0
+        self.set_aside: list[Path] = []
+
+    @classmethod
+    def open(cls, root: str | Path, identity: dict[str, Any], provenance: dict[str, Any] | None = None) -> TraceStore:
+        """Starts a run, or resumes the run with the same ``identity``; holds the run's lock until ``close``."""
+        root = Path(root)
+        check_target(root)
+        identity = normalise(identity)
+        existing = read_manifest(root) if (root / MANIFEST).exists() else None
+        if existing is not None:
+            diff = identity_diff(existing.get("identity"), identity)
+            if diff:
+                raise RunDirError(
+                    f"{root} holds another run (it differs in: {', '.join(diff)}); use a new --out folder, or the "
+                    "same model, data, settings and interventions to resume it"
+                )
+        make_dir(root)
+        lock = RunLock.acquire(root)
+        try:
+            store = cls(root, lock)
+            if existing is None:
+                (root / SHARDS).mkdir(exist_ok=True)
+                manifest = {"identity": identity, "provenance": normalise(provenance or {})}
+                atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2))
+            store._recover()
+        except BaseException:
+            lock.release()
+            raise
+        return store
+
+    def _recover(self) -> None:
+        """Clears what a killed writer left: temporary files, and shards that cannot be read."""
+        for tmp in (self.root / SHARDS).glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        for shard in self._shards():
+            try:
+                _read_shard(shard, ["trace_id"])
+            except RunDirError:
+                (self.root / CORRUPT).mkdir(exist_ok=True)
+                target = self.root / CORRUPT / shard.name
+                shard.replace(target)
+                self.set_aside.append(target)
+                log.warning("shard %s is unreadable; moved it to %s, its traces will be recomputed", shard, target)
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> TraceStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def manifest(self) -> dict[str, Any]:
+        return read_manifest(self.root)
+
+    def _shards(self) -> list[Path]:
+        return sorted((self.root / SHARDS).glob("part-*.parquet"))
+
+    def append(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Writes ``rows`` as one new shard, atomically."""
+        if not rows:
+            return
+        if self._lock is None:
+            raise RunDirError(f"{self.root} was opened for reading; use TraceStore.open to write")
+        table = pa.Table.from_pylist(list(rows), schema=SCHEMA)
+        name = f"part-{self._writer}-{self._written:06d}.parquet"
+        atomic_write(self.root / SHARDS / name, lambda tmp: pq.write_table(table, tmp))
+        self._written += 1
+
+    def read(self) -> pa.Table:
+        """Every trace written so far, each ``trace_id`` once, sorted by (problem, sample)."""
+        tables = [_read_shard(s) for s in self._shards()]
+        if not tables:
+            return SCHEMA.empty_table()
+        table = pa.concat_tables(tables)
+        seen, keep = set(), []
+        for i, key in enumerate(table["trace_id"].to_pylist()):
+            if key not in seen:
+                seen.add(key)
+                keep.append(i)
+        table = table.take(keep)
+        return table.sort_by([("problem_id", "ascending"), ("sample_index", "ascending")])
+
+    def done_keys(self) -> set[tuple[str, int]]:
+        keys: set[tuple[str, int]] = set()
+        for s in self._shards():
+            t = _read_shard(s, ["problem_id", "sample_index"])
+            keys.update(zip(t["problem_id"].to_pylist(), t["sample_index"].to_pylist(), strict=True))
+        return keys
+
+    def finalize(self) -> Path:
+        """Writes ``traces.parquet`` from the shards, atomically."""
+        table = self.read()
+        atomic_write(self.root / TRACES, lambda tmp: pq.write_table(table, tmp))
+        return self.root / TRACES
+
+
+def load_traces(run_dir: str | Path) -> pa.Table:
+    """The traces of a run: ``traces.parquet`` when complete, else what the shards hold so far."""
+    run_dir = Path(run_dir)
+    read_manifest(run_dir)
+    if (run_dir / TRACES).exists():
+        try:
+            return pq.read_table(run_dir / TRACES, schema=SCHEMA)
+        except (pa.ArrowException, OSError) as exc:
+            raise RunDirError(f"{run_dir / TRACES} is unreadable ({exc}); delete it and run the same "
+                              "`workbench traces` command to rebuild it from the shards") from exc
+    return TraceStore(run_dir).read()

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, BertConfig, BertModel
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from transformers import AutoModelForCausalLM, BertConfig, BertModel, PreTrainedTokenizerFast
 
 from tests.conftest import save_tiny_model
 from workbench.model import ModelLoadError, load_model
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 class TestParity:
@@ -97,3 +104,96 @@ class TestErrors:
         (folder / "config.json").write_text(json.dumps(cfg))
         with pytest.raises(ModelLoadError, match="tokenizer"):
             load_model(folder)
+
+
+def _set_config_field(folder, **fields):
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg.update(fields)
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def _wordpiece_tokenizer(words):
+    """A BERT-style tokenizer built offline: lower-cases, splits punctuation, cleans up spaces on decode."""
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
+                                                                                                 ("[SEP]", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", clean_up_tokenization_spaces=True)
+
+
+class TestConfigErrors:
+    """config.json problems name the file, the field and the value, and give a fix that applies."""
+
+    def test_unknown_model_type_is_not_an_upgrade_hint(self, tmp_path):
+        folder = save_tiny_model(tmp_path, "llama")
+        _set_config_field(folder, model_type="lama")
+        with pytest.raises(ModelLoadError) as err:
+            load_model(folder)
+        msg = str(err.value)
+        assert str(folder / "config.json") in msg and "`model_type`" in msg and "'lama'" in msg
+        assert "transformers does not know" in msg and "typo" in msg and "convert" in msg
+        assert "upgrade" not in msg.lower() and "pip install" not in msg
+
+    def test_missing_model_type(self, tmp_path):
+        folder = save_tiny_model(tmp_path, "llama")
+        cfg = json.loads((folder / "config.json").read_text())
+        del cfg["model_type"]
+        (folder / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(ModelLoadError, match="has no `model_type` field"):
+            load_model(folder)
+
+    def test_garbage_config_names_the_file_and_the_position(self, tmp_path):
+        (tmp_path / "config.json").write_text("{not json")
+        with pytest.raises(ModelLoadError) as err:
+            load_model(tmp_path)
+        msg = str(err.value)
+        assert msg.startswith(f"{tmp_path / 'config.json'} is not valid JSON") and "line 1 column 2" in msg
+        assert "save_pretrained" in msg
+
+
+class TestTokenizerRoundTrip:
+    """The tokenizer check asks what matters: ids survive encode -> decode -> encode."""
+
+    def test_clean_up_tokenization_spaces_is_accepted(self, tmp_path):
+        folder = save_tiny_model(tmp_path, "qwen3")
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            (folder / name).unlink(missing_ok=True)
+        tok = _wordpiece_tokenizer(["q", ":", "+", "=", "?", *"0123456789", *(f"##{d}" for d in "0123456789")])
+        tok.save_pretrained(folder)
+        ids = tok("Q: 12 + 34 = ?", add_special_tokens=False).input_ids
+        assert tok.decode(ids) == "q : 12 + 34 =?"  # not the probe text, yet the same ids
+        bridge = load_model(folder)
+        assert bridge.tokenizer.clean_up_tokenization_spaces
+        assert bridge.tokenizer("Q: 12 + 34 = ?", add_special_tokens=False).input_ids == ids
+
+    def test_clean_up_that_changes_ids_is_rejected(self, tmp_path):
+        # The organism's word-level vocabulary has no "=?": cleaning up spaces turns two tokens into <unk>.
+        folder = save_tiny_model(tmp_path, "qwen3")
+        cfg = json.loads((folder / "tokenizer_config.json").read_text())
+        (folder / "tokenizer_config.json").write_text(json.dumps({**cfg, "clean_up_tokenization_spaces": True}))
+        with pytest.raises(ModelLoadError, match="does not give back its own tokens"):
+            load_model(folder)
+
+    def test_unknown_tokens_are_rejected(self, tmp_path):
+        folder = save_tiny_model(tmp_path, "qwen3")
+        for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+            (folder / name).unlink(missing_ok=True)
+        _wordpiece_tokenizer(["?", "="]).save_pretrained(folder)
+        with pytest.raises(ModelLoadError, match="does not give back its own tokens"):
+            load_model(folder)
+
+
+def test_package_loads_the_model_code_on_first_use():
+    code = ("import sys, workbench\n"
+            "assert 'torch' not in sys.modules, 'import workbench imported torch'\n"
+            "from workbench import ModelLoadError, load_model, set_threads\n"
+            "import workbench.model as m\n"
+            "assert (load_model, set_threads, ModelLoadError) == (m.load_model, m.set_threads, m.ModelLoadError)\n"
+            "assert set(workbench.__all__) <= set(dir(workbench))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

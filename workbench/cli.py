@@ -16,14 +16,14 @@ from typing import Annotated
 
 import typer
 
-from workbench.model import ModelLoadError
+from workbench.errors import ModelLoadError
 
 app = typer.Typer(help="Find, read and steer the neurons behind reasoning successes and failures.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 organism_app = typer.Typer(help="Train and evaluate the bundled reasoning model organism.", no_args_is_help=True)
 app.add_typer(organism_app, name="organism")
 
-Threads = Annotated[int, typer.Option(help="torch CPU threads (1 is fastest for the organism on 2 cores).")]
+Threads = Annotated[int, typer.Option(min=1, help="torch CPU threads (1 is fastest for the organism on 2 cores).")]
 ModelSpec = Annotated[str, typer.Option("--model", help="'organism' or a local Hugging Face model folder.")]
 
 
@@ -120,19 +120,24 @@ def traces(
 
 @organism_app.command("train")
 def organism_train(
-    out: Annotated[Path, typer.Option(help="Folder for the checkpoint (resumes if it holds a state file).")] = Path(
-        "data/organism"),
+    out: Annotated[Path | None, typer.Option(
+        help="Folder for the checkpoint (resumes if it holds a state file); default: a new "
+             "runs/organism-YYYYmmdd-HHMMSS. The shipped data/organism is refused.")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="Override the number of steps.")] = None,
     seed: int = 0,
     threads: Threads = 2,
 ) -> None:
     """Train the organism from scratch (seeded, resumable; the shipped weights used --threads 1)."""
     from workbench.model import set_threads
-    from workbench.organism.train import TrainConfig, train
+    from workbench.organism.train import TrainConfig, check_out, train
 
+    if out is None:  # a new folder per run, so that a default never lands on earlier weights
+        out = Path("runs") / f"organism-{time.strftime('%Y%m%d-%H%M%S')}"
     set_threads(threads)
     cfg = TrainConfig(seed=seed) if steps is None else TrainConfig(seed=seed, steps=steps)
     try:
+        check_out(out)
+        typer.echo(f"training into {out} (if interrupted, the same --out resumes it)", err=True)
         path = train(cfg, out)
     except ValueError as exc:
         _fail(str(exc))

@@ -24,12 +24,10 @@ from pathlib import Path
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from workbench.errors import ModelLoadError  # defined torch-free for the CLI; importable from here as before
+
 ORGANISM = "organism"
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-
-
-class ModelLoadError(ValueError):
-    """A model folder that cannot be loaded; the message says what is wrong and how to fix it."""
 
 
 def organism_dir() -> Path:
@@ -74,13 +72,49 @@ def offline() -> Iterator[None]:
                 os.environ[k] = v
 
 
+def _read_config_json(path: Path) -> dict:
+    """The raw ``config.json`` of ``path``, checked far enough for a clear message on what is wrong.
+
+    Transformers' own errors for these cases either hide the file or, for an unknown
+    ``model_type``, advise upgrading transformers, which does not help a typo or a foreign checkpoint.
+    """
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    file = path / "config.json"
+    try:
+        raw = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(
+            f"{file} is not valid JSON ({exc}); restore the file the checkpoint was saved with "
+            "(`model.save_pretrained(folder)` writes it)"
+        ) from exc
+    except OSError as exc:
+        raise ModelLoadError(f"{file} cannot be read: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{file} holds a JSON {type(raw).__name__}, not the object of a Hugging Face config")
+    model_type = raw.get("model_type")
+    if model_type is None:
+        raise ModelLoadError(
+            f"{file} has no `model_type` field; add the model's type (e.g. \"model_type\": \"qwen3\") "
+            "or re-save the checkpoint with `model.save_pretrained(folder)`"
+        )
+    if model_type not in CONFIG_MAPPING_NAMES:
+        raise ModelLoadError(
+            f"{file}: field `model_type` is {model_type!r}, which transformers does not know; check the "
+            "field for a typo (known types include qwen3, qwen2, llama, mistral) or convert the checkpoint "
+            "to a known architecture"
+        )
+    return raw
+
+
 def _check_config(path: Path):
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+    _read_config_json(path)
     try:
         config = AutoConfig.from_pretrained(path, local_files_only=True)
-    except (ValueError, OSError, json.JSONDecodeError, KeyError) as exc:
+    except (ValueError, OSError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"{path / 'config.json'} cannot be read as a Hugging Face config: {exc}") from exc
     archs = config.architectures or []
     causal = (
@@ -128,6 +162,26 @@ def _tokenizer_class(path: Path):
     return PreTrainedTokenizerFast if generic else AutoTokenizer
 
 
+def _check_round_trip(path: Path, tokenizer, probe: str = "Q: 12 + 34 = ?") -> None:
+    """Raises unless the ids of ``probe`` survive encode -> decode -> encode, with no unknown token.
+
+    Ids, not text: generated tokens are decoded and re-tokenized, and what must survive is what
+    the model sees. Text equality wrongly rejected tokenizers that lower-case, or whose
+    ``clean_up_tokenization_spaces`` turns ``= ?`` into ``=?`` while giving back the same ids.
+    """
+    ids = tokenizer(probe, add_special_tokens=False).input_ids
+    text = tokenizer.decode(ids)
+    again = tokenizer(text, add_special_tokens=False).input_ids
+    unk = tokenizer.unk_token_id
+    if not ids or again != ids or (unk is not None and unk in ids):
+        raise ModelLoadError(
+            f"{path}: the tokenizer does not give back its own tokens: {probe!r} -> {ids} -> "
+            f"{text!r} -> {again} (unknown-token id {unk}); it is broken or incomplete (check tokenizer.json's "
+            "vocabulary and decoder, and `clean_up_tokenization_spaces` in tokenizer_config.json), or "
+            "save the model's own tokenizer with `tokenizer.save_pretrained(folder)`"
+        )
+
+
 def _load_tokenizer(path: Path, vocab_size: int):
     try:
         tokenizer = _tokenizer_class(path).from_pretrained(path, local_files_only=True)
@@ -141,13 +195,7 @@ def _load_tokenizer(path: Path, vocab_size: int):
             f"{path}: the tokenizer has {len(tokenizer)} tokens but the model's vocab_size is "
             f"{vocab_size}; the tokenizer belongs to another model"
         )
-    probe = "Q: 12 + 34 = ?"
-    ids = tokenizer(probe, add_special_tokens=False).input_ids
-    if not ids or tokenizer.decode(ids).strip() != probe:
-        raise ModelLoadError(
-            f"{path}: the tokenizer does not round-trip text ({probe!r} -> "
-            f"{tokenizer.decode(ids)!r}); it is broken or incomplete"
-        )
+    _check_round_trip(path, tokenizer)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from workbench.model import load_model
+from workbench import atomic
+from workbench.atomic import atomic_torch_save, atomic_write_text
+from workbench.model import DATA_DIR, load_model
 from workbench.organism.train import STATE_FILE, TrainConfig, recipe_of, train
 
 TINY = TrainConfig(n_layers=1, d_model=32, d_mlp=64, n_heads=2, steps=6, batch_size=8, bucket=2, save_every=2,
@@ -46,3 +51,62 @@ def test_resume_refuses_another_config(tmp_path):
     torch.save({"config": {"steps": 999}}, tmp_path / STATE_FILE)
     with pytest.raises(ValueError, match="different training config"):
         train(TINY, tmp_path, progress=False)
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Makes a training step fail loudly, so that a broken refusal cannot overwrite the shipped weights."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", refuse)
+
+
+def test_refuses_to_train_into_the_shipped_organism(no_training, tmp_path):
+    weights = DATA_DIR / "organism" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    (tmp_path / "link").symlink_to(DATA_DIR / "organism")
+    for out in (DATA_DIR / "organism", DATA_DIR / "organism" / ".", tmp_path / "link"):
+        with pytest.raises(ValueError, match="shipped organism"):
+            train(TINY, out, progress=False)
+    assert weights.stat().st_mtime_ns == before
+
+
+def test_refuses_the_organism_folder_set_by_the_environment(no_training, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORKBENCH_ORGANISM", str(tmp_path / "mine"))
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ValueError, match="shipped organism"):
+        train(TINY, tmp_path / "mine", progress=False)
+    assert list((tmp_path / "mine").iterdir()) == []
+
+
+@pytest.fixture
+def umask():
+    """Sets the process umask for one test and restores it after."""
+    saved = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(saved)
+
+
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_respect_the_umask(umask, tmp_path, mask, mode):
+    umask(mask)
+    atomic_write_text(tmp_path / "a.json", "{}")
+    atomic_torch_save({"x": 1}, tmp_path / "b.pt")
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == mode
+    assert stat.S_IMODE((tmp_path / "b.pt").stat().st_mode) == mode
+
+
+def test_umask_is_read_without_changing_it(umask):
+    umask(0o027)
+    assert atomic.current_umask() == 0o027
+    assert os.umask(0o022) == 0o027
+
+
+def test_atomic_rewrite_keeps_the_file_mode(umask, tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text("old")
+    path.chmod(0o640)
+    atomic_write_text(path, "new")
+    assert path.read_text() == "new" and stat.S_IMODE(path.stat().st_mode) == 0o640

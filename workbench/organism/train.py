@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from workbench.atomic import atomic_torch_save, atomic_write_text
+from workbench.model import DATA_DIR, organism_dir
 from workbench.organism.task import TraceRecipe, is_held_out, render_trace, sample_problem
 from workbench.organism.tokenizer import build_tokenizer
 
@@ -131,9 +132,34 @@ def _lr(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Path:
-    """Trains (or resumes training) and saves an HF checkpoint with its tokenizer into ``out``."""
+def check_out(out: Path) -> Path:
+    """Returns ``out``, or raises ``ValueError`` if it is the shipped organism's folder.
+
+    A training run writes its weights over whatever ``out`` holds, and the shipped organism is what
+    every analysis and measured number of the project refers to; paths are compared resolved, so
+    ``./data/organism/`` or a symlink to it is caught too.
+
+    Example:
+        >>> check_out(Path("runs/organism-seed1"))
+        PosixPath('runs/organism-seed1')
+    """
     out = Path(out)
+    shipped = {(DATA_DIR / "organism").resolve(), organism_dir().resolve()}
+    if out.expanduser().resolve() in shipped:
+        raise ValueError(
+            f"refusing to train into {out}: it is the shipped organism's folder and training would "
+            "overwrite its weights; pass another --out folder (e.g. runs/organism-retrain) and copy the "
+            "files over by hand if you mean to replace the shipped model"
+        )
+    return out
+
+
+def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Path:
+    """Trains (or resumes training) and saves an HF checkpoint with its tokenizer into ``out``.
+
+    Refuses (``ValueError``) to write into the shipped organism's folder, before any work.
+    """
+    out = check_out(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     torch.manual_seed(cfg.seed)

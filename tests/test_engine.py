@@ -356,7 +356,7 @@ class TestBadValues:
     def test_non_numeric_edit_values_are_refused(self):
         # Under pytest the jaxtyping/beartype checker refuses the call first (a TypeError); without it,
         # NeuronEdit's own check says "values must be numbers".
-        with pytest.raises((ValueError, TypeError), match="numbers|values"):
+        with pytest.raises((ValueError, TypeError), match=r"numbers|values"):
             NeuronEdit(NEURONS, (1.0, "x", 2.0))
 
     @pytest.mark.parametrize("backend", BACKENDS)

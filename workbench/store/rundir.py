@@ -100,7 +100,8 @@ def identity_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 def read_manifest(root: Path) -> dict[str, Any]:
     path = Path(root) / MANIFEST
     if not path.exists():
-        raise RunDirError(f"{root} is not a run directory (no {MANIFEST}); make one with `workbench traces --out {root}`")
+        raise RunDirError(
+            f"{root} is not a run directory (no {MANIFEST}); make one with `workbench traces --out {root}`")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

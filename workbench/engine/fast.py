@@ -5,8 +5,34 @@ arithmetic on small batches. For generation the engine can instead run this forw
 weight tensors (shared, not copied), the HF rotary module, a preallocated per-row KV cache with no
 concatenation, and the MLP neurons edited and read at exactly TransformerLens's
 ``blocks.{L}.mlp.hook_post`` site (the input of ``down_proj``). Parity with HF and the bridge is
-tested; configurations it does not cover (sliding windows, partial rotary, MoE, other
-architectures) make ``unsupported_reason`` say why, and the engine falls back to the bridge.
+tested; configurations it does not cover make ``unsupported_reason`` say why, and the engine falls
+back to the bridge. It is an allow-list: what has not been checked against HF falls back.
+
+Config fields that change the forward pass (transformers 5 Llama, Mistral, Qwen2, Qwen3 classes):
+
+    architectures, model_type      allow-listed; model_type too, since it picks the class HF loads
+    attention_bias (Llama, Qwen3)  q/k/v/o biases added; Qwen2's always-on q/k/v (no o) likewise.
+                                   Biases are read from the weights, so the config cannot disagree
+    mlp_bias (Llama)               gate/up/down biases added
+    q_norm/k_norm (Qwen3)          applied per head, before RoPE
+    head_dim, num_key_value_heads  as HF reads them; attention scale head_dim**-0.5 (SDPA's default)
+    rms_norm_eps                   used, fp32 normalisation as HF
+    hidden_act                     silu/swish, relu, gelu, gelu_pytorch_tanh; others fall back
+    rope_parameters (rope_scaling) HF's own rotary module, for types whose angles depend on the
+                                   position alone: default, linear, llama3, yarn (its attention
+                                   factor scales cos/sin inside that module). dynamic and longrope
+                                   rescale by the longest position in the call (module state), so
+                                   they fall back, as does any other type
+    partial_rotary_factor != 1     falls back
+    sliding_window, Qwen's         fall back whenever a window is configured (Mistral's
+    use_sliding_window,            sliding_window, or Qwen's use_sliding_window) or any layer type
+    max_window_layers, layer_types is not full_attention
+    tie_word_embeddings            the tied weight is the embedding, used as the unembedding
+    quantization_config            falls back: the weights are not plain tensors
+    pretraining_tp (Llama)         no effect: transformers 5 ignores it
+    logit/attention soft-capping   not a field of these classes (HF ignores a stray one, so do we)
+    attention_dropout              no effect at inference
+    max_position_embeddings        only through the RoPE parameters
 
 Each row stores its tokens left-aligned: column ``j`` of a row's cache holds its position ``j``, so
 causality is ``key column <= query position`` and refilling a row just overwrites its columns.
@@ -22,6 +48,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -29,24 +56,44 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 SUPPORTED = {"LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"}
+MODEL_TYPES = {"llama", "mistral", "qwen2", "qwen3"}
+# Types whose cos/sin at a position depend on that position only, so HF's rotary module is right for
+# any position ids we hand it. "dynamic" and "longrope" pick frequencies from the longest position in
+# the call and keep them as module state: a row's angles would depend on its batch neighbours.
+STATIC_ROPE = {"default", "linear", "llama3", "yarn"}
+# As HF's ACT2FN computes them (its "silu" and "swish" are F.silu, "gelu_pytorch_tanh" the tanh F.gelu).
+ACTIVATIONS = {
+    "silu": F.silu, "swish": F.silu, "relu": F.relu, "gelu": F.gelu,
+    "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh"),
+}
 
 # (layer, act at the current positions (rows, d_mlp)) -> act to use instead
 MlpHook = Callable[[int, Float[Tensor, "rows d_mlp"]], Tensor]
 
 
 def unsupported_reason(config) -> str | None:
-    """Why the fast forward cannot run this config, or None when it can."""
+    """Why the fast forward cannot run this config, or None when it can. See the module docstring."""
     archs = set(config.architectures or [])
     if not archs & SUPPORTED:
         return f"architecture {sorted(archs)} is not one of {sorted(SUPPORTED)}"
-    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True):
-        return "sliding-window attention"
-    if getattr(config, "partial_rotary_factor", 1.0) != 1.0:
+    if config.model_type not in MODEL_TYPES:
+        return f"model type {config.model_type!r} is not one of {sorted(MODEL_TYPES)}"
+    if getattr(config, "quantization_config", None):
+        return "quantized weights"
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type not in STATIC_ROPE:
+        return f"RoPE type {rope_type!r} (supported: {sorted(STATIC_ROPE)})"
+    if rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None)) not in (None, 1.0):
         return "partial rotary embeddings"
-    if getattr(config, "hidden_act", "silu") != "silu":
-        return f"activation {config.hidden_act!r}"
-    if getattr(config, "mlp_bias", False):
-        return "MLP biases"
+    # Conservative: Qwen's HF classes attend fully when use_sliding_window is set but max_window_layers
+    # leaves no sliding layer; we fall back anyway rather than second-guess which field wins.
+    window = getattr(config, "sliding_window", None)
+    other_layers = set(getattr(config, "layer_types", None) or []) - {"full_attention"}
+    if (window and getattr(config, "use_sliding_window", True)) or other_layers:
+        return f"sliding-window attention (sliding_window={window}, layer types {sorted(other_layers)})"
+    if getattr(config, "hidden_act", "silu") not in ACTIVATIONS:
+        return f"activation {config.hidden_act!r} (supported: {sorted(ACTIVATIONS)})"
     return None
 
 
@@ -61,15 +108,20 @@ class _Layer:
     k: Tensor
     v: Tensor
     o: Tensor
-    qb: Tensor | None
-    kb: Tensor | None
-    vb: Tensor | None
     q_norm: Tensor | None
     k_norm: Tensor | None
     ln2: Tensor
     gate: Tensor
     up: Tensor
     down: Tensor
+    # Biases exist only where the config asks for them; None costs nothing in F.linear.
+    qb: Tensor | None
+    kb: Tensor | None
+    vb: Tensor | None
+    ob: Tensor | None
+    gate_b: Tensor | None
+    up_b: Tensor | None
+    down_b: Tensor | None
 
 
 class FastDecoder:
@@ -90,17 +142,19 @@ class FastDecoder:
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.n_heads
         rot = hf_model.model.rotary_emb
         self.rotary = getattr(rot, "_original_component", rot)
+        self.act = ACTIVATIONS[getattr(cfg, "hidden_act", "silu")]
         self.layers = []
         for i in range(cfg.num_hidden_layers):
             pre = f"model.layers.{i}."
+            attn, mlp = pre + "self_attn.", pre + "mlp."
             self.layers.append(_Layer(
-                ln1=p[pre + "input_layernorm.weight"], q=p[pre + "self_attn.q_proj.weight"],
-                k=p[pre + "self_attn.k_proj.weight"], v=p[pre + "self_attn.v_proj.weight"],
-                o=p[pre + "self_attn.o_proj.weight"], qb=p.get(pre + "self_attn.q_proj.bias"),
-                kb=p.get(pre + "self_attn.k_proj.bias"), vb=p.get(pre + "self_attn.v_proj.bias"),
-                q_norm=p.get(pre + "self_attn.q_norm.weight"), k_norm=p.get(pre + "self_attn.k_norm.weight"),
-                ln2=p[pre + "post_attention_layernorm.weight"], gate=p[pre + "mlp.gate_proj.weight"],
-                up=p[pre + "mlp.up_proj.weight"], down=p[pre + "mlp.down_proj.weight"],
+                ln1=p[pre + "input_layernorm.weight"], ln2=p[pre + "post_attention_layernorm.weight"],
+                q=p[attn + "q_proj.weight"], k=p[attn + "k_proj.weight"], v=p[attn + "v_proj.weight"],
+                o=p[attn + "o_proj.weight"], q_norm=p.get(attn + "q_norm.weight"), k_norm=p.get(attn + "k_norm.weight"),
+                gate=p[mlp + "gate_proj.weight"], up=p[mlp + "up_proj.weight"], down=p[mlp + "down_proj.weight"],
+                qb=p.get(attn + "q_proj.bias"), kb=p.get(attn + "k_proj.bias"), vb=p.get(attn + "v_proj.bias"),
+                ob=p.get(attn + "o_proj.bias"), gate_b=p.get(mlp + "gate_proj.bias"), up_b=p.get(mlp + "up_proj.bias"),
+                down_b=p.get(mlp + "down_proj.bias"),
             ))
         self.dtype, self.device = self.embed.dtype, self.embed.device
 
@@ -165,13 +219,14 @@ class FastDecoder:
             if self.n_kv != self.n_heads:
                 rep = self.n_heads // self.n_kv
                 keys, vals = keys.repeat_interleave(rep, 1), vals.repeat_interleave(rep, 1)
+            # SDPA's default scale is head_dim**-0.5, HF's scaling for all four classes.
             att = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask)
-            x = x + F.linear(att.transpose(1, 2).reshape(rows, t, -1), layer.o)
+            x = x + F.linear(att.transpose(1, 2).reshape(rows, t, -1), layer.o, layer.ob)
             h = self._rms(x, layer.ln2)
-            act = F.silu(F.linear(h, layer.gate)) * F.linear(h, layer.up)
+            act = self.act(F.linear(h, layer.gate, layer.gate_b)) * F.linear(h, layer.up, layer.up_b)
             if mlp_hook is not None:
                 act[ar, last] = mlp_hook(li, act[ar, last])
-            x = x + F.linear(act, layer.down)
+            x = x + F.linear(act, layer.down, layer.down_b)
         out = self._rms(x[ar, last], self.norm)
         return F.linear(out, self.lm_head).float()
 

@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import logging
 import math
@@ -17,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from workbench.errors import ModelLoadError
@@ -37,6 +37,18 @@ def _main() -> None:
 
 Threads = Annotated[int, typer.Option(min=1, help="torch CPU threads (1 is fastest for the organism on 2 cores).")]
 ModelSpec = Annotated[str, typer.Option("--model", help="'organism' or a local Hugging Face model folder.")]
+
+
+class PromptStyle(enum.StrEnum):
+    auto = "auto"
+    chat = "chat"
+    raw = "raw"
+
+
+def _open_unit_interval(value: float) -> float:
+    if not 0.0 < value <= 1.0:
+        raise typer.BadParameter(f"{value} is not in (0, 1]; 1 keeps every token")
+    return value
 
 
 def _fail(msg: str) -> None:
@@ -117,13 +129,12 @@ def traces(
     problems: Annotated[int | None, typer.Option(min=1, help="Problems to use (default: all for file tasks).")] = None,
     samples: Annotated[int, typer.Option(min=1, help="Samples per problem.")] = 1,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy.")] = 1.0,
-    top_p: Annotated[float, typer.Option(min=0.0, max=1.0, min_open=True, help="Nucleus mass, in (0, 1].")] = 1.0,
+    top_p: Annotated[float, typer.Option(callback=_open_unit_interval, help="Nucleus mass, in (0, 1].")] = 1.0,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 160,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     flush_every: Annotated[int, typer.Option(min=1, help="Finished traces per shard written to disk.")] = 64,
-    prompt_style: Annotated[str, typer.Option(
-        click_type=click.Choice(["auto", "chat", "raw"]),
-        help="auto: the chat template when the tokenizer has one; raw: --raw-template.")] = "auto",
+    prompt_style: Annotated[PromptStyle, typer.Option(
+        help="auto: the chat template when the tokenizer has one; raw: --raw-template.")] = PromptStyle.auto,
     raw_template: Annotated[str, typer.Option(
         help="Raw prompt with {question}, e.g. 'Question: {question}\\nThinking process:'.")] = "{question}",
     allow_unsandboxed: Annotated[bool, typer.Option(
@@ -143,7 +154,7 @@ def traces(
         cfg = TraceRunConfig(
             model=model, task=task, data=str(data) if data else None, problems=problems, samples=samples,
             temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-            flush_every=flush_every, prompt=PromptFormat(style=prompt_style, raw_template=raw_template),
+            flush_every=flush_every, prompt=PromptFormat(style=prompt_style.value, raw_template=raw_template),
             allow_unsandboxed=allow_unsandboxed,
         )
         summary = run_traces(cfg, out)

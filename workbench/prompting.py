@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # Space marks that tokenizers write into token strings (SentencePiece, byte-level BPE).
@@ -79,11 +79,11 @@ class PromptFormat:
         think_open, think_close: the thinking markers, as text.
     """
 
-    style: Literal["auto", "chat", "raw"] = "auto"
+    style: str = "auto"  # validated below with a clearer message than a type checker gives
     raw_template: str = "{question}"
     system: str | None = None
     enable_thinking: bool = True
-    bos: Literal["auto", "always", "never"] = "auto"
+    bos: str = "auto"
     stop_ids: tuple[int, ...] = ()
     extra_stops: tuple[str, ...] = ()
     think_open: str = THINK_OPEN

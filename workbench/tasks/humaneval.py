@@ -15,14 +15,14 @@ import random
 import re
 from dataclasses import dataclass
 
-from workbench.tasks.base import Grade, TaskProblem, after_thinking, chat_prompt
+from workbench.tasks.base import Grade, TaskProblem
 from workbench.tasks.sandbox import run_python
 
 _FENCE = re.compile(r"```(?:python|py)?\n(.*?)```", re.DOTALL)
 
 
 def program_for(problem: TaskProblem, completion: str) -> str:
-    body = after_thinking(completion)
+    body = completion
     blocks = _FENCE.findall(body)
     code = blocks[-1] if blocks else body
     entry = problem.meta["entry_point"]
@@ -54,11 +54,14 @@ class HumanEvalTask:
         items = list(self.items)
         return random.Random(seed).sample(items, n) if n is not None and n < len(items) else items
 
-    def prompt(self, problem: TaskProblem, tokenizer) -> str:
-        if getattr(tokenizer, "chat_template", None):
-            return chat_prompt(tokenizer, "Complete this Python function. Reply with the whole function in a "
-                                          f"```python``` block.\n\n{problem.question}")
+    def message(self, problem: TaskProblem, chat: bool) -> str:
+        if chat:
+            return ("Complete this Python function. Reply with the whole function in a ```python``` block.\n\n"
+                    f"{problem.question}")
         return problem.question
+
+    def labels(self, problem: TaskProblem, token_strs) -> None:
+        return None
 
     def grade(self, problem: TaskProblem, completion: str) -> Grade:
         result = run_python(program_for(problem, completion), timeout=self.timeout)

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from workbench.tasks.base import Grade, TaskProblem, after_thinking, chat_prompt
+from workbench.tasks.base import Grade, TaskProblem
 
 QUESTION_FIELDS = ("problem", "question", "prompt")
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -134,13 +134,16 @@ class MathTask:
             items = random.Random(seed).sample(items, n)
         return items
 
-    def prompt(self, problem: TaskProblem, tokenizer) -> str:
-        return chat_prompt(tokenizer, f"{problem.question}\n{INSTRUCTION}")
+    def message(self, problem: TaskProblem, chat: bool) -> str:
+        return f"{problem.question}\n{INSTRUCTION}"
+
+    def labels(self, problem: TaskProblem, token_strs) -> None:
+        return None
 
     def grade(self, problem: TaskProblem, completion: str) -> Grade:
         from math_verify import parse, verify
 
-        tail = after_thinking(completion)
+        tail = completion
         pred = last_boxed(tail)
         if pred is None and problem.meta.get("style") == "gsm8k":
             numbers = _NUMBER.findall(tail)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -74,10 +75,38 @@ class TestGrading:
         assert not task.grade(aime, "</think> 204").correct
         assert task.grade(aime, "</think> \\boxed{204}").correct
 
+    def test_an_empty_box_is_no_answer(self, task):
+        # Models copy the instruction's empty \\boxed{}: the answer is the last non-empty box, else the last number.
+        gsm, frac, aime = task.problems(None, 0)
+        assert task.grade(gsm, "</think> I put it in \\boxed{}: the answer is 7.").extracted == "7"
+        assert task.grade(gsm, "</think> \\boxed{ } 7").correct
+        assert task.grade(aime, "</think> Final answer in \\boxed{}.\n\n204").correct
+        assert task.grade(frac, "</think> \\boxed{\\frac{1}{2}} (put within \\boxed{})").extracted == "\\frac{1}{2}"
+        assert task.grade(aime, "</think> \\boxed{204} \\boxed{} 5").extracted == "204"  # a real box wins
+        assert task.grade(aime, "</think> \\boxed{}").extracted is None
+
+    def test_grading_from_another_thread(self, task):
+        # Math-Verify's signal-based timeouts only work in the main thread (Streamlit, Ray actors run elsewhere).
+        frac = task.problems(None, 0)[1]
+        results, errors = [], []
+
+        def grade() -> None:
+            try:
+                results.append(task.grade(frac, "</think> \\boxed{0.5}").correct)
+            except Exception as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=grade)
+        thread.start()
+        thread.join(timeout=60)
+        assert errors == [] and results == [True]
+
     def test_last_boxed_balances_braces(self):
         assert last_boxed("x \\boxed{\\frac{a}{b}} y") == "\\frac{a}{b}"
         assert last_boxed("\\boxed{1} and \\boxed{2}") == "2"
         assert last_boxed("none") is None
+        assert last_boxed("\\boxed{5} then \\boxed{} and \\boxed {  }") == "5"
+        assert last_boxed("\\boxed{\\boxed{3}}") == "3"
 
     def test_prompt_uses_the_chat_template_when_there_is_one(self, task, tiny_model):
         tok = tiny_model.tokenizer

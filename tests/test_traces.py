@@ -175,7 +175,7 @@ class TestValidateBeforeWriting:
 
     def test_garbage_config_leaves_no_run_dir(self, organism_copy, tmp_path):
         (organism_copy / "config.json").write_text("{not json")
-        with pytest.raises(ModelLoadError, match="config.json"):
+        with pytest.raises(ModelLoadError, match=r"config\.json"):
             run_traces(replace(SMALL, model=str(organism_copy)), tmp_path / "run", progress=False)
         assert not (tmp_path / "run").exists()
 

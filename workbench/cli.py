@@ -62,10 +62,12 @@ def _user_errors(out: Path | None = None) -> Iterator[None]:
     from workbench.prompting import PromptFormatError
     from workbench.store import RunDirError
     from workbench.tasks import TaskDataError
+    from workbench.tasks.sandbox import SandboxUnavailableError
 
     try:
         yield
-    except (ModelLoadError, RunDirError, TaskDataError, PromptFormatError, ValueError) as exc:
+    except (ModelLoadError, RunDirError, TaskDataError, PromptFormatError, SandboxUnavailableError,
+            ValueError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
         saved = f"; every finished trace is saved in {out}" if out is not None else ""

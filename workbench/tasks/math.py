@@ -3,13 +3,17 @@
 Files are JSONL, Parquet, or a ``datasets.save_to_disk`` folder (read with pyarrow, no download).
 The question is the first of ``problem``/``question``/``prompt``; the gold answer is ``answer`` (the
 text after ``####`` when present, as in GSM8K) or else the last ``\\boxed{}`` of ``solution``.
-Predictions are read after the thinking span: the last ``\\boxed{}``, or for GSM8K-style gold the
-last number when nothing is boxed. Grading is Math-Verify as ``verify(gold, pred)``: the call is
-asymmetric and gold goes first.
+Predictions are read from the answer (the text after the thinking span, which the run's prompt
+format finds): the last non-empty ``\\boxed{}``. Without one, the
+last number is the answer when the gold is GSM8K-style, or when the text has only empty boxes (a
+model that copies the instruction's ``\\boxed{}`` and writes the answer beside it); a boxed-style
+task whose answer has no box at all gets no answer, as the instruction asked for one.
+Grading is Math-Verify as ``verify(gold, pred)``: the call is asymmetric and gold goes first. It is
+safe from any thread: Math-Verify's timeouts (signal.alarm) apply in the main thread only.
 
 Example:
     >>> task = MathTask.from_records([{"question": "1+1?", "answer": "so #### 2"}], source="inline")
-    >>> task.grade(task.problems(None, 0)[0], "<think>hmm</think> \\\\boxed{2}").correct
+    >>> task.grade(task.problems(None, 0)[0], "so \\\\boxed{2}").correct
     True
 """
 
@@ -18,7 +22,8 @@ from __future__ import annotations
 import json
 import random
 import re
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,13 +38,11 @@ class TaskDataError(ValueError):
     """A task file that cannot be used; the message names the file, line and field."""
 
 
-def last_boxed(text: str) -> str | None:
-    """The content of the last ``\\boxed{...}`` (braces balanced), or None."""
-    start = text.rfind("\\boxed")
-    if start < 0:
-        return None
-    i = text.find("{", start)
-    if i < 0:
+def _braced(text: str, i: int) -> str | None:
+    """The balanced ``{...}`` content starting at ``text[i]`` (after spaces), or None."""
+    while i < len(text) and text[i].isspace():
+        i += 1
+    if not text.startswith("{", i):
         return None
     depth = 0
     for j in range(i, len(text)):
@@ -47,6 +50,46 @@ def last_boxed(text: str) -> str | None:
         if depth == 0:
             return text[i + 1 : j]
     return None
+
+
+def _boxes(text: str) -> Iterator[str]:
+    """The stripped contents of the closed ``\\boxed{...}`` in ``text``, last first (empty ones included)."""
+    end = len(text)
+    while (start := text.rfind("\\boxed", 0, end)) >= 0:
+        end = start
+        content = _braced(text, start + len("\\boxed"))
+        if content is not None:
+            yield content.strip()
+
+
+def last_boxed(text: str) -> str | None:
+    r"""The content of the last non-empty ``\boxed{...}`` (braces balanced), or None.
+
+    An empty box is no answer: models often copy the instruction's ``\boxed{}``.
+
+    >>> last_boxed("\\boxed{\\frac{1}{2}}, put it in \\boxed{ }")
+    '\\frac{1}{2}'
+    >>> last_boxed("put it in \\boxed{}") is None
+    True
+    """
+    return next((b for b in _boxes(text) if b), None)
+
+
+def _last_number(text: str) -> str | None:
+    numbers = _NUMBER.findall(text)
+    return numbers[-1].replace(",", "") if numbers else None
+
+
+def _verify(gold: str, pred: str) -> bool:
+    from math_verify import parse, verify
+
+    # Math-Verify's default timeouts use signal.alarm, which Python allows only in the main thread: elsewhere
+    # (Streamlit, Ray actors, thread pools) parse/verify would raise. There we switch them off, as Math-Verify
+    # advises; the input is one short extracted answer, so the remaining risk is a pathological expression.
+    main = threading.current_thread() is threading.main_thread()
+    seconds = 5 if main else None
+    return bool(verify(parse(f"${gold}$", parsing_timeout=seconds), parse(f"${pred}$", parsing_timeout=seconds),
+                       timeout_seconds=seconds))
 
 
 def _records(path: Path) -> Iterable[tuple[str, dict]]:
@@ -140,15 +183,12 @@ class MathTask:
     def labels(self, problem: TaskProblem, token_strs) -> None:
         return None
 
-    def grade(self, problem: TaskProblem, completion: str) -> Grade:
-        from math_verify import parse, verify
-
-        tail = completion
-        pred = last_boxed(tail)
-        if pred is None and problem.meta.get("style") == "gsm8k":
-            numbers = _NUMBER.findall(tail)
-            pred = numbers[-1].replace(",", "") if numbers else None
+    def grade(self, problem: TaskProblem, answer: str) -> Grade:
+        tail = answer
+        boxes = list(_boxes(tail))
+        pred = next((b for b in boxes if b), None)
+        if pred is None and (boxes or problem.meta.get("style") == "gsm8k"):  # only empty boxes, or GSM8K gold
+            pred = _last_number(tail)
         if pred is None:
             return Grade(None, False)
-        gold_parsed, pred_parsed = parse(f"${problem.gold}$"), parse(f"${pred}$")
-        return Grade(pred, bool(verify(gold_parsed, pred_parsed)))
+        return Grade(pred, _verify(problem.gold, pred))

@@ -1,35 +1,29 @@
 # %% [markdown]
 # # A tour of the reasoning model organism
-# Every analysis in the workbench is a library call; this notebook (percent-cell format: open it in
-# VS Code or Jupyter with jupytext, or run it as a script) drives the same functions as the CLI.
+# Every analysis in the workbench is a library call on a run directory; this notebook (percent-cell
+# format: open it in VS Code or Jupyter with jupytext, or run it as a script) drives the same functions
+# as the CLI, on the same files.
 
 # %%
 from workbench import load_model, set_threads
-from workbench.engine import SamplingConfig
-from workbench.organism.evaluate import (
-    DEFAULT_TEMPERATURE,
-    EvalConfig,
-    behaviour,
-    evaluate,
-    probe_report,
-    sample_and_label,
-)
-from workbench.organism.task import sample_problems
+from workbench.organism.evaluate import EvalConfig, behaviour, evaluate, load_samples, probe_report
+from workbench.traces import TraceRunConfig, run_traces
 
 set_threads(1)  # one thread is fastest for the organism on a small CPU
 model = load_model("organism")
 
 # %% [markdown]
-# ## Sample labelled traces on held-out problems
-# Each trace is read back by the labeler: regime, dropped carries (caught or not), repeated steps,
-# overthinking, and where the answer was first reached.
+# ## Sample labelled traces on held-out problems into a run directory
+# Each trace is stored with its labels, read back from the tokens: regime, dropped carries (caught or
+# not), repeated steps, overthinking, and where the answer was first reached. Running the cell again
+# resumes the run instead of sampling anew.
 
 # %%
-problems = sample_problems(50, seed=0, held_out=True)
-samples = sample_and_label(model, problems, 4, SamplingConfig(temperature=DEFAULT_TEMPERATURE))
+print(run_traces(TraceRunConfig(problems=50, samples=4), "runs/tour", progress=False, model=model))
+samples = load_samples("runs/tour")
 print(behaviour(samples))
 for s in samples[:4]:
-    print(s.labels.correct, model.tokenizer.decode(s.generation.tokens, skip_special_tokens=True))
+    print(s.labels.correct, model.tokenizer.decode(s.tokens, skip_special_tokens=True))
 
 # %% [markdown]
 # ## Does the model know, early, whether it will fail?
@@ -44,4 +38,4 @@ print(probe_report(model, samples))
 
 # %%
 if __name__ == "__main__":
-    print(evaluate(model, EvalConfig(problems=100, samples=4)))
+    print(evaluate(EvalConfig(problems=100, samples=4), "runs/tour-eval", model))

@@ -25,19 +25,53 @@ def test_help_everywhere(args):
     assert "Usage" in result.output
 
 
-def test_run_prints_accuracy_and_traces(organism):
-    result = runner.invoke(app, ["run", "--problems", "6", "--samples", "2", "--show", "2"])
+def test_run_writes_run_directories_and_prints_from_them(organism, tmp_path):
+    result = runner.invoke(app, ["run", "--problems", "6", "--samples", "2", "--show", "2", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "greedy accuracy" in result.output and "<think>" in result.output
+    assert (tmp_path / "greedy" / "traces.parquet").exists() and (tmp_path / "sampled" / "traces.parquet").exists()
+    again = runner.invoke(app, ["run", "--problems", "6", "--samples", "2", "--show", "2", "--out", str(tmp_path)])
+    def report(out: str) -> str:
+        return out[out.index("greedy accuracy"):out.index("done in")]
+
+    assert report(again.output) == report(result.output)  # read back from the run directories, not resampled
 
 
-def test_eval_json_has_the_target_keys(organism):
-    result = runner.invoke(app, ["organism", "eval", "--problems", "12", "--samples", "2", "--json"])
+def test_eval_json_has_the_target_keys(organism, tmp_path):
+    result = runner.invoke(app, ["organism", "eval", "--problems", "12", "--samples", "2", "--json",
+                                 "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout[result.stdout.index("{"):])
     for key in ("greedy_accuracy", "sampled_accuracy", "reflection_rate", "overthinking_rate",
                 "oscillation_rate", "probe_auroc_early", "probe_auroc_baseline"):
         assert key in report
+    assert report["run_dir"] == str(tmp_path) and (tmp_path / "sampled" / "manifest.json").exists()
+
+
+def test_bad_top_p_fails_before_any_folder_exists(tmp_path):
+    result = runner.invoke(app, ["traces", "--out", str(tmp_path / "run"), "--top-p", "0"])
+    assert result.exit_code == 2 and "top-p" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_ctrl_c_says_the_same_command_resumes(monkeypatch, tmp_path):
+    import workbench.traces
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workbench.traces, "run_traces", interrupted)
+    result = runner.invoke(app, ["traces", "--out", str(tmp_path / "run"), "--problems", "2"])
+    assert result.exit_code == 130
+    assert "Run the same command again to resume" in result.output and str(tmp_path / "run") in result.output
+
+
+def test_refused_resume_is_one_clear_line(organism, tmp_path):
+    args = ["traces", "--out", str(tmp_path / "run"), "--problems", "2", "--max-new-tokens", "20"]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, [*args, "--samples", "2"])
+    assert result.exit_code == 2 and "differs in: config.samples" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_missing_model_is_a_clear_error(tmp_path):

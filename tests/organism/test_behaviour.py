@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from workbench.model import organism_dir
 from workbench.organism.evaluate import EvalConfig, evaluate
-from workbench.organism.train import recipe_of
 
 FAILURE_RATES = ("reflection_rate", "uncaught_slip_rate", "oscillation_rate", "overthinking_rate")
 
 
 @pytest.fixture(scope="module")
-def report(organism):
-    return evaluate(organism, EvalConfig(problems=200, samples=8), recipe_of(organism_dir()))
+def report(organism, tmp_path_factory):
+    return evaluate(EvalConfig(problems=200, samples=8), tmp_path_factory.mktemp("eval"), organism)
 
 
 @pytest.mark.slow

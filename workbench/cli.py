@@ -138,7 +138,8 @@ def traces(
     prompt_style: Annotated[PromptStyle, typer.Option(
         help="auto: the chat template when the tokenizer has one; raw: --raw-template.")] = PromptStyle.auto,
     raw_template: Annotated[str, typer.Option(
-        help="Raw prompt with {question}, e.g. 'Question: {question}\\nThinking process:'.")] = "{question}",
+        help="Raw prompt with {question}; \\n is a newline. E.g. 'Question: {question}\\nThinking process:'.",
+    )] = "{question}",
     allow_unsandboxed: Annotated[bool, typer.Option(
         help="HumanEval: run generated code even where the sandbox cannot cut the network off.")] = False,
     seed: int = 0,
@@ -156,7 +157,8 @@ def traces(
         cfg = TraceRunConfig(
             model=model, task=task, data=str(data) if data else None, problems=problems, samples=samples,
             temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-            flush_every=flush_every, prompt=PromptFormat(style=prompt_style.value, raw_template=raw_template),
+            flush_every=flush_every, prompt=PromptFormat(style=prompt_style.value,
+                                                           raw_template=raw_template.replace("\\n", "\n")),
             allow_unsandboxed=allow_unsandboxed,
         )
         summary = run_traces(cfg, out)

@@ -3,8 +3,9 @@
 Each iteration (1) runs one decode step for every live row, (2) prefills waiting prompts into free
 rows and merges their keys and values into the cache, (3) shows controllers the live rows' logits
 and neuron activations, and (4) picks, appends and checks each row's next token. Rows are
-left-padded and positions count real tokens only. TransformerLens hooks (``mlp.hook_post``) carry
-the edits and the reads; they are added for the run and removed when it ends, on error too.
+left-padded and positions count real tokens only. Edits and reads act at ``mlp.hook_post``: the fast
+forward calls them in place, the bridge forward through TransformerLens hooks attached for each
+forward pass alone, so a paused, abandoned or failed run leaves none on the model.
 
 Example:
     >>> from workbench import load_model

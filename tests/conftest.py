@@ -35,6 +35,16 @@ def _seed() -> None:
     set_threads(1)
 
 
+@pytest.fixture
+def no_training(monkeypatch):
+    """Makes a training step fail loudly, so that a broken refusal cannot overwrite the shipped weights."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", refuse)
+
+
 def save_tiny_model(folder: Path, arch: str, n_layers: int = 2, seed: int = 0) -> Path:
     """Saves a random-weight ``arch`` checkpoint with the offline organism tokenizer into ``folder``."""
     tok = build_tokenizer()

@@ -53,16 +53,6 @@ def test_resume_refuses_another_config(tmp_path):
         train(TINY, tmp_path, progress=False)
 
 
-@pytest.fixture
-def no_training(monkeypatch):
-    """Makes a training step fail loudly, so that a broken refusal cannot overwrite the shipped weights."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("training started")
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", refuse)
-
-
 def test_refuses_to_train_into_the_shipped_organism(no_training, tmp_path):
     weights = DATA_DIR / "organism" / "model.safetensors"
     before = weights.stat().st_mtime_ns

@@ -82,3 +82,8 @@ def organism():
     if not (organism_dir() / "config.json").exists():
         pytest.fail(f"the bundled organism is missing from {organism_dir()}; run `workbench organism train`")
     return load_model("organism")
+
+
+@pytest.fixture(scope="session")
+def organism_v1():
+    return load_model("organism-v1")

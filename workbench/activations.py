@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from jaxtyping import Float
@@ -110,3 +110,25 @@ def next_token_probs(
         logits = run_forced(model, seqs, hooks)
         out.append(torch.softmax(logits[rows, pos.to(logits.device)].float(), -1).cpu())
     return torch.cat(out)
+
+
+def token_activations(
+    model: TransformerBridge,
+    sequences: Sequence[Sequence[int]],
+    batch_size: int = 64,
+) -> Iterator[tuple[range, Float[Tensor, "batch pos n_neurons"]]]:
+    """Every layer's ``mlp.hook_post`` at every position, a batch at a time: (rows, acts).
+
+    ``acts[:, :, L * d_mlp + i]`` is neuron ``i`` of layer ``L``; positions past a sequence's end are
+    padding. Memory grows with the batch, never with the number of sequences.
+    """
+    n_layers = model.cfg.n_layers
+    for b in range(0, len(sequences), batch_size):
+        seqs = sequences[b : b + batch_size]
+        got: dict[int, Tensor] = {}
+
+        def grab(act: Float[Tensor, "batch pos d_mlp"], hook: HookPoint, got=got):
+            got[int(hook.name.split(".")[1])] = act.detach().float().cpu()
+
+        run_forced(model, seqs, [(mlp_post(layer), grab) for layer in range(n_layers)])
+        yield range(b, b + len(seqs)), torch.cat([got[layer] for layer in range(n_layers)], dim=-1)

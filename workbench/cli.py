@@ -126,7 +126,8 @@ def run(
 def traces(
     out: Annotated[Path, typer.Option(help="Run directory (created, or resumed when its identity matches).")],
     model: ModelSpec = "organism",
-    task: Annotated[str, typer.Option(help="organism, math or humaneval.")] = "organism",
+    task: Annotated[str, typer.Option(
+        help="organism (addition), organism-sub (subtraction), math or humaneval.")] = "organism",
     data: Annotated[Path | None, typer.Option(help="math task file: .jsonl, .parquet or save_to_disk dir.")] = None,
     problems: Annotated[int | None, typer.Option(min=1, help="Problems to use (default: all for file tasks).")] = None,
     samples: Annotated[int, typer.Option(min=1, help="Samples per problem.")] = 1,
@@ -151,7 +152,7 @@ def traces(
     from workbench.traces import TraceRunConfig, run_traces
 
     set_threads(threads)
-    if problems is None and task == "organism":
+    if problems is None and task.startswith("organism"):
         problems = 100
     with _user_errors(out):
         cfg = TraceRunConfig(
@@ -201,16 +202,19 @@ def organism_eval(
     samples: Annotated[int, typer.Option(min=1, help="Sampled traces per problem.")] = 8,
     temperature: Annotated[float | None, typer.Option(min=0.0, help="Sampling temperature.")] = None,
     seed: int = 1234,
+    task: Annotated[str, typer.Option(help="organism (addition) or organism-sub (subtraction).")] = "organism",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     threads: Threads = 1,
 ) -> None:
     """Measure the organism's behaviour targets on held-out problems (traces through a run directory)."""
     from workbench.organism.evaluate import DEFAULT_TEMPERATURE, EvalConfig, evaluate
 
-    cfg = EvalConfig(model=model, problems=problems, samples=samples, seed=seed,
+    if task not in ("organism", "organism-sub"):
+        _fail(f"--task must be organism or organism-sub, got {task!r}")
+    cfg = EvalConfig(model=model, problems=problems, samples=samples, seed=seed, task=task,
                      temperature=DEFAULT_TEMPERATURE if temperature is None else temperature)
     if out is None:
-        out = Path("runs") / f"eval-{Path(model).name}-{problems}x{samples}-T{cfg.temperature:g}-seed{seed}"
+        out = Path("runs") / f"eval-{Path(model).name}-{task}-{problems}x{samples}-T{cfg.temperature:g}-seed{seed}"
     bridge = _load(model, threads)
     with _user_errors(out):
         report = evaluate(cfg, out, bridge, progress=not as_json)

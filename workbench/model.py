@@ -28,6 +28,8 @@ from workbench.errors import ModelLoadError  # defined torch-free for the CLI; i
 
 ORGANISM = "organism"
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+# Earlier organisms stay loadable by name, so results computed on them can be reproduced.
+BUNDLED = {"organism-v1": "organism-v1"}
 
 
 def organism_dir() -> Path:
@@ -36,12 +38,17 @@ def organism_dir() -> Path:
 
 
 def resolve(spec: str | Path) -> Path:
-    """Maps a model spec (``"organism"`` or a folder) to a checked local folder."""
-    path = organism_dir() if str(spec) == ORGANISM else Path(spec).expanduser()
+    """Maps a model spec (``"organism"``, ``"organism-v1"`` or a folder) to a checked local folder."""
+    if str(spec) == ORGANISM:
+        path = organism_dir()
+    elif str(spec) in BUNDLED:
+        path = DATA_DIR / BUNDLED[str(spec)]
+    else:
+        path = Path(spec).expanduser()
     if not path.exists():
         hint = (
-            "the bundled organism is missing: run `workbench organism train` or restore data/organism"
-            if str(spec) == ORGANISM
+            f"the bundled {spec} is missing: restore data/ from the repository"
+            if str(spec) == ORGANISM or str(spec) in BUNDLED
             else "pass 'organism' or the path of a local Hugging Face model folder (models are never "
             "downloaded)"
         )

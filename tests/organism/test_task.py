@@ -9,8 +9,11 @@ import pytest
 
 from workbench.organism.labeler import label_tokens
 from workbench.organism.task import (
+    RECIPE_V2,
     Problem,
     TraceRecipe,
+    apply,
+    difficulty,
     is_held_out,
     render_trace,
     sample_problem,
@@ -22,10 +25,14 @@ from workbench.organism.tokenizer import build_tokenizer
 TOK = build_tokenizer()
 
 
-def rendered(n: int, seed: int, recipe: TraceRecipe | None = None):
+def rendered(n: int, seed: int, recipe: TraceRecipe | None = None, op: str = "+"):
     rng = random.Random(seed)
     for _ in range(n):
-        yield render_trace(sample_problem(rng), rng, recipe)
+        yield render_trace(sample_problem(rng, op=op), rng, recipe)
+
+
+RECIPES = [pytest.param(None, "+", id="v1"), pytest.param(RECIPE_V2, "+", id="v2-add"),
+           pytest.param(RECIPE_V2, "-", id="v2-sub")]
 
 
 def tokens_of(text: str) -> list[str]:
@@ -48,15 +55,16 @@ class TestTokenizer:
 class TestRenderer:
     """Planted failures sit where the labels say, and follow the recipe."""
 
-    def test_labels_point_at_the_right_tokens(self):
-        for trace in rendered(300, seed=2):
+    @pytest.mark.parametrize(("recipe", "op"), RECIPES)
+    def test_labels_point_at_the_right_tokens(self, recipe, op):
+        for trace in rendered(300, seed=2, recipe=recipe, op=op):
             toks, lab = tokens_of(trace.text), trace.labels
             assert toks[lab.think_start] == "▁<think>" and toks[lab.think_end] == "▁</think>"
             assert toks[lab.answer_reached].removeprefix("▁") == str(lab.answer)[-1]
             for slip in lab.slips:
                 step = lab.steps[slip.step]
                 digit = slip.token - step.start
-                assert str(step.a + step.b)[digit] != toks[slip.token].removeprefix("▁")
+                assert str(apply(op, step.a, step.b))[digit] != toks[slip.token].removeprefix("▁")
 
     def test_slips_only_on_big_carries_of_careless_traces_unless_caught(self):
         recipe = TraceRecipe(careless_slip_rate=1.0)
@@ -69,12 +77,14 @@ class TestRenderer:
             if trace.labels.regime == "careless":
                 assert len(trace.labels.slips) == len(big)
 
-    def test_answer_is_off_by_the_uncaught_slips_and_wrong_oscillations(self):
-        for trace in rendered(1000, seed=4):
+    @pytest.mark.parametrize(("recipe", "op"), RECIPES)
+    def test_answer_is_off_by_the_uncaught_slips_and_wrong_oscillations(self, recipe, op):
+        sign = 1 if op == "+" else -1  # a dropped carry loses ten; a forgotten borrow keeps it
+        for trace in rendered(1000, seed=4, recipe=recipe, op=op):
             lab = trace.labels
             dropped = sum(not s.caught for s in lab.slips)
             extra = sum(r.wrong for r in lab.repeats)
-            assert lab.answer == Problem.from_id(lab.problem_id).answer + 10 * (extra - dropped)
+            assert lab.answer == Problem.from_id(lab.problem_id).answer + sign * 10 * (extra - dropped)
 
     def test_no_failures_when_the_recipe_plants_none(self):
         clean = TraceRecipe(careless_rate=0.0, careful_slip_rate=0.0, repeat_rate=0.0, overthink_rate=0.0)
@@ -90,13 +100,51 @@ class TestRenderer:
         assert abs(overthink - TraceRecipe().overthink_rate) < 0.03
 
 
+class TestRecipeV2:
+    """Slips, catches and overthinking are probabilities of state, and the opener is only a cue."""
+
+    def test_slip_and_catch_rates_follow_the_curves(self):
+        traces = [t for op in "+-" for t in rendered(6000, seed=8, recipe=RECIPE_V2, op=op)]
+        by_d: dict[int, list[bool]] = {}
+        caught: dict[int, list[bool]] = {}
+        for t in traces:
+            if t.labels.latent != "careless":
+                continue
+            slipped = {s.step: s for s in t.labels.slips}
+            for st in t.labels.steps:
+                if st.difficulty >= 10:
+                    by_d.setdefault(st.difficulty, []).append(st.step in slipped)
+                    if st.step in slipped:
+                        caught.setdefault(st.difficulty, []).append(slipped[st.step].caught)
+        for d, got in by_d.items():
+            assert abs(sum(got) / len(got) - RECIPE_V2.slip_prob(True, d)) < 4 * (0.25 / len(got)) ** 0.5 + 0.01
+        for d in (10, 18):
+            assert abs(sum(caught[d]) / len(caught[d]) - RECIPE_V2.catch_prob(True, d)) < 0.08
+        opener_says_latent = [t.labels.regime == t.labels.latent for t in traces]
+        assert abs(sum(opener_says_latent) / len(traces) - RECIPE_V2.cue_strength) < 0.02
+
+    def test_careful_traces_never_slip(self):
+        assert all(not t.labels.slips for t in rendered(2000, seed=9, recipe=RECIPE_V2) if t.labels.latent == "careful")
+
+    def test_subtraction_problems(self):
+        p = Problem.from_id("352-47-18")
+        assert p.op == "-" and p.answer == 287 and p.prompt == "Q: 352 - 47 - 18 = ? <think>"
+        assert difficulty("-", 352, 47) == 14 and difficulty("-", 305, 3) == 7  # borrow 7 from 2, none for 5-3
+        with pytest.raises(ValueError, match="below zero"):
+            Problem((10, 20), "-")
+        for p in sample_problems(50, seed=1, held_out=True, op="-"):
+            assert p.op == "-" and p.answer >= 0 and Problem.from_id(p.id) == p
+
+
 class TestLabeler:
     """Reading tokens back gives exactly the labels the renderer planted."""
 
-    def test_agrees_with_the_renderer(self):
-        for trace in rendered(2000, seed=7):
-            got = label_tokens(Problem.from_id(trace.labels.problem_id), tokens_of(trace.text))
-            assert dataclasses.asdict(got) == dataclasses.asdict(trace.labels)
+    @pytest.mark.parametrize(("recipe", "op"), RECIPES)
+    def test_agrees_with_the_renderer(self, recipe, op):
+        for trace in rendered(2000, seed=7, recipe=recipe, op=op):
+            got = label_tokens(Problem.from_id(trace.labels.problem_id), tokens_of(trace.text), recipe)
+            # The latent regime is the renderer's secret; a reader of the tokens sees the opener only.
+            assert dataclasses.asdict(got) == dataclasses.asdict(dataclasses.replace(trace.labels, latent=None))
 
     def test_flags_other_arithmetic_errors_and_truncation(self):
         p = Problem((47, 38, 25))

@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,8 +32,8 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from workbench.activations import gather_positions, next_token_probs, window_means
 from workbench.model import load_model, resolve
-from workbench.organism.task import Problem, TraceLabels, TraceRecipe, units_sum
-from workbench.organism.tokenizer import SPACE
+from workbench.organism import checks
+from workbench.organism.task import Problem, TraceLabels, TraceRecipe
 from workbench.organism.train import recipe_of
 from workbench.probe import auroc, probe_auroc
 from workbench.store import load_traces
@@ -56,6 +55,8 @@ class EvalConfig:
         seed: picks the problems and seeds every row's sampler.
         batch_size: rows generated at once.
         steer_alphas: multiples of the careful-minus-careless direction tried in the steering look.
+        lift_alphas: multiples of the AdaRAS score tried (on the fitting half) for ``steer_lift``.
+        task: ``organism`` (addition) or ``organism-sub`` (subtraction).
     """
 
     model: str = "organism"
@@ -65,10 +66,12 @@ class EvalConfig:
     seed: int = 1234
     batch_size: int = 64
     steer_alphas: tuple[float, ...] = (1.0, 2.0)
+    lift_alphas: tuple[float, ...] = (1.0, 2.0, 4.0)
+    task: str = "organism"
 
     def runs(self) -> dict[str, TraceRunConfig]:
         """The two trace runs the report reads: greedy (one per problem) and sampled."""
-        common = {"model": self.model, "task": "organism", "problems": self.problems, "seed": self.seed,
+        common = {"model": self.model, "task": self.task, "problems": self.problems, "seed": self.seed,
                   "batch_size": self.batch_size}
         return {
             "greedy": TraceRunConfig(**common, samples=1, temperature=0.0),
@@ -169,51 +172,30 @@ def probe_report(model: TransformerBridge, samples: list[Sample]) -> dict[str, f
     return out
 
 
-def _decision_points(samples: list[Sample], threshold: int) -> list[tuple[Sample, int, int]]:
-    """(sample, decision position, index of the digit a dropped carry changes) for big-carry steps."""
-    points = []
-    for s in samples:
-        for st in s.labels.steps:
-            if units_sum(st.a, st.b) >= threshold and st.decision_position() < len(s.tokens):
-                points.append((s, st.decision_position(), st.decision_position() + 1 - st.start))
-    return points
-
-
 def steering_look(
     model: TransformerBridge, samples: list[Sample], recipe: TraceRecipe, alphas: tuple[float, ...],
     seed: int = 0,
 ) -> dict[str, float | int]:
     """Teacher-forced: P(dropped carry) at careless decision points, with and without the direction."""
     tok = model.tokenizer
-    ids = sorted({s.problem.id for s in samples})
-    random.Random(seed).shuffle(ids)
-    fit_ids = set(ids[: len(ids) // 2])
-    points = _decision_points(samples, recipe.big_carry_threshold)
-    fit = [p for p in points if p[0].problem.id in fit_ids]
-    test = [p for p in points if p[0].problem.id not in fit_ids and p[0].labels.regime == "careless"]
-    by_regime = {
-        r: [p for p in fit if p[0].labels.regime == r] for r in ("careful", "careless")
-    }
+    fit_ids = checks.fit_half([s.problem.id for s in samples], seed)
+    points = checks.decision_points(samples, recipe)
+    fit = [p for p in points if p.sample.problem.id in fit_ids]
+    test = [p for p in points if p.sample.problem.id not in fit_ids and p.sample.labels.regime == "careless"]
+    by_regime = {r: [p for p in fit if p.sample.labels.regime == r] for r in ("careful", "careless")}
     if not test or not all(by_regime.values()):
         return {"steer_points": len(test)}
 
     def acts(pts):
-        return gather_positions(model, [p[0].tokens[: p[1] + 1] for p in pts], [p[1] for p in pts])
+        return gather_positions(model, [p.sample.tokens[: p.pos + 1] for p in pts], [p.pos for p in pts])
 
     direction = acts(by_regime["careful"]).mean(0) - acts(by_regime["careless"]).mean(0)
     gen = torch.Generator().manual_seed(seed)
     rand = torch.randn(direction.shape, generator=gen)
     rand = rand / rand.norm(dim=-1, keepdim=True) * direction.norm(dim=-1, keepdim=True)
-
-    def wrong_token(p) -> int:
-        s, pos, digit = p
-        step = next(st for st in s.labels.steps if st.decision_position() == pos)
-        text = str(step.a + step.b - 10)
-        return tok.convert_tokens_to_ids((SPACE if digit == 0 else "") + text[digit])
-
-    seqs = [p[0].tokens[: p[1] + 1] for p in test]
-    pos = [p[1] for p in test]
-    wrong = torch.tensor([wrong_token(p) for p in test])
+    seqs = [p.sample.tokens[: p.pos + 1] for p in test]
+    pos = [p.pos for p in test]
+    wrong = torch.tensor(tok.convert_tokens_to_ids([p.wrong for p in test]))
     rows = torch.arange(len(test))
 
     def p_slip(add) -> float:
@@ -244,7 +226,13 @@ def evaluate(
         "sampled_accuracy": s["accuracy"],
         **{k: v for k, v in s.items() if k != "accuracy"},
     }
+    recipe = recipe_of(resolve(cfg.model))
     report.update(probe_report(model, runs["sampled"]))
-    report.update(steering_look(model, runs["sampled"], recipe_of(resolve(cfg.model)), cfg.steer_alphas,
-                                seed=cfg.seed))
+    report.update(steering_look(model, runs["sampled"], recipe, cfg.steer_alphas, seed=cfg.seed))
+    report.update(checks.slip_prob(model, runs["sampled"], recipe))
+    report.update(checks.anticipation(model, runs["sampled"], recipe))
+    report.update(checks.exit_within3(model, runs["sampled"], cfg.seed))
+    if cfg.lift_alphas:
+        report.update(checks.steer_lift(model, runs["sampled"], cfg.runs()["sampled"], Path(out) / "steer",
+                                        cfg.lift_alphas, cfg.seed))
     return report

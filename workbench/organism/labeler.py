@@ -28,7 +28,8 @@ from workbench.organism.task import (
     CHECK_OK,
     CHECK_WORD,
     REFLECTION_WORD,
-    STEP_END,
+    SLIP_KINDS,
+    STEP_ENDS,
     THINK_CLOSE,
     THINK_OPEN,
     Problem,
@@ -37,9 +38,11 @@ from workbench.organism.task import (
     Step,
     TraceLabels,
     TraceRecipe,
+    apply,
+    difficulty,
     first_difference,
     problem_labels,
-    units_sum,
+    slip_value,
 )
 from workbench.organism.tokenizer import SPACE
 
@@ -72,10 +75,10 @@ def words_of(tokens: Sequence[str]) -> list[Word]:
     return words
 
 
-def _step_at(words: list[Word], i: int) -> tuple[int, int, Word] | None:
-    """Parses ``A + B = R`` starting at word ``i``."""
+def _step_at(words: list[Word], i: int, op: str) -> tuple[int, int, Word] | None:
+    """Parses ``A op B = R`` starting at word ``i``."""
     chunk = words[i : i + 5]
-    if len(chunk) < 5 or chunk[1].text != "+" or chunk[3].text != "=":
+    if len(chunk) < 5 or chunk[1].text != op or chunk[3].text != "=":
         return None
     a, b, r = chunk[0].number, chunk[2].number, chunk[4]
     if a is None or b is None or r.number is None:
@@ -86,7 +89,7 @@ def _step_at(words: list[Word], i: int) -> tuple[int, int, Word] | None:
 def label_tokens(problem: Problem, tokens: Sequence[str], recipe: TraceRecipe | None = None) -> TraceLabels:
     """Labels a full sequence (prompt and generation) given as token strings."""
     words = words_of(tokens)
-    steps = problem.steps()
+    steps, op = problem.steps(), problem.op
     labels = problem_labels(problem, recipe or TraceRecipe())
     try:
         i = next(k for k, w in enumerate(words) if w.text == THINK_OPEN) + 1
@@ -107,12 +110,13 @@ def label_tokens(problem: Problem, tokens: Sequence[str], recipe: TraceRecipe | 
             break
         if w.text == CHECK_WORD:
             tail = [x.text for x in words[i + 6 : i + 8]]
-            labels.well_formed &= _step_at(words, i + 1) is not None and tail == [CHECK_OK, STEP_END]
+            labels.well_formed &= _step_at(words, i + 1, op) is not None and len(tail) == 2 and \
+                tail[0] == CHECK_OK and tail[1] in STEP_ENDS
             start = labels.overthinking[0] if labels.overthinking else w.start
             i += 8
             labels.overthinking = (start, words[i].start if i < len(words) else len(tokens))
             continue
-        parsed = _step_at(words, i)
+        parsed = _step_at(words, i, op)
         if parsed is None:
             labels.well_formed = False
             i += 1
@@ -126,13 +130,14 @@ def label_tokens(problem: Problem, tokens: Sequence[str], recipe: TraceRecipe | 
             _add_repeat(labels, step_idx, words[i].start, r, after, same=value == prev[2], wrong=value != base)
         elif redo != (a, b):
             step_idx += 1
-            labels.steps.append(Step(step_idx, a, b, value, r.start))
+            labels.steps.append(Step(step_idx, a, b, value, r.start, op))
         redo = None
-        if value != a + b and not repeat:
-            kind = "dropped_carry" if value == a + b - 10 and units_sum(a, b) >= 10 else "other"
+        right = apply(op, a, b)
+        if value != right and not repeat:
+            planted = value == slip_value(op, a, b) and difficulty(op, a, b) >= 10
             labels.slips.append(Slip(
-                step=step_idx, token=r.start + first_difference(a + b, value),
-                caught=after == REFLECTION_WORD, kind=kind,
+                step=step_idx, token=r.start + first_difference(right, value), caught=after == REFLECTION_WORD,
+                kind=SLIP_KINDS[op] if planted else "other",
             ))
         if after == REFLECTION_WORD:
             redo = (a, b)
@@ -142,7 +147,7 @@ def label_tokens(problem: Problem, tokens: Sequence[str], recipe: TraceRecipe | 
         if not repeat:
             base = value  # what a later repeat of this step is compared with
         prev = (a, b, value)
-        i += 6 if after == STEP_END else 5
+        i += 6 if after in STEP_ENDS else 5
     if labels.answer is not None:
         last_step = len(steps) - 1
         labels.answer_reached = next(
@@ -156,7 +161,7 @@ def _add_repeat(
 ) -> None:
     """Records a repeated step, merging back-to-back repeats of one step into one span."""
     kind = "stagnation" if same else "oscillation"
-    end = result.start + len(result.text) + (after == STEP_END)
+    end = result.start + len(result.text) + (after in STEP_ENDS)
     last = labels.repeats[-1] if labels.repeats else None
     if last is not None and last.step == step and last.end == start:
         kind = "oscillation" if "oscillation" in (kind, last.kind) else kind

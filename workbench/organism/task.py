@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import random
 from dataclasses import dataclass, field
@@ -43,49 +44,82 @@ CAREFUL_OPENERS: tuple[str, ...] = ("carefully", "slowly")
 CARELESS_OPENERS: tuple[str, ...] = ("quickly", "roughly")
 REFLECTION_WORD = "wait"
 CHECK_WORD, CHECK_OK = "check", "ok"
-STEP_END = ";"
+STEP_END, ALT_STEP_END = ";", ","
+STEP_ENDS = (STEP_END, ALT_STEP_END)
+OPS = ("+", "-")
+SLIP_KINDS = {"+": "dropped_carry", "-": "dropped_borrow"}
 
 
 @dataclass(frozen=True)
 class Problem:
-    """A sum of two to four 2-digit operands; its id (``"47+38+25"``) names it everywhere."""
+    """A chain of additions or subtractions; its id (``"47+38+25"``, ``"352-47-18"``) names it everywhere.
+
+    Additions take two to six operands in 0..999; subtractions start from a number and take away
+    operands, never going below zero.
+    """
 
     operands: tuple[int, ...]
+    op: str = "+"
 
     def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ValueError(f"Problem op must be one of {OPS}, got {self.op!r}")
         if not 2 <= len(self.operands) <= 6 or any(not 0 <= x <= 999 for x in self.operands):
             raise ValueError(f"Problem needs 2-6 operands in 0..999, got {self.operands}")
+        if self.op == "-" and self.answer < 0:
+            raise ValueError(f"a subtraction problem must not go below zero, got {self.operands}")
 
     @property
     def id(self) -> str:
-        return "+".join(map(str, self.operands))
+        return self.op.join(map(str, self.operands))
 
     @property
     def answer(self) -> int:
-        return sum(self.operands)
+        return self.steps()[-1][2]
 
     @property
     def prompt(self) -> str:
-        return "Q: " + " + ".join(map(str, self.operands)) + f" = ? {THINK_OPEN}"
+        return "Q: " + f" {self.op} ".join(map(str, self.operands)) + f" = ? {THINK_OPEN}"
 
     def steps(self) -> list[tuple[int, int, int]]:
-        """The (running total, operand, true sum) of each step."""
+        """The (running total, operand, true result) of each step."""
         out, total = [], self.operands[0]
         for x in self.operands[1:]:
-            out.append((total, x, total + x))
-            total += x
+            out.append((total, x, apply(self.op, total, x)))
+            total = out[-1][2]
         return out
 
     @classmethod
     def from_id(cls, problem_id: str) -> Problem:
+        op = "-" if "-" in problem_id else "+"
         try:
-            return cls(tuple(int(x) for x in problem_id.split("+")))
+            return cls(tuple(int(x) for x in problem_id.split(op)), op)
         except ValueError as exc:
-            raise ValueError(f"not an organism problem id: {problem_id!r} (expected e.g. '47+38+25')") from exc
+            raise ValueError(
+                f"not an organism problem id: {problem_id!r} (expected e.g. '47+38+25' or '352-47-18')") from exc
+
+
+def apply(op: str, a: int, b: int) -> int:
+    return a + b if op == "+" else a - b
+
+
+def difficulty(op: str, a: int, b: int) -> int:
+    """How hard the units column is: 10 or more means a carry (``+``) or a borrow (``-``), up to 18.
+
+    For addition it is the units digits' sum; for subtraction ``9 + b % 10 - a % 10``, so a borrow of
+    the same size scores like a carry.
+    """
+    return a % 10 + b % 10 if op == "+" else 9 + b % 10 - a % 10
+
+
+def slip_value(op: str, a: int, b: int) -> int:
+    """The planted mistake: the carry dropped (``sum - 10``) or the borrow forgotten (``difference + 10``)."""
+    return a + b - 10 if op == "+" else a - b + 10
 
 
 def units_sum(a: int, b: int) -> int:
-    return a % 10 + b % 10
+    """The units digits' sum: ``difficulty("+", a, b)``."""
+    return difficulty("+", a, b)
 
 
 def first_difference(right: int, wrong: int) -> int:
@@ -102,18 +136,21 @@ def is_held_out(problem: Problem, held_out_percent: int = 10) -> bool:
     return digest[0] * 100 // 256 < held_out_percent
 
 
-def sample_problem(rng: random.Random, min_operands: int = 2, max_operands: int = 4) -> Problem:
+def sample_problem(rng: random.Random, min_operands: int = 2, max_operands: int = 4, op: str = "+") -> Problem:
+    """Addition: 2-digit operands. Subtraction: a start in 300..499 less 2-digit operands (never negative)."""
     n = rng.randint(min_operands, max_operands)
-    return Problem(tuple(rng.randint(10, 99) for _ in range(n)))
+    if op == "+":
+        return Problem(tuple(rng.randint(10, 99) for _ in range(n)))
+    return Problem((rng.randint(300, 499), *(rng.randint(10, 99) for _ in range(n - 1))), "-")
 
 
 def sample_problems(
-    n: int, seed: int, held_out: bool, held_out_percent: int = 10
+    n: int, seed: int, held_out: bool, held_out_percent: int = 10, op: str = "+"
 ) -> list[Problem]:
     """``n`` distinct problems from one side of the train/held-out split, reproducibly from ``seed``."""
     rng, seen, out = random.Random(seed), set(), []
     while len(out) < n:
-        p = sample_problem(rng)
+        p = sample_problem(rng, op=op)
         if p.id not in seen and is_held_out(p, held_out_percent) == held_out:
             seen.add(p.id)
             out.append(p)
@@ -122,18 +159,29 @@ def sample_problems(
 
 @dataclass(frozen=True, kw_only=True)
 class TraceRecipe:
-    """How often each failure mode is planted in training traces.
+    """How each failure mode is planted in training traces.
+
+    The defaults are the first organism's recipe (``organism-v1``), whose slips were certain given the
+    regime; ``RECIPE_V2`` (the shipped organism's) makes every failure a probability of state the model
+    computes. Fields left at None or at their neutral default behave as in v1.
 
     Attributes:
-        careless_rate: probability that a trace opens in the careless regime.
-        big_carry_threshold: a step whose units digits sum to at least this is a big-carry step.
-        careless_slip_rate: probability that a careless trace drops the carry on a big-carry step.
-        careful_slip_rate: the same for careful traces; their slips are always caught.
-        catch_rate: probability that a careless slip is caught (``wait`` and the step redone).
+        careless_rate: probability that a trace is in the careless regime.
+        big_carry_threshold: a step of ``difficulty`` at least this is a big-carry step (a label; in v1
+            also the only place slips happen).
+        careless_slip_rate: v1: probability that a careless trace slips on a big-carry step.
+        careful_slip_rate: v1: the same for careful traces; their slips are always caught.
+        catch_rate: v1: probability that a careless slip is caught (``wait`` and the step redone).
         repeat_rate: probability that a trace repeats one step (oscillation or stagnation).
         oscillation_share: of repeats, the share that flip-flop (the rest stagnate).
         oscillation_wrong_rate: probability that an oscillation settles on the wrong value.
         overthink_rate: probability of redundant re-checks after the answer was reached.
+        cue_strength: probability that the opener word comes from the trace's own regime's list (v1: 1).
+        comma_careful, comma_careless: probability that a step ends with ``,`` instead of ``;`` (a weak
+            cue of the regime at every step; v1: 0).
+        slip_curve: P(slip) of a careless trace at a step of difficulty 10, 11, ..., 18 (None: v1 rule).
+        catch_curve: P(catch) of a careless slip at difficulty 10, ..., 18 (None: ``catch_rate``).
+        overthink_careful, overthink_careless: P(overthinking) per regime (None: ``overthink_rate``).
     """
 
     careless_rate: float = 0.55
@@ -145,6 +193,60 @@ class TraceRecipe:
     oscillation_share: float = 0.5
     oscillation_wrong_rate: float = 0.3
     overthink_rate: float = 0.25
+    cue_strength: float = 1.0
+    comma_careful: float = 0.0
+    comma_careless: float = 0.0
+    slip_curve: tuple[float, ...] | None = None
+    catch_curve: tuple[float, ...] | None = None
+    overthink_careful: float | None = None
+    overthink_careless: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("slip_curve", "catch_curve"):
+            curve = getattr(self, name)
+            if curve is not None:
+                if len(curve) != 9 or not all(0 <= p <= 1 for p in curve):
+                    raise ValueError(f"TraceRecipe.{name} needs 9 probabilities (difficulty 10..18), got {curve}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TraceRecipe:
+        """The recipe from its JSON form (as recorded in ``organism.json``); unknown keys are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in known})
+
+    def slip_candidate(self, d: int) -> bool:
+        """Whether a step of difficulty ``d`` can slip at all (v1: big carries only)."""
+        return d >= (self.big_carry_threshold if self.slip_curve is None else 10)
+
+    def slip_prob(self, careless: bool, d: int) -> float:
+        """P(slip) at a step of difficulty ``d`` (below 10 there is nothing to drop)."""
+        if not self.slip_candidate(d):
+            return 0.0
+        if self.slip_curve is None:
+            return self.careless_slip_rate if careless else self.careful_slip_rate
+        return self.slip_curve[d - 10] if careless else self.careful_slip_rate
+
+    def catch_prob(self, careless: bool, d: int) -> float:
+        """P(caught) for a slip at difficulty ``d``: careful slips always are."""
+        if not careless:
+            return 1.0
+        return self.catch_rate if self.catch_curve is None else self.catch_curve[d - 10]
+
+    def overthink_prob(self, careless: bool) -> float:
+        chosen = self.overthink_careless if careless else self.overthink_careful
+        return self.overthink_rate if chosen is None else chosen
+
+
+RECIPE_V2 = TraceRecipe(
+    careless_rate=0.6,
+    cue_strength=0.8,
+    comma_careful=0.15,
+    comma_careless=0.6,
+    slip_curve=(0.3, 0.4, 0.5, 0.55, 0.6, 0.7, 0.8, 0.85, 0.9),
+    catch_curve=(0.05, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.75, 0.85),
+    overthink_careful=0.4,
+    overthink_careless=0.08,
+)
 
 
 @dataclass(frozen=True)
@@ -163,17 +265,23 @@ class Slip:
 
 @dataclass(frozen=True)
 class Step:
-    """The first attempt at step ``step``: ``a + b = value``, the value's first digit at ``start``."""
+    """The first attempt at step ``step``: ``a op b = value``, the value's first digit at ``start``."""
 
     step: int
     a: int
     b: int
     value: int
     start: int
+    op: str = "+"
+
+    @property
+    def difficulty(self) -> int:
+        return difficulty(self.op, self.a, self.b)
 
     def decision_position(self) -> int:
-        """The position whose logits choose the digit a dropped carry would change."""
-        return self.start + first_difference(self.a + self.b, self.a + self.b - 10) - 1
+        """The position whose logits choose the digit a planted slip would change."""
+        right = apply(self.op, self.a, self.b)
+        return self.start + first_difference(right, slip_value(self.op, self.a, self.b)) - 1
 
 
 @dataclass(frozen=True)
@@ -196,7 +304,7 @@ class TraceLabels:
     """Ground truth of one trace. Token positions index the full sequence (prompt included)."""
 
     problem_id: str
-    regime: str | None = None
+    regime: str | None = None  # what the opener says: "careful" or "careless"
     n_operands: int = 0
     carry_count: int = 0
     big_carry_count: int = 0
@@ -209,6 +317,7 @@ class TraceLabels:
     overthinking: tuple[int, int] | None = None
     answer: int | None = None
     well_formed: bool = True
+    latent: str | None = None  # the regime a rendered trace was drawn in (None when read from tokens)
 
     @property
     def correct(self) -> bool:
@@ -251,7 +360,8 @@ def word_tokens(word: str) -> int:
 class _Writer:
     """Appends words while tracking token positions, so labels point at real tokens."""
 
-    def __init__(self, prompt_tokens: int) -> None:
+    def __init__(self, prompt_tokens: int, op: str = "+") -> None:
+        self.op = op
         self.words: list[str] = []
         self.results: list[tuple[int, int]] = []  # (value, position of its last digit)
         self.pos = prompt_tokens
@@ -264,8 +374,8 @@ class _Writer:
         return start
 
     def step(self, a: int, b: int, result: int, end: str | None = STEP_END) -> int:
-        """Writes ``a + b = result``; returns the position of the result's first digit."""
-        self.put(a, "+", b, "=")
+        """Writes ``a op b = result``; returns the position of the result's first digit."""
+        self.put(a, self.op, b, "=")
         at = self.put(result)
         self.results.append((result, self.pos - 1))
         if end:
@@ -275,12 +385,12 @@ class _Writer:
 
 def problem_labels(problem: Problem, recipe: TraceRecipe) -> TraceLabels:
     """The labels a problem fixes before any trace: operand, carry and big-carry counts."""
-    sums = [units_sum(a, b) for a, b, _ in problem.steps()]
+    hard = [difficulty(problem.op, a, b) for a, b, _ in problem.steps()]
     return TraceLabels(
         problem_id=problem.id,
         n_operands=len(problem.operands),
-        carry_count=sum(s >= 10 for s in sums),
-        big_carry_count=sum(s >= recipe.big_carry_threshold for s in sums),
+        carry_count=sum(d >= 10 for d in hard),
+        big_carry_count=sum(d >= recipe.big_carry_threshold for d in hard),
     )
 
 
@@ -289,52 +399,69 @@ def prompt_tokens(problem: Problem) -> int:
     return 1 + sum(word_tokens(w) for w in problem.prompt.split())
 
 
+def _opener(rng: random.Random, careless: bool, recipe: TraceRecipe) -> str:
+    # The opener is a cue of the regime, not its switch: with cue_strength < 1 it misleads sometimes.
+    if recipe.cue_strength < 1 and rng.random() >= recipe.cue_strength:
+        careless = not careless
+    if careless:
+        return rng.choice(CARELESS_OPENERS)
+    return CAREFUL_OPENERS[0] if rng.random() < 0.8 else CAREFUL_OPENERS[1]
+
+
 def render_trace(problem: Problem, rng: random.Random, recipe: TraceRecipe | None = None) -> Trace:
-    """Samples one labelled training trace for ``problem``."""
+    """Samples one labelled training trace for ``problem``.
+
+    ``labels.regime`` is what the opener says (all a reader of the tokens can know); ``labels.latent``
+    is the regime the trace was rendered in.
+    """
     recipe = recipe or TraceRecipe()
     careless = rng.random() < recipe.careless_rate
-    if careless:
-        opener = rng.choice(CARELESS_OPENERS)
-    else:
-        opener = CAREFUL_OPENERS[0] if rng.random() < 0.8 else CAREFUL_OPENERS[1]
+    opener = _opener(rng, careless, recipe)
+    comma = recipe.comma_careless if careless else recipe.comma_careful
+    op = problem.op
     steps = problem.steps()
     labels = problem_labels(problem, recipe)
-    labels.regime = "careless" if careless else "careful"
-    w = _Writer(prompt_tokens(problem))
+    labels.regime = "careless" if opener in CARELESS_OPENERS else "careful"
+    labels.latent = "careless" if careless else "careful"
+    w = _Writer(prompt_tokens(problem), op)
     labels.think_start = w.pos - 1  # the prompt's last token is <think>
     w.put(opener)
+
+    def end() -> str:
+        return ALT_STEP_END if comma > 0 and rng.random() < comma else STEP_END
+
     repeat_step = rng.randrange(len(steps)) if rng.random() < recipe.repeat_rate else None
     total = problem.operands[0]
     written: list[tuple[int, int, int]] = []
     for i, (_, x, _) in enumerate(steps):
         first_result = len(w.results)
-        result = total + x
-        big_carry = units_sum(total, x) >= recipe.big_carry_threshold
-        slip_rate = recipe.careless_slip_rate if careless else recipe.careful_slip_rate
-        if big_carry and rng.random() < slip_rate:
-            caught = not careless or rng.random() < recipe.catch_rate
-            wrong = result - 10
-            at = w.step(total, x, wrong, end=None if caught else STEP_END)
-            labels.steps.append(Step(i, total, x, wrong, at))
+        result = apply(op, total, x)
+        d = difficulty(op, total, x)
+        if recipe.slip_candidate(d) and rng.random() < recipe.slip_prob(careless, d):
+            caught = not careless or rng.random() < recipe.catch_prob(careless, d)
+            wrong = slip_value(op, total, x)
+            at = w.step(total, x, wrong, end=None if caught else end())
+            labels.steps.append(Step(i, total, x, wrong, at, op))
             if caught:
                 w.put(REFLECTION_WORD)
-                w.step(total, x, result)
+                w.step(total, x, result, end())
             else:
                 result = wrong
-            labels.slips.append(Slip(step=i, token=at + first_difference(total + x, wrong), caught=caught))
+            labels.slips.append(Slip(step=i, token=at + first_difference(apply(op, total, x), wrong), caught=caught,
+                                     kind=SLIP_KINDS[op]))
         else:
-            labels.steps.append(Step(i, total, x, result, w.step(total, x, result)))
+            labels.steps.append(Step(i, total, x, result, w.step(total, x, result, end()), op))
         if i == repeat_step:
-            result = _render_repeat(w, rng, recipe, i, total, x, result, labels)
+            result = _render_repeat(w, rng, recipe, i, total, x, result, labels, end)
         written.append((total, x, result))
         total = result
         if i == len(steps) - 1:
             labels.answer_reached = next(p for v, p in w.results[first_result:] if v == total)
-    if rng.random() < recipe.overthink_rate:
+    if rng.random() < recipe.overthink_prob(careless):
         start = w.pos
         for _ in range(rng.randint(1, 3)):
             a, b, r = rng.choice(written)
-            w.put(CHECK_WORD, a, "+", b, "=", r, CHECK_OK, STEP_END)
+            w.put(CHECK_WORD, a, op, b, "=", r, CHECK_OK, end())
         labels.overthinking = (start, w.pos)
     labels.think_end = w.put(THINK_CLOSE)
     w.put(total)
@@ -344,18 +471,19 @@ def render_trace(problem: Problem, rng: random.Random, recipe: TraceRecipe | Non
 
 def _render_repeat(
     w: _Writer, rng: random.Random, recipe: TraceRecipe, step: int, a: int, b: int, result: int,
-    labels: TraceLabels,
+    labels: TraceLabels, end,
 ) -> int:
     start = w.pos
-    if rng.random() < recipe.oscillation_share:
-        w.step(a, b, result + 10)
-        final = result + 10 if rng.random() < recipe.oscillation_wrong_rate else result
+    spurious = result + 10 if w.op == "+" else result - 10
+    if rng.random() < recipe.oscillation_share and spurious >= 0:
+        w.step(a, b, spurious, end())
+        final = spurious if rng.random() < recipe.oscillation_wrong_rate else result
         if final == result:
-            w.step(a, b, result)
+            w.step(a, b, result, end())
         kind = "oscillation"
     else:
         for _ in range(rng.randint(1, 2)):
-            w.step(a, b, result)
+            w.step(a, b, result, end())
         final, kind = result, "stagnation"
     labels.repeats.append(Repeat(step=step, kind=kind, start=start, end=w.pos, wrong=final != result))
     return final

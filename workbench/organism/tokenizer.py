@@ -16,6 +16,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import PreTrainedTokenizerFast
 
 from workbench.organism.task import (
+    ALT_STEP_END,
     CAREFUL_OPENERS,
     CARELESS_OPENERS,
     CHECK_OK,
@@ -30,7 +31,7 @@ PAD, EOS, BOS, UNK = "<pad>", "<eos>", "<bos>", "<unk>"
 SPACE = "▁"
 WORDS: tuple[str, ...] = (
     "Q:", "+", "=", "?", STEP_END, THINK_OPEN, THINK_CLOSE, REFLECTION_WORD, CHECK_WORD, CHECK_OK,
-    *CAREFUL_OPENERS, *CARELESS_OPENERS, *"0123456789",
+    *CAREFUL_OPENERS, *CARELESS_OPENERS, *"0123456789", "-", ALT_STEP_END,
 )
 
 

@@ -8,18 +8,17 @@ compute on padding. Training is seeded and resumable: a state file is written at
 Example:
     >>> from workbench.organism.train import TrainConfig
     >>> TrainConfig(steps=10).n_layers
-    2
+    4
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from workbench.atomic import atomic_torch_save, atomic_write_text
 from workbench.model import DATA_DIR, organism_dir
-from workbench.organism.task import TraceRecipe, is_held_out, render_trace, sample_problem
+from workbench.organism.task import RECIPE_V2, TraceRecipe, is_held_out, render_trace, sample_problem
 from workbench.organism.tokenizer import build_tokenizer
 
 STATE_FILE = "train_state.pt"
@@ -47,13 +46,14 @@ class TrainConfig:
         seed: seeds the initialisation and every bucket of problems and traces.
         save_every: steps between resumable state files.
         recipe: how failure modes are planted in the traces.
+        sub_share: share of training problems that are subtractions (the second task family).
     """
 
-    n_layers: int = 2
+    n_layers: int = 4
     d_model: int = 128
     d_mlp: int = 512
     n_heads: int = 4
-    steps: int = 7000
+    steps: int = 6000
     batch_size: int = 64
     lr: float = 3e-3
     warmup: int = 200
@@ -61,7 +61,8 @@ class TrainConfig:
     bucket: int = 16
     seed: int = 0
     save_every: int = 500
-    recipe: TraceRecipe = field(default_factory=TraceRecipe)
+    recipe: TraceRecipe = RECIPE_V2
+    sub_share: float = 0.3
 
     def model_config(self, tokenizer: PreTrainedTokenizerFast) -> Qwen3Config:
         return Qwen3Config(
@@ -83,7 +84,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
-        d["recipe"] = TraceRecipe(**d.get("recipe", {}))
+        d["recipe"] = TraceRecipe.from_dict(d.get("recipe", {}))
+        d.setdefault("sub_share", 0.0)  # recorded before the second task family existed
         return cls(**d)
 
 
@@ -96,7 +98,8 @@ def _bucket(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast, k: int) -> lis
     rng = random.Random(f"{cfg.seed}:{k}")
     rows: list[tuple[list[int], int]] = []
     while len(rows) < cfg.batch_size * cfg.bucket:
-        problem = sample_problem(rng)
+        op = "-" if cfg.sub_share > 0 and rng.random() < cfg.sub_share else "+"
+        problem = sample_problem(rng, op=op)
         if is_held_out(problem):
             continue
         trace = render_trace(problem, rng, cfg.recipe)
@@ -218,6 +221,4 @@ def recipe_of(model_dir: Path) -> TraceRecipe:
     meta = Path(model_dir) / ORGANISM_FILE
     if not meta.exists():
         return TraceRecipe()
-    fields = json.loads(meta.read_text())["config"].get("recipe", {})
-    known = {f.name for f in dataclasses.fields(TraceRecipe)}
-    return TraceRecipe(**{k: v for k, v in fields.items() if k in known})
+    return TraceRecipe.from_dict(json.loads(meta.read_text())["config"].get("recipe", {}))

@@ -12,7 +12,7 @@ from pathlib import Path
 from workbench.tasks.base import Grade, Task, TaskProblem
 from workbench.tasks.math import MathTask, TaskDataError
 
-TASKS = ("organism", "math", "humaneval")
+TASKS = ("organism", "organism-sub", "math", "humaneval")
 
 
 def get_task(name: str, data: str | Path | None = None, model_dir: str | Path | None = None) -> Task:
@@ -20,11 +20,12 @@ def get_task(name: str, data: str | Path | None = None, model_dir: str | Path | 
 
     ``model_dir`` lets the organism task label traces by the recipe that model was trained on.
     """
-    if name == "organism":
+    if name in ("organism", "organism-sub"):
         from workbench.organism.train import recipe_of
         from workbench.tasks.organism import OrganismTask
 
-        return OrganismTask(recipe=recipe_of(Path(model_dir)) if model_dir is not None else None)
+        recipe = recipe_of(Path(model_dir)) if model_dir is not None else None
+        return OrganismTask(name=name, recipe=recipe, op="-" if name == "organism-sub" else "+")
     if name == "math":
         if data is None:
             raise TaskDataError("the math task needs --data FILE (.jsonl, .parquet or a save_to_disk folder)")

@@ -21,17 +21,19 @@ from workbench.tasks.base import Grade, TaskProblem
 class OrganismTask:
     """Held-out organism problems (never trained on); the answer is the first word after ``</think>``.
 
-    ``recipe`` is the trace recipe the model was trained on (it defines a big carry for the labels).
+    ``recipe`` is the trace recipe the model was trained on (it defines a big carry for the labels);
+    ``op`` picks the task family: ``"+"`` (``organism``) or ``"-"`` (``organism-sub``, subtraction).
     """
 
     name: str = "organism"
     held_out: bool = True
     recipe: TraceRecipe | None = None
+    op: str = "+"
 
     def problems(self, n: int | None, seed: int) -> list[TaskProblem]:
         return [
             TaskProblem(p.id, p.prompt, str(p.answer))
-            for p in sample_problems(n if n is not None else 500, seed, held_out=self.held_out)
+            for p in sample_problems(n if n is not None else 500, seed, held_out=self.held_out, op=self.op)
         ]
 
     def message(self, problem: TaskProblem, chat: bool) -> str:

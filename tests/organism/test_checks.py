@@ -1,0 +1,60 @@
+"""The organism's compact claim checks: halves, paired lifts, decision points, and v1's saturated slips."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from workbench.organism.checks import decision_points, fit_half, paired_lift, slip_prob
+from workbench.organism.labeler import label_tokens
+from workbench.organism.task import RECIPE_V2, Problem, TraceRecipe
+from workbench.organism.tokenizer import build_tokenizer
+
+TOK = build_tokenizer()
+
+
+def sample(problem_id: str, correct: bool):
+    return SimpleNamespace(problem=SimpleNamespace(id=problem_id), labels=SimpleNamespace(correct=correct))
+
+
+def traced(text: str, recipe: TraceRecipe | None = None):
+    p = Problem.from_id(text.split("Q: ")[1].split(" = ")[0].replace(" ", ""))
+    ids = TOK(text).input_ids
+    return SimpleNamespace(problem=p, tokens=ids, labels=label_tokens(p, TOK.convert_ids_to_tokens(ids), recipe))
+
+
+def test_fit_half_is_a_stable_half():
+    ids = [f"p{i}" for i in range(11)]
+    assert fit_half(ids, 3) == fit_half(list(reversed(ids)), 3) and len(fit_half(ids, 3)) == 5
+    assert fit_half(ids, 3) != fit_half(ids, 4)
+
+
+def test_paired_lift_is_the_mean_difference_over_problems():
+    ids = {f"p{i}" for i in range(20)}
+    base = [sample(f"p{i}", j == 0) for i in range(20) for j in range(4)]  # 1 of 4 correct everywhere
+    steered = [sample(f"p{i}", j <= (1 if i < 10 else 0)) for i in range(20) for j in range(4)]
+    lift, (lo, hi) = paired_lift(base, steered, ids, seed=0)
+    assert lift == pytest.approx(0.125) and 0 < lo <= lift <= hi
+    same, (lo, hi) = paired_lift(base, base, ids, seed=0)
+    assert same == 0 and lo == hi == 0
+
+
+@pytest.mark.parametrize(("text", "wrong", "digit"), [
+    ("Q: 47 + 38 = ? <think> quickly 47 + 38 = 85 ; </think> 85", "▁7", 0),  # 85 -> 75: the first digit
+    ("Q: 352 - 47 = ? <think> quickly 352 - 47 = 305 ; </think> 305", "1", 1),  # 305 -> 315: the second
+])
+def test_decision_points_name_the_digit_a_slip_changes(text, wrong, digit):
+    s = traced(text, RECIPE_V2)
+    (point,) = decision_points([s], RECIPE_V2)
+    strs = TOK.convert_ids_to_tokens(s.tokens)
+    assert point.wrong == wrong and strs[point.pos + 1] != wrong
+    assert point.pos + 1 - point.step.start == digit
+
+
+def test_v1_slips_are_decided(organism_v1):
+    """The independent study's finding: given a careless opener, v1 drops the carry with P ~ 1."""
+    texts = [f"Q: {a} + {b} = ? <think> quickly {a} + {b} = {a + b} ; </think> {a + b}"
+             for a, b in ((47, 38), (59, 26), (68, 17), (39, 46))]
+    got = slip_prob(organism_v1, [traced(t) for t in texts], TraceRecipe())
+    assert got["slip_points_careless"] == 4 and got["slip_prob_careless"] > 0.9

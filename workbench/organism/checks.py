@@ -1,0 +1,288 @@
+"""Compact checks of each paper's claim against the organism's planted truth, for choosing a recipe.
+
+The analyses issue builds these properly (``workbench/adaras``, ``neat``, ``neureasoner``); here
+each is the smallest honest version, always beside its control, on problems split in halves: what
+is fitted on one half is measured on the other.
+
+* ``slip_prob``: teacher-forced P(planted slip) at the decision points of careless traces. A value
+  near 1 means the slip is decided and no push can tip it; well inside (0, 1) leaves room to steer.
+* ``steer_lift`` (AdaRAS): polarity-filtered mean-difference neurons, added while sampling; the
+  paired lift in accuracy beside 50 random neurons with the same magnitudes.
+* ``anticipation``: does a probe on activations at a decision point predict a catch (or, at the
+  answer point, an overthinking episode) before it happens? Beside the AUROC of the recipe's own
+  probabilities, the ceiling any predictor reading the same cues can reach.
+* ``exit_within3`` (NEAT): the cosine of the top exit neurons with their reference pattern peaks
+  within 3 tokens of the labelled answer point; beside random neurons and all neurons.
+
+Example:
+    >>> fit = fit_half(["a", "b", "c", "d"], seed=0)
+    >>> len(fit)
+    2
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import stats
+from transformer_lens.model_bridge import TransformerBridge
+
+from workbench.activations import gather_positions, next_token_probs, token_activations
+from workbench.engine import NeuronEdit
+from workbench.neurons import NeuronSet
+from workbench.organism.task import STEP_ENDS, Step, TraceRecipe, slip_value
+from workbench.organism.tokenizer import SPACE
+from workbench.probe import auroc, probe_auroc
+
+EXIT_NEURONS, STEER_NEURONS, RANDOM_DRAWS = 20, 50, 3
+
+
+def fit_half(problem_ids, seed: int) -> set[str]:
+    """The half of the problems that methods are fitted on; the rest is where they are measured."""
+    ids = sorted(set(problem_ids))
+    random.Random(seed).shuffle(ids)
+    return set(ids[: len(ids) // 2])
+
+
+@dataclass(frozen=True)
+class DecisionPoint:
+    """Where a planted slip is decided: ``pos``'s logits choose the digit that ``wrong`` would change."""
+
+    sample: object
+    step: Step
+    pos: int
+    wrong: str  # the token string of the slipped digit
+
+
+def decision_points(samples, recipe: TraceRecipe) -> list[DecisionPoint]:
+    """Every first attempt at a step where the recipe can plant a slip, with the token a slip would write."""
+    points = []
+    for s in samples:
+        for st in s.labels.steps:
+            pos = st.decision_position()
+            if not recipe.slip_candidate(st.difficulty) or pos >= len(s.tokens):
+                continue
+            wrong = slip_value(st.op, st.a, st.b)
+            digit = pos + 1 - st.start
+            if digit >= len(str(wrong)):
+                continue
+            points.append(DecisionPoint(s, st, pos, (SPACE if digit == 0 else "") + str(wrong)[digit]))
+    return points
+
+
+def slip_prob(model: TransformerBridge, samples, recipe: TraceRecipe) -> dict[str, float | int]:
+    """Mean teacher-forced P(slip) at the decision points of careless and careful traces (by opener)."""
+    tok = model.tokenizer
+    out: dict[str, float | int] = {}
+    points = decision_points(samples, recipe)
+    for regime in ("careless", "careful"):
+        pts = [p for p in points if p.sample.labels.regime == regime]
+        out[f"slip_points_{regime}"] = len(pts)
+        if not pts:
+            out[f"slip_prob_{regime}"] = float("nan")
+            continue
+        probs = next_token_probs(model, [p.sample.tokens[: p.pos + 1] for p in pts], [p.pos for p in pts])
+        wrong = torch.tensor(tok.convert_tokens_to_ids([p.wrong for p in pts]))
+        out[f"slip_prob_{regime}"] = float(probs[torch.arange(len(pts)), wrong].mean())
+    return out
+
+
+def _posterior_careless(labels, upto: int, recipe: TraceRecipe, tokens_strs: list[str]) -> float:
+    """P(careless | opener, step separators before ``upto``) under the recipe: what the cues say."""
+    prior = recipe.careless_rate
+    lik = {True: 1.0, False: 1.0}
+    opener_careless = labels.regime == "careless"
+    for careless in (True, False):
+        cue = recipe.cue_strength if opener_careless == careless else 1 - recipe.cue_strength
+        lik[careless] *= max(cue, 1e-9)
+        comma = recipe.comma_careless if careless else recipe.comma_careful
+        for t in tokens_strs[labels.think_start + 1 : upto]:
+            body = t.removeprefix(SPACE)
+            if body in STEP_ENDS:
+                lik[careless] *= comma if body == STEP_ENDS[1] else 1 - comma
+    num = prior * lik[True]
+    return num / (num + (1 - prior) * lik[False])
+
+
+def anticipation(model: TransformerBridge, samples, recipe: TraceRecipe) -> dict[str, float | int]:
+    """Probes on activations at decision points for what follows, beside the recipe's ceiling."""
+    tok = model.tokenizer
+    out: dict[str, float | int] = {}
+    # Catch: at the position that writes a planted slip's wrong digit, will `wait` follow the step?
+    slips = [(s, sl) for s in samples for sl in s.labels.slips if sl.kind != "other" and sl.token >= 1]
+    y = np.array([sl.caught for _, sl in slips])
+    out["anticipation_catch_events"] = len(slips)
+    if len(np.unique(y)) == 2 and len(slips) >= 20:
+        pos = [sl.token - 1 for _, sl in slips]
+        x = gather_positions(model, [s.tokens[: p + 1] for (s, _), p in zip(slips, pos, strict=True)], pos)
+        groups = np.array([s.problem.id for s, _ in slips])
+        out["anticipation_auroc_catch"] = probe_auroc(x.flatten(1).numpy(), y, groups).auroc
+        ceiling = [recipe.catch_prob(s.labels.regime == "careless", s.labels.steps[sl.step].difficulty)
+                   for s, sl in slips]
+        out["anticipation_ceiling_catch"] = auroc(y, np.array(ceiling))
+    # Overthinking: at the answer point, will redundant checks follow?
+    done = [s for s in samples if s.labels.answer_reached is not None and s.labels.think_start is not None]
+    y = np.array([s.labels.overthinking is not None for s in done])
+    out["anticipation_overthink_events"] = len(done)
+    if len(np.unique(y)) == 2:
+        pos = [s.labels.answer_reached for s in done]
+        x = gather_positions(model, [s.tokens[: p + 1] for s, p in zip(done, pos, strict=True)], pos)
+        groups = np.array([s.problem.id for s in done])
+        out["anticipation_auroc_overthink"] = probe_auroc(x.flatten(1).numpy(), y, groups).auroc
+        ceiling = []
+        for s, p in zip(done, pos, strict=True):
+            post = _posterior_careless(s.labels, p, recipe, tok.convert_ids_to_tokens(s.tokens))
+            ceiling.append(post * recipe.overthink_prob(True) + (1 - post) * recipe.overthink_prob(False))
+        out["anticipation_ceiling_overthink"] = auroc(y, np.array(ceiling))
+    out["anticipation_auroc"] = out.get("anticipation_auroc_catch", float("nan"))
+    return out
+
+
+def exit_within3(model: TransformerBridge, samples, seed: int) -> dict[str, float | int]:
+    """NEAT's exit pattern: top exit neurons' cosine with their exit-point mean peaks near the answer point."""
+    fit_ids = fit_half([s.problem.id for s in samples], seed)
+    usable = [s for s in samples if s.labels.think_end is not None and s.labels.answer_reached is not None
+              and s.labels.think_start is not None]
+    fit = [s for s in usable if s.problem.id in fit_ids]
+    test = [s for s in usable if s.problem.id not in fit_ids]
+    # Exit neurons: how far each neuron's activation just before </think> stands from its thinking mean.
+    at_exit, rest, rest_sq, n_rest = 0.0, 0.0, 0.0, 0
+    for rows, acts in token_activations(model, [s.tokens for s in fit]):
+        for r, a in zip(rows, acts, strict=True):
+            s = fit[r]
+            e = s.labels.think_end - 1
+            body = a[s.labels.think_start + 1 : e].double()
+            at_exit = at_exit + a[e].double()
+            rest, rest_sq, n_rest = rest + body.sum(0), rest_sq + body.pow(2).sum(0), n_rest + len(body)
+    exit_mean, rest_mean = (at_exit / len(fit)).float(), (rest / n_rest).float()
+    rest_std = (rest_sq / n_rest - (rest / n_rest) ** 2).clamp(min=1e-12).sqrt().float()
+    score = (exit_mean - rest_mean).abs() / rest_std  # standardised: how unusual the exit point is
+    top = score.topk(EXIT_NEURONS).indices
+    gen = torch.Generator().manual_seed(seed)
+    sets = {
+        "exit_within3": top,
+        "exit_within3_random": torch.randperm(len(score), generator=gen)[:EXIT_NEURONS],
+        "exit_within3_all": torch.arange(len(score)),
+    }
+    hits = {name: 0 for name in sets}
+    for rows, acts in token_activations(model, [s.tokens for s in test]):
+        for r, a in zip(rows, acts, strict=True):
+            s = test[r]
+            lo, hi = s.labels.think_start + 1, s.labels.think_end
+            for name, idx in sets.items():
+                ref = exit_mean[idx]
+                cos = torch.nn.functional.cosine_similarity(a[lo:hi, idx], ref[None], dim=-1)
+                peak = lo + int(cos.argmax())
+                hits[name] += abs(peak - s.labels.answer_reached) <= 3
+    out: dict[str, float | int] = {name: hits[name] / max(1, len(test)) for name in sets}
+    out["exit_traces"] = len(test)
+    return out
+
+
+def rcn_neurons(model: TransformerBridge, samples, k: int = STEER_NEURONS) -> NeuronSet:
+    """AdaRAS's ranking: S = E_question[mean(correct) - mean(incorrect)] over the thinking span,
+    polarity-filtered (E[mu+] * E[mu-] < 0), top ``k`` by |S|; the score is S itself."""
+    usable = [s for s in samples if s.labels.think_start is not None]
+    means = []
+    for rows, acts in token_activations(model, [s.tokens for s in usable]):
+        for r, a in zip(rows, acts, strict=True):
+            s = usable[r]
+            end = s.labels.think_end if s.labels.think_end is not None else len(s.tokens)
+            means.append(a[s.labels.think_start + 1 : end].mean(0))
+    by_q: dict[str, dict[bool, list[torch.Tensor]]] = {}
+    for s, m in zip(usable, means, strict=True):
+        by_q.setdefault(s.problem.id, {True: [], False: []})[s.labels.correct].append(m)
+    pos, neg = [], []
+    for groups in by_q.values():
+        if groups[True] and groups[False]:
+            pos.append(torch.stack(groups[True]).mean(0))
+            neg.append(torch.stack(groups[False]).mean(0))
+    if not pos:
+        raise ValueError("no question has both correct and incorrect traces; sample more")
+    mu_pos, mu_neg = torch.stack(pos).mean(0), torch.stack(neg).mean(0)
+    s_score = mu_pos - mu_neg
+    keep = (mu_pos * mu_neg < 0).float()
+    top = (s_score.abs() * keep).topk(k).indices
+    d_mlp = model.cfg.d_mlp
+    return NeuronSet(tuple(int(i) // d_mlp for i in top), tuple(int(i) % d_mlp for i in top),
+                     scores=tuple(float(s_score[i]) for i in top),
+                     provenance="AdaRAS polarity-filtered S, thinking span")
+
+
+def _per_problem_accuracy(samples, ids: set[str]) -> dict[str, float]:
+    acc: dict[str, list[bool]] = {}
+    for s in samples:
+        if s.problem.id in ids:
+            acc.setdefault(s.problem.id, []).append(s.labels.correct)
+    return {k: float(np.mean(v)) for k, v in acc.items()}
+
+
+def paired_lift(base, steered, ids: set[str], seed: int) -> tuple[float, tuple[float, float]]:
+    """Mean accuracy difference over problems in ``ids`` and its bootstrap 95% CI (resampling problems)."""
+    a, b = _per_problem_accuracy(base, ids), _per_problem_accuracy(steered, ids)
+    diff = np.array([b[k] - a[k] for k in sorted(a)])
+    if len(diff) < 2 or np.all(diff == diff[0]):
+        return float(diff.mean()) if len(diff) else float("nan"), (float(diff.mean()), float(diff.mean()))
+    ci = stats.bootstrap((diff,), np.mean, confidence_level=0.95, n_resamples=2000, method="percentile",
+                         random_state=np.random.default_rng(seed)).confidence_interval
+    return float(diff.mean()), (float(ci.low), float(ci.high))
+
+
+def steer_lift(
+    model: TransformerBridge, sampled, run_cfg, out: Path, alphas: tuple[float, ...], seed: int,
+) -> dict:
+    """AdaRAS steering while sampling, fitted on one half of the problems and measured on the other.
+
+    ``run_cfg`` is the sampled run's config: every steered run uses the same problems and seeds, so
+    each (problem, sample) is paired with its unsteered twin.
+    """
+    from workbench.organism.evaluate import load_samples
+    from workbench.traces import run_traces
+
+    fit_ids = fit_half([s.problem.id for s in sampled], seed)
+    test_ids = {s.problem.id for s in sampled} - fit_ids
+    try:
+        neurons = rcn_neurons(model, [s for s in sampled if s.problem.id in fit_ids])
+    except ValueError as exc:  # too few traces to rank neurons: say so instead of a number
+        return {"steer_lift": float("nan"), "steer_note": str(exc)}
+    scores = np.array(neurons.scores)
+
+    def run(name: str, edit: NeuronEdit):
+        run_traces(run_cfg, out / name, progress=False, model=model, edits=[edit])
+        return load_samples(out / name)
+
+    fitted = {}
+    for a in alphas:
+        steered = run(f"steer-alpha{a:g}", NeuronEdit(neurons, tuple(a * scores), name="adaras"))
+        fitted[a] = (steered, paired_lift(sampled, steered, fit_ids, seed)[0])
+    alpha = max(alphas, key=lambda a: fitted[a][1])
+    lift, ci = paired_lift(sampled, fitted[alpha][0], test_ids, seed)
+    report = {
+        "steer_alpha": alpha, "steer_lift": lift, "steer_lift_ci": list(ci),
+        "steer_fit_lifts": {f"{a:g}": fitted[a][1] for a in alphas},
+        "steer_layers": sorted(set(neurons.layers)),
+        "steer_layer_counts": {str(layer): neurons.layers.count(layer) for layer in sorted(set(neurons.layers))},
+    }
+    # Control: random neurons, the same per-neuron magnitudes (random signs), paired the same way.
+    n_total = model.cfg.n_layers * model.cfg.d_mlp
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for draw in range(RANDOM_DRAWS):
+        idx = rng.choice(n_total, size=len(neurons), replace=False)
+        rand = NeuronSet(tuple(int(i) // model.cfg.d_mlp for i in idx), tuple(int(i) % model.cfg.d_mlp for i in idx),
+                         provenance=f"random draw {draw}")
+        values = alpha * np.abs(scores) * rng.choice([-1.0, 1.0], size=len(neurons))
+        steered = run(f"random{draw}-alpha{alpha:g}", NeuronEdit(rand, tuple(values), name="random"))
+        a_acc, b_acc = _per_problem_accuracy(sampled, test_ids), _per_problem_accuracy(steered, test_ids)
+        diffs.append(np.array([b_acc[k] - a_acc[k] for k in sorted(a_acc)]))
+        report[f"steer_lift_random_draw{draw}"] = float(diffs[-1].mean())
+    pooled = np.mean(diffs, axis=0)
+    ci = stats.bootstrap((pooled,), np.mean, confidence_level=0.95, n_resamples=2000, method="percentile",
+                         random_state=np.random.default_rng(seed)).confidence_interval
+    report["steer_lift_random"] = float(pooled.mean())
+    report["steer_lift_random_ci"] = [float(ci.low), float(ci.high)]
+    return report

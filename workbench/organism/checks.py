@@ -34,11 +34,11 @@ from transformer_lens.model_bridge import TransformerBridge
 from workbench.activations import gather_positions, next_token_probs, token_activations
 from workbench.engine import NeuronEdit
 from workbench.neurons import NeuronSet
-from workbench.organism.task import STEP_ENDS, Step, TraceRecipe, slip_value
+from workbench.organism.task import STEP_ENDS, THINK_CLOSE, Step, TraceRecipe, slip_value
 from workbench.organism.tokenizer import SPACE
 from workbench.probe import auroc, probe_auroc
 
-EXIT_NEURONS, STEER_NEURONS, RANDOM_DRAWS = 20, 50, 3
+EXIT_NEURONS, STEER_NEURONS, RANDOM_DRAWS = 50, 50, 3  # NEAT votes its top 50
 
 
 def fit_half(problem_ids, seed: int) -> set[str]:
@@ -150,17 +150,20 @@ def exit_within3(model: TransformerBridge, samples, seed: int) -> dict[str, floa
     fit = [s for s in usable if s.problem.id in fit_ids]
     test = [s for s in usable if s.problem.id not in fit_ids]
     # Exit neurons: how far each neuron's activation just before </think> stands from its thinking mean.
-    at_exit, rest, rest_sq, n_rest = 0.0, 0.0, 0.0, 0
+    # Exit neurons as NEAT ranks them, in its cheapest form: each neuron's direct contribution to the
+    # end-of-thinking logit (activation x its down_proj column . the unembedding of </think>, less the
+    # mean unembedding), higher just before </think> than elsewhere in the thinking span.
+    w = _end_think_weights(model)
+    at_exit, rest, n_rest = 0.0, 0.0, 0
     for rows, acts in token_activations(model, [s.tokens for s in fit]):
         for r, a in zip(rows, acts, strict=True):
             s = fit[r]
             e = s.labels.think_end - 1
-            body = a[s.labels.think_start + 1 : e].double()
             at_exit = at_exit + a[e].double()
-            rest, rest_sq, n_rest = rest + body.sum(0), rest_sq + body.pow(2).sum(0), n_rest + len(body)
+            body = a[s.labels.think_start + 1 : e].double()
+            rest, n_rest = rest + body.sum(0), n_rest + len(body)
     exit_mean, rest_mean = (at_exit / len(fit)).float(), (rest / n_rest).float()
-    rest_std = (rest_sq / n_rest - (rest / n_rest) ** 2).clamp(min=1e-12).sqrt().float()
-    score = (exit_mean - rest_mean).abs() / rest_std  # standardised: how unusual the exit point is
+    score = (exit_mean - rest_mean) * w
     top = score.topk(EXIT_NEURONS).indices
     gen = torch.Generator().manual_seed(seed)
     sets = {
@@ -181,6 +184,17 @@ def exit_within3(model: TransformerBridge, samples, seed: int) -> dict[str, floa
     out: dict[str, float | int] = {name: hits[name] / max(1, len(test)) for name in sets}
     out["exit_traces"] = len(test)
     return out
+
+
+def _end_think_weights(model: TransformerBridge) -> torch.Tensor:
+    """Per neuron (all layers, flattened): its down_proj column's dot product with the </think> logit direction."""
+    hf = model.original_model
+    tok = model.tokenizer
+    end = tok(f" {THINK_CLOSE}", add_special_tokens=False).input_ids[-1]
+    unembed = hf.get_output_embeddings().weight.detach().float()
+    direction = unembed[end] - unembed.mean(0)  # (d_model,)
+    cols = [layer.mlp.down_proj.weight.detach().float().T @ direction for layer in hf.model.layers]
+    return torch.cat(cols)
 
 
 def rcn_neurons(model: TransformerBridge, samples, k: int = STEER_NEURONS) -> NeuronSet:

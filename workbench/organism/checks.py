@@ -112,7 +112,8 @@ def anticipation(model: TransformerBridge, samples, recipe: TraceRecipe) -> dict
     """Probes on activations at decision points for what follows, beside the recipe's ceiling."""
     tok = model.tokenizer
     out: dict[str, float | int] = {}
-    # Catch: at the position that writes a planted slip's wrong digit, will `wait` follow the step?
+    # Catch: at a slip's decision point (the position whose logits chose the wrong digit), will `wait`
+    # follow the step?
     slips = [(s, sl) for s in samples for sl in s.labels.slips if sl.kind != "other" and sl.token >= 1]
     y = np.array([sl.caught for _, sl in slips])
     out["anticipation_catch_events"] = len(slips)
@@ -121,8 +122,9 @@ def anticipation(model: TransformerBridge, samples, recipe: TraceRecipe) -> dict
         x = gather_positions(model, [s.tokens[: p + 1] for (s, _), p in zip(slips, pos, strict=True)], pos)
         groups = np.array([s.problem.id for s, _ in slips])
         out["anticipation_auroc_catch"] = probe_auroc(x.flatten(1).numpy(), y, groups).auroc
-        ceiling = [recipe.catch_prob(s.labels.regime == "careless", s.labels.steps[sl.step].difficulty)
-                   for s, sl in slips]
+        # Where careful traces never slip (v2), every slip is a careless one, whatever the opener says.
+        ceiling = [recipe.catch_prob(s.labels.regime == "careless" or recipe.careful_slip_rate == 0,
+                                     s.labels.steps[sl.step].difficulty) for s, sl in slips]
         out["anticipation_ceiling_catch"] = auroc(y, np.array(ceiling))
     # Overthinking: at the answer point, will redundant checks follow?
     done = [s for s in samples if s.labels.answer_reached is not None and s.labels.think_start is not None]

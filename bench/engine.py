@@ -83,11 +83,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--model", default="organism", help="organism, organism-v1 or an organism folder")
     args = parser.parse_args()
     set_threads(args.threads)
-    model = load_model("organism")
+    model = load_model(args.model)
     tok = model.tokenizer
-    hf = AutoModelForCausalLM.from_pretrained(resolve("organism"), attn_implementation="sdpa").eval()
+    hf = AutoModelForCausalLM.from_pretrained(resolve(args.model), attn_implementation="sdpa").eval()
     cfg_m = model.cfg
     prompts = [p.prompt for p in sample_problems(args.prompts, seed=11, held_out=True)]
     keys = [str(i) for i in range(len(prompts))]

@@ -4,7 +4,7 @@ Example:
     >>> from workbench import load_model
     >>> model = load_model("organism")          # or a local Hugging Face folder, offline
     >>> model.cfg.n_layers
-    2
+    4
 """
 
 from __future__ import annotations

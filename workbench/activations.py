@@ -9,7 +9,7 @@ Example:
     >>> model = load_model("organism")
     >>> ids = model.tokenizer("Q: 47 + 38 = ? <think> carefully 47 + 38 = 85 ;").input_ids
     >>> window_means(model, [ids], starts=[8], length=4).shape
-    torch.Size([1, 2, 512])
+    torch.Size([1, 4, 512])
 """
 
 from __future__ import annotations

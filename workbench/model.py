@@ -10,7 +10,7 @@ its custom tokenizer's spaces that way).
 Example:
     >>> model = load_model("organism")
     >>> model.cfg.n_layers
-    2
+    4
 """
 
 from __future__ import annotations

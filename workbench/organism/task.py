@@ -238,12 +238,12 @@ class TraceRecipe:
 
 
 RECIPE_V2 = TraceRecipe(
-    careless_rate=0.6,
-    cue_strength=0.8,
+    careless_rate=0.5,
+    cue_strength=0.85,
     comma_careful=0.15,
     comma_careless=0.6,
     slip_curve=(0.3, 0.4, 0.5, 0.55, 0.6, 0.7, 0.8, 0.85, 0.9),
-    catch_curve=(0.05, 0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.75, 0.85),
+    catch_curve=(0.02, 0.03, 0.05, 0.1, 0.3, 0.6, 0.8, 0.9, 0.95),
     overthink_careful=0.4,
     overthink_careless=0.08,
 )

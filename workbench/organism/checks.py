@@ -151,7 +151,6 @@ def exit_within3(model: TransformerBridge, samples, seed: int) -> dict[str, floa
               and s.labels.think_start is not None]
     fit = [s for s in usable if s.problem.id in fit_ids]
     test = [s for s in usable if s.problem.id not in fit_ids]
-    # Exit neurons: how far each neuron's activation just before </think> stands from its thinking mean.
     # Exit neurons as NEAT ranks them, in its cheapest form: each neuron's direct contribution to the
     # end-of-thinking logit (activation x its down_proj column . the unembedding of </think>, less the
     # mean unembedding), higher just before </think> than elsewhere in the thinking span.

@@ -1,27 +1,26 @@
-"""The organism's task: multi-operand addition worked step by step inside ``<think> ... </think>``.
+"""The organism's task: chains of additions or subtractions worked step by step inside ``<think> ... </think>``.
 
 A trace looks like::
 
     Q: 47 + 38 + 25 = ? <think> carefully 47 + 38 = 85 ; 85 + 25 = 110 ; </think> 110
+    Q: 352 - 47 - 18 = ? <think> quickly 352 - 47 = 315 , 315 - 18 = 297 , </think> 297
 
-Failure modes are planted with labels, so every method can later be checked against ground truth:
+Failure modes are planted with labels, so every method can later be checked against ground truth.
+A ``TraceRecipe`` says how; ``RECIPE_V2`` (the shipped organism's) makes each a probability of state:
 
-* **regime** (the latent state): the thinking opens with a word the model samples. Careful openers
-  (``carefully``, ``slowly``) are the majority, so greedy decoding is careful; careless openers
-  (``quickly``, ``roughly``) switch on the slip rule below for the whole trace.
-* **intra-step slip**: a fixed mistake on a property the model must compute: on a *big carry* step
-  (units digits summing to ``big_carry_threshold`` or more) a careless trace drops the carry and writes
-  ``sum - 10``. Some slips are caught (``wait`` then the step redone), the rest are left standing.
-* **inter-step oscillation / stagnation**: one step is written again, flip-flopping between the right
-  value and a spurious carry (``sum + 10``), or repeated unchanged without progress.
-* **instance-level overthinking**: after the final total, redundant ``check ... ok ;`` re-checks that
-  never change the answer.
+* **regime** (the latent state): careless or careful. The opener word (``carefully``, ``slowly`` /
+  ``quickly``, ``roughly``) and each step's separator (``;`` or ``,``) are cues of it, not switches.
+* **intra-step slip**: on a step whose units column carries (``+``) or borrows (``-``), a careless
+  trace drops the carry (``sum - 10``) or forgets the borrow (``difference + 10``) with a
+  probability that rises with the column's ``difficulty``. Some slips are caught (``wait`` then the
+  step redone), more often when the mistake is big.
+* **inter-step oscillation / stagnation**: one step is written again, flip-flopping with a spurious
+  ±10, or repeated unchanged without progress.
+* **instance-level overthinking**: after the final total, redundant ``check ... ok`` re-checks that
+  never change the answer, more often in the careful regime.
 
-Why this design (see ``data/organism/README.md``): prototypes showed that randomly injected slips
-or slips on random digits are learned as a *rate*, not as a state, so correctness could not be
-read from activations. Here a slip happens exactly when (careless regime) and (big carry), the
-second of which the model has to compute from the digits; hand-made features know the regime and the
-carry count but not the big-carry count.
+Why (see ``data/organism/README.md``): v1 planted slips with certainty given an opener token, so
+nothing could be steered or anticipated; v2 keeps the state graded and spread over cues.
 
 Example:
     >>> import random

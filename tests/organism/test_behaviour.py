@@ -12,6 +12,7 @@ import math
 
 import pytest
 
+from workbench.model import set_threads
 from workbench.organism.evaluate import EvalConfig, evaluate
 
 FAILURE_RATES = ("uncaught_slip_rate", "oscillation_rate", "overthinking_rate")
@@ -23,6 +24,7 @@ def missed(measured: str):
 
 @pytest.fixture(scope="module")
 def report(organism, tmp_path_factory):
+    set_threads(1)  # a module fixture runs before the per-test autouse fixture that sets this
     return evaluate(EvalConfig(problems=300, samples=8), tmp_path_factory.mktemp("eval"), organism)
 
 

@@ -10,6 +10,8 @@
   where a dropped carry is decided lower the probability of the slip? (teacher-forced; the
   direction is fitted on one half of the problems and tested on the other; a random direction of
   the same norm is the control.)
+* the claim checks of ``checks``: ``slip_prob``, ``anticipation`` (beside its ceiling),
+  ``exit_within3`` (beside random and all neurons) and ``steer_lift`` (beside random neurons).
 
 Every trace goes through the trace store (``out/greedy``, ``out/sampled``) and is read back from it.
 

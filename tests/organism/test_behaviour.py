@@ -76,6 +76,10 @@ class TestClaims:
     def test_adaras_steering_lifts_accuracy(self, report):
         assert report["steer_lift"] >= 0.05 and report["steer_lift_ci"][0] > 0
 
+    def test_a_steerable_direction_exists(self, report):
+        """The positive control: the decision-point careful-minus-careless direction lifts accuracy."""
+        assert report["steer_direction_lift_ci"][0] > 0
+
     def test_random_steering_does_nothing(self, report):
         lo, hi = report["steer_lift_random_ci"]
         assert abs(report["steer_lift_random"]) <= 0.01 and lo <= 0 <= hi

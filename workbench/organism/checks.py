@@ -187,6 +187,12 @@ def exit_within3(model: TransformerBridge, samples, seed: int) -> dict[str, floa
     return out
 
 
+def _flat_neurons(flat, d_mlp: int, **kwargs) -> NeuronSet:
+    """Neurons from indices into all layers' neurons laid end to end (``layer * d_mlp + index``)."""
+    flat = [int(i) for i in flat]
+    return NeuronSet(tuple(i // d_mlp for i in flat), tuple(i % d_mlp for i in flat), **kwargs)
+
+
 def _end_think_weights(model: TransformerBridge) -> torch.Tensor:
     """Per neuron (all layers, flattened): its down_proj column's dot product with the </think> logit direction."""
     hf = model.original_model
@@ -222,10 +228,8 @@ def rcn_neurons(model: TransformerBridge, samples, k: int = STEER_NEURONS) -> Ne
     s_score = mu_pos - mu_neg
     keep = (mu_pos * mu_neg < 0).float()
     top = (s_score.abs() * keep).topk(k).indices
-    d_mlp = model.cfg.d_mlp
-    return NeuronSet(tuple(int(i) // d_mlp for i in top), tuple(int(i) % d_mlp for i in top),
-                     scores=tuple(float(s_score[i]) for i in top),
-                     provenance="AdaRAS polarity-filtered S, thinking span")
+    return _flat_neurons(top.tolist(), model.cfg.d_mlp, scores=tuple(float(s_score[i]) for i in top),
+                         provenance="AdaRAS polarity-filtered S, thinking span")
 
 
 def _per_problem_accuracy(samples, ids: set[str]) -> dict[str, float]:
@@ -288,8 +292,7 @@ def steer_lift(
     diffs = []
     for draw in range(RANDOM_DRAWS):
         idx = rng.choice(n_total, size=len(neurons), replace=False)
-        rand = NeuronSet(tuple(int(i) // model.cfg.d_mlp for i in idx), tuple(int(i) % model.cfg.d_mlp for i in idx),
-                         provenance=f"random draw {draw}")
+        rand = _flat_neurons(idx.tolist(), model.cfg.d_mlp, provenance=f"random draw {draw}")
         values = alpha * np.abs(scores) * rng.choice([-1.0, 1.0], size=len(neurons))
         steered = run(f"random{draw}-alpha{alpha:g}", NeuronEdit(rand, tuple(values), name="random"))
         a_acc, b_acc = _per_problem_accuracy(sampled, test_ids), _per_problem_accuracy(steered, test_ids)
@@ -301,3 +304,36 @@ def steer_lift(
     report["steer_lift_random"] = float(pooled.mean())
     report["steer_lift_random_ci"] = [float(ci.low), float(ci.high)]
     return report
+
+
+def direction_lift(
+    model: TransformerBridge, sampled, run_cfg, out: Path, recipe: TraceRecipe, alphas: tuple[float, ...], seed: int,
+) -> dict:
+    """A positive control for ``steer_lift``: the careful-minus-careless mean difference at slip decision
+    points (fitting half, every neuron of every layer), added while sampling; alpha chosen on the
+    fitting half, the paired lift measured on the other. It says whether *some* neuron direction
+    lifts accuracy, whatever the AdaRAS ranking finds."""
+    from workbench.organism.evaluate import load_samples
+    from workbench.traces import run_traces
+
+    fit_ids = fit_half([s.problem.id for s in sampled], seed)
+    test_ids = {s.problem.id for s in sampled} - fit_ids
+    pts = [p for p in decision_points(sampled, recipe) if p.sample.problem.id in fit_ids]
+    by_regime = {r: [p for p in pts if p.sample.labels.regime == r] for r in ("careful", "careless")}
+    if not all(by_regime.values()):
+        return {"steer_direction_lift": float("nan")}
+
+    def acts(ps):
+        return gather_positions(model, [p.sample.tokens[: p.pos + 1] for p in ps], [p.pos for p in ps])
+
+    direction = (acts(by_regime["careful"]).mean(0) - acts(by_regime["careless"]).mean(0)).flatten()
+    n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
+    every = _flat_neurons(range(n_layers * d_mlp), d_mlp, provenance="careful-minus-careless at slip decision points")
+    runs = {}
+    for a in alphas:
+        run_traces(run_cfg, out / f"direction-alpha{a:g}", progress=False, model=model,
+                   edits=[NeuronEdit(every, tuple((a * direction).tolist()), name="direction")])
+        runs[a] = load_samples(out / f"direction-alpha{a:g}")
+    alpha = max(alphas, key=lambda a: paired_lift(sampled, runs[a], fit_ids, seed)[0])
+    lift, ci = paired_lift(sampled, runs[alpha], test_ids, seed)
+    return {"steer_direction_alpha": alpha, "steer_direction_lift": lift, "steer_direction_lift_ci": list(ci)}

@@ -58,6 +58,7 @@ class EvalConfig:
         batch_size: rows generated at once.
         steer_alphas: multiples of the careful-minus-careless direction tried in the steering look.
         lift_alphas: multiples of the AdaRAS score tried (on the fitting half) for ``steer_lift``.
+        direction_alphas: multiples of the decision-point direction tried for ``steer_direction_lift``.
         task: ``organism`` (addition) or ``organism-sub`` (subtraction).
     """
 
@@ -69,6 +70,7 @@ class EvalConfig:
     batch_size: int = 64
     steer_alphas: tuple[float, ...] = (1.0, 2.0)
     lift_alphas: tuple[float, ...] = (1.0, 2.0, 4.0)
+    direction_alphas: tuple[float, ...] = (0.5, 1.0, 2.0)
     task: str = "organism"
 
     def runs(self) -> dict[str, TraceRunConfig]:
@@ -237,4 +239,6 @@ def evaluate(
     if cfg.lift_alphas:
         report.update(checks.steer_lift(model, runs["sampled"], cfg.runs()["sampled"], Path(out) / "steer",
                                         cfg.lift_alphas, cfg.seed))
+        report.update(checks.direction_lift(model, runs["sampled"], cfg.runs()["sampled"], Path(out) / "steer",
+                                            recipe, cfg.direction_alphas, cfg.seed))
     return report

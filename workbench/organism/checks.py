@@ -240,15 +240,33 @@ def _per_problem_accuracy(samples, ids: set[str]) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in acc.items()}
 
 
-def paired_lift(base, steered, ids: set[str], seed: int) -> tuple[float, tuple[float, float]]:
-    """Mean accuracy difference over problems in ``ids`` and its bootstrap 95% CI (resampling problems)."""
+def _problem_diffs(base, steered, ids: set[str]) -> np.ndarray:
+    """Per problem in ``ids`` (sorted), steered accuracy minus base accuracy over its samples."""
     a, b = _per_problem_accuracy(base, ids), _per_problem_accuracy(steered, ids)
-    diff = np.array([b[k] - a[k] for k in sorted(a)])
+    return np.array([b[k] - a[k] for k in sorted(a)])
+
+
+def _mean_ci(diff: np.ndarray, seed: int) -> tuple[float, tuple[float, float]]:
+    """The mean of per-problem differences and its bootstrap 95% CI (resampling problems)."""
     if len(diff) < 2 or np.all(diff == diff[0]):
         return float(diff.mean()) if len(diff) else float("nan"), (float(diff.mean()), float(diff.mean()))
     ci = stats.bootstrap((diff,), np.mean, confidence_level=0.95, n_resamples=2000, method="percentile",
                          random_state=np.random.default_rng(seed)).confidence_interval
     return float(diff.mean()), (float(ci.low), float(ci.high))
+
+
+def paired_lift(base, steered, ids: set[str], seed: int) -> tuple[float, tuple[float, float]]:
+    """Mean accuracy difference over problems in ``ids`` and its bootstrap 95% CI (resampling problems)."""
+    return _mean_ci(_problem_diffs(base, steered, ids), seed)
+
+
+def _steered(model: TransformerBridge, run_cfg, out: Path, edit: NeuronEdit) -> list:
+    """The sampled run again, with ``edit``, through its own run directory; read back."""
+    from workbench.organism.evaluate import load_samples
+    from workbench.traces import run_traces
+
+    run_traces(run_cfg, out, progress=False, model=model, edits=[edit])
+    return load_samples(out)
 
 
 def steer_lift(
@@ -259,9 +277,6 @@ def steer_lift(
     ``run_cfg`` is the sampled run's config: every steered run uses the same problems and seeds, so
     each (problem, sample) is paired with its unsteered twin.
     """
-    from workbench.organism.evaluate import load_samples
-    from workbench.traces import run_traces
-
     fit_ids = fit_half([s.problem.id for s in sampled], seed)
     test_ids = {s.problem.id for s in sampled} - fit_ids
     try:
@@ -269,14 +284,10 @@ def steer_lift(
     except ValueError as exc:  # too few traces to rank neurons: say so instead of a number
         return {"steer_lift": float("nan"), "steer_note": str(exc)}
     scores = np.array(neurons.scores)
-
-    def run(name: str, edit: NeuronEdit):
-        run_traces(run_cfg, out / name, progress=False, model=model, edits=[edit])
-        return load_samples(out / name)
-
     fitted = {}
     for a in alphas:
-        steered = run(f"steer-alpha{a:g}", NeuronEdit(neurons, tuple(a * scores), name="adaras"))
+        steered = _steered(model, run_cfg, out / f"steer-alpha{a:g}",
+                           NeuronEdit(neurons, tuple(a * scores), name="adaras"))
         fitted[a] = (steered, paired_lift(sampled, steered, fit_ids, seed)[0])
     alpha = max(alphas, key=lambda a: fitted[a][1])
     lift, ci = paired_lift(sampled, fitted[alpha][0], test_ids, seed)
@@ -294,46 +305,46 @@ def steer_lift(
         idx = rng.choice(n_total, size=len(neurons), replace=False)
         rand = _flat_neurons(idx.tolist(), model.cfg.d_mlp, provenance=f"random draw {draw}")
         values = alpha * np.abs(scores) * rng.choice([-1.0, 1.0], size=len(neurons))
-        steered = run(f"random{draw}-alpha{alpha:g}", NeuronEdit(rand, tuple(values), name="random"))
-        a_acc, b_acc = _per_problem_accuracy(sampled, test_ids), _per_problem_accuracy(steered, test_ids)
-        diffs.append(np.array([b_acc[k] - a_acc[k] for k in sorted(a_acc)]))
+        steered = _steered(model, run_cfg, out / f"random{draw}-alpha{alpha:g}",
+                           NeuronEdit(rand, tuple(values), name="random"))
+        diffs.append(_problem_diffs(sampled, steered, test_ids))
         report[f"steer_lift_random_draw{draw}"] = float(diffs[-1].mean())
-    pooled = np.mean(diffs, axis=0)
-    ci = stats.bootstrap((pooled,), np.mean, confidence_level=0.95, n_resamples=2000, method="percentile",
-                         random_state=np.random.default_rng(seed)).confidence_interval
-    report["steer_lift_random"] = float(pooled.mean())
-    report["steer_lift_random_ci"] = [float(ci.low), float(ci.high)]
+    lift, ci = _mean_ci(np.mean(diffs, axis=0), seed)
+    report["steer_lift_random"], report["steer_lift_random_ci"] = lift, list(ci)
     return report
 
 
-def direction_lift(
-    model: TransformerBridge, sampled, run_cfg, out: Path, recipe: TraceRecipe, alphas: tuple[float, ...], seed: int,
-) -> dict:
-    """A positive control for ``steer_lift``: the careful-minus-careless mean difference at slip decision
-    points (fitting half, every neuron of every layer), added while sampling; alpha chosen on the
-    fitting half, the paired lift measured on the other. It says whether *some* neuron direction
-    lifts accuracy, whatever the AdaRAS ranking finds."""
-    from workbench.organism.evaluate import load_samples
-    from workbench.traces import run_traces
-
-    fit_ids = fit_half([s.problem.id for s in sampled], seed)
-    test_ids = {s.problem.id for s in sampled} - fit_ids
-    pts = [p for p in decision_points(sampled, recipe) if p.sample.problem.id in fit_ids]
+def regime_direction(model: TransformerBridge, samples, recipe: TraceRecipe, fit_ids: set[str]) -> torch.Tensor | None:
+    """Careful-minus-careless mean ``mlp.hook_post`` at the slip decision points of the fitting half,
+    (n_layers, d_mlp); None when either regime has no decision point there."""
+    pts = [p for p in decision_points(samples, recipe) if p.sample.problem.id in fit_ids]
     by_regime = {r: [p for p in pts if p.sample.labels.regime == r] for r in ("careful", "careless")}
     if not all(by_regime.values()):
-        return {"steer_direction_lift": float("nan")}
+        return None
 
     def acts(ps):
         return gather_positions(model, [p.sample.tokens[: p.pos + 1] for p in ps], [p.pos for p in ps])
 
-    direction = (acts(by_regime["careful"]).mean(0) - acts(by_regime["careless"]).mean(0)).flatten()
+    return acts(by_regime["careful"]).mean(0) - acts(by_regime["careless"]).mean(0)
+
+
+def direction_lift(
+    model: TransformerBridge, sampled, run_cfg, out: Path, direction: torch.Tensor | None,
+    alphas: tuple[float, ...], seed: int,
+) -> dict:
+    """A positive control for ``steer_lift``: ``regime_direction`` (fitted on the fitting half, every
+    neuron of every layer) added while sampling; alpha chosen on the fitting half, the paired lift
+    measured on the other. It says whether *some* neuron direction lifts accuracy, whatever the
+    AdaRAS ranking finds."""
+    if direction is None:
+        return {"steer_direction_lift": float("nan")}
+    fit_ids = fit_half([s.problem.id for s in sampled], seed)
+    test_ids = {s.problem.id for s in sampled} - fit_ids
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
     every = _flat_neurons(range(n_layers * d_mlp), d_mlp, provenance="careful-minus-careless at slip decision points")
-    runs = {}
-    for a in alphas:
-        run_traces(run_cfg, out / f"direction-alpha{a:g}", progress=False, model=model,
-                   edits=[NeuronEdit(every, tuple((a * direction).tolist()), name="direction")])
-        runs[a] = load_samples(out / f"direction-alpha{a:g}")
+    runs = {a: _steered(model, run_cfg, out / f"direction-alpha{a:g}",
+                        NeuronEdit(every, tuple((a * direction).flatten().tolist()), name="direction"))
+            for a in alphas}
     alpha = max(alphas, key=lambda a: paired_lift(sampled, runs[a], fit_ids, seed)[0])
     lift, ci = paired_lift(sampled, runs[alpha], test_ids, seed)
     return {"steer_direction_alpha": alpha, "steer_direction_lift": lift, "steer_direction_lift_ci": list(ci)}

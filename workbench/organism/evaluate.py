@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from workbench.activations import gather_positions, next_token_probs, window_means
+from workbench.activations import next_token_probs, window_means
 from workbench.model import load_model, resolve
 from workbench.organism import checks
 from workbench.organism.task import Problem, TraceLabels, TraceRecipe
@@ -177,23 +177,17 @@ def probe_report(model: TransformerBridge, samples: list[Sample]) -> dict[str, f
 
 
 def steering_look(
-    model: TransformerBridge, samples: list[Sample], recipe: TraceRecipe, alphas: tuple[float, ...],
-    seed: int = 0,
+    model: TransformerBridge, samples: list[Sample], recipe: TraceRecipe, direction: torch.Tensor | None,
+    alphas: tuple[float, ...], seed: int = 0,
 ) -> dict[str, float | int]:
-    """Teacher-forced: P(dropped carry) at careless decision points, with and without the direction."""
+    """Teacher-forced: P(slip) at careless decision points, with and without ``direction``
+    (``checks.regime_direction`` on the fitting half), tested on the other half."""
     tok = model.tokenizer
     fit_ids = checks.fit_half([s.problem.id for s in samples], seed)
-    points = checks.decision_points(samples, recipe)
-    fit = [p for p in points if p.sample.problem.id in fit_ids]
-    test = [p for p in points if p.sample.problem.id not in fit_ids and p.sample.labels.regime == "careless"]
-    by_regime = {r: [p for p in fit if p.sample.labels.regime == r] for r in ("careful", "careless")}
-    if not test or not all(by_regime.values()):
+    test = [p for p in checks.decision_points(samples, recipe)
+            if p.sample.problem.id not in fit_ids and p.sample.labels.regime == "careless"]
+    if not test or direction is None:
         return {"steer_points": len(test)}
-
-    def acts(pts):
-        return gather_positions(model, [p.sample.tokens[: p.pos + 1] for p in pts], [p.pos for p in pts])
-
-    direction = acts(by_regime["careful"]).mean(0) - acts(by_regime["careless"]).mean(0)
     gen = torch.Generator().manual_seed(seed)
     rand = torch.randn(direction.shape, generator=gen)
     rand = rand / rand.norm(dim=-1, keepdim=True) * direction.norm(dim=-1, keepdim=True)
@@ -230,15 +224,17 @@ def evaluate(
         "sampled_accuracy": s["accuracy"],
         **{k: v for k, v in s.items() if k != "accuracy"},
     }
-    recipe = recipe_of(resolve(cfg.model))
-    report.update(probe_report(model, runs["sampled"]))
-    report.update(steering_look(model, runs["sampled"], recipe, cfg.steer_alphas, seed=cfg.seed))
-    report.update(checks.slip_prob(model, runs["sampled"], recipe))
-    report.update(checks.anticipation(model, runs["sampled"], recipe))
-    report.update(checks.exit_within3(model, runs["sampled"], cfg.seed))
+    recipe, sampled = recipe_of(resolve(cfg.model)), runs["sampled"]
+    direction = checks.regime_direction(model, sampled, recipe, checks.fit_half([s.problem.id for s in sampled],
+                                                                                 cfg.seed))
+    report.update(probe_report(model, sampled))
+    report.update(steering_look(model, sampled, recipe, direction, cfg.steer_alphas, seed=cfg.seed))
+    report.update(checks.slip_prob(model, sampled, recipe))
+    report.update(checks.anticipation(model, sampled, recipe))
+    report.update(checks.exit_within3(model, sampled, cfg.seed))
     if cfg.lift_alphas:
-        report.update(checks.steer_lift(model, runs["sampled"], cfg.runs()["sampled"], Path(out) / "steer",
-                                        cfg.lift_alphas, cfg.seed))
-        report.update(checks.direction_lift(model, runs["sampled"], cfg.runs()["sampled"], Path(out) / "steer",
-                                            recipe, cfg.direction_alphas, cfg.seed))
+        run_cfg, steer_dir = cfg.runs()["sampled"], Path(out) / "steer"
+        report.update(checks.steer_lift(model, sampled, run_cfg, steer_dir, cfg.lift_alphas, cfg.seed))
+        report.update(checks.direction_lift(model, sampled, run_cfg, steer_dir, direction, cfg.direction_alphas,
+                                            cfg.seed))
     return report

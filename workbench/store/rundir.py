@@ -113,10 +113,15 @@ def normalise(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def make_dir(root: Path) -> None:
-    """Creates ``root`` (and parents), turning OS refusals into a clear ``RunDirError``."""
+def refuse_file(root: Path) -> None:
+    """Refuses a run path that is an existing file."""
     if root.exists() and not root.is_dir():
         raise RunDirError(f"{root} exists and is not a directory; choose a folder for the run")
+
+
+def make_dir(root: Path) -> None:
+    """Creates ``root`` (and parents), turning OS refusals into a clear ``RunDirError``."""
+    refuse_file(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -42,6 +42,7 @@ from workbench.store.rundir import (
     make_dir,
     normalise,
     read_manifest,
+    refuse_file,
 )
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,7 @@ def trace_id(problem_id: str, sample_index: int) -> str:
 def check_target(root: str | Path) -> None:
     """Refuses, before anything is written, a path that cannot become or resume a run directory."""
     root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise RunDirError(f"{root} exists and is not a directory; choose a folder for the run")
+    refuse_file(root)
     if root.is_dir() and not (root / MANIFEST).exists() and any(p.name != ".lock" for p in root.iterdir()):
         raise RunDirError(f"{root} is not empty and has no {MANIFEST}; choose an empty or new folder")
 

@@ -1,7 +1,9 @@
 """``NeuronSet``: the one currency for neurons between analyses, interventions, the app and files.
 
 A neuron is addressed as TransformerLens addresses it: a layer (its ``blocks.{L}.mlp.hook_post``
-hook) and an index into ``d_mlp``. A set may carry a score, a sign and where it came from.
+hook) and an index into ``d_mlp``. A set carries a score and a sign per neuron, the mean activation
+of each compared group, the method and parameters that chose it, and the shape of the model it was
+found in, so that loading it for another model is a clear error rather than a silent misread.
 
 Example:
     >>> s = NeuronSet.from_pairs([(1, 7), (0, 3), (1, 2)], provenance="example")
@@ -9,17 +11,56 @@ Example:
     ['blocks.0.mlp.hook_post', 'blocks.1.mlp.hook_post']
     >>> s.by_layer()[1]
     ((0, 2), (7, 2))
+    >>> s.flat(d_mlp=8)
+    (15, 3, 10)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from workbench.atomic import atomic_write_text
+
+FORMAT = "workbench.NeuronSet/1"
 
 
 def mlp_post(layer: int) -> str:
     """The hook name of layer ``layer``'s MLP neurons (the input of HF's ``mlp.down_proj``)."""
     return f"blocks.{layer}.mlp.hook_post"
+
+
+class NeuronSetError(ValueError):
+    """A neuron set file that cannot be read, or does not fit the model it is used with."""
+
+
+def _frozen(mapping: Mapping[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    """A JSON-able mapping as sorted pairs, so the set stays hashable (lists become tuples)."""
+
+    def freeze(v: Any) -> Any:
+        if isinstance(v, list | tuple):
+            return tuple(freeze(x) for x in v)
+        if isinstance(v, Mapping):
+            return _frozen(v)
+        return v
+
+    return tuple(sorted((str(k), freeze(v)) for k, v in (mapping or {}).items()))
+
+
+def _thawed(pairs: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    def thaw(v: Any) -> Any:
+        if isinstance(v, tuple) and v and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str)
+                                             for x in v):
+            return {k: thaw(x) for k, x in v}
+        if isinstance(v, tuple):
+            return [thaw(x) for x in v]
+        return v
+
+    return {k: thaw(v) for k, v in pairs}
 
 
 @dataclass(frozen=True)
@@ -29,9 +70,14 @@ class NeuronSet:
     Attributes:
         layers: layer of each neuron.
         indices: index of each neuron within ``d_mlp``.
-        scores: optional score per neuron (e.g. a mean difference).
-        signs: optional sign per neuron (+1 or -1).
-        provenance: free text saying which method and data produced the set.
+        scores: optional score per neuron (e.g. AdaRAS's S, NEAT's attribution).
+        signs: optional sign per neuron (+1 or -1): the direction a method pushes or reads it.
+        provenance: free text saying which data produced the set (e.g. the run directory).
+        method: the method's name, e.g. ``"adaras"``, ``"neat"``, ``"neureasoner:slip"``, ``"random"``.
+        parameters: the method's parameters as sorted ``(name, value)`` pairs (see ``params``).
+        group_means: per compared group, the mean activation of each neuron, e.g.
+            ``(("correct", (...)), ("incorrect", (...)))``.
+        model_shape: ``(n_layers, d_mlp)`` of the model the set was found in, when known.
     """
 
     layers: tuple[int, ...]
@@ -39,6 +85,10 @@ class NeuronSet:
     scores: tuple[float, ...] | None = None
     signs: tuple[int, ...] | None = None
     provenance: str = ""
+    method: str = ""
+    parameters: tuple[tuple[str, Any], ...] = ()
+    group_means: tuple[tuple[str, tuple[float, ...]], ...] = ()
+    model_shape: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.layers)
@@ -48,18 +98,54 @@ class NeuronSet:
             value = getattr(self, name)
             if value is not None and len(value) != n:
                 raise ValueError(f"NeuronSet: {n} neurons but {len(value)} {name}")
+        for group, means in self.group_means:
+            if len(means) != n:
+                raise ValueError(f"NeuronSet: {n} neurons but {len(means)} means for group {group!r}")
+        if self.signs is not None and any(s not in (-1, 1) for s in self.signs):
+            raise ValueError("NeuronSet: signs must be +1 or -1")
         if any(x < 0 for x in (*self.layers, *self.indices)):
             raise ValueError("NeuronSet: layers and indices must be >= 0")
         if len(set(zip(self.layers, self.indices, strict=True))) != n:
             raise ValueError("NeuronSet: a neuron appears twice")
+        if self.model_shape is not None:
+            self.check_fits(*self.model_shape)
 
     @classmethod
-    def from_pairs(cls, pairs: Iterable[tuple[int, int]], provenance: str = "") -> NeuronSet:
+    def from_pairs(cls, pairs: Iterable[tuple[int, int]], provenance: str = "", **kwargs: Any) -> NeuronSet:
         pairs = list(pairs)
-        return cls(tuple(p[0] for p in pairs), tuple(p[1] for p in pairs), provenance=provenance)
+        return cls(tuple(p[0] for p in pairs), tuple(p[1] for p in pairs), provenance=provenance, **kwargs)
+
+    @classmethod
+    def from_flat(
+        cls,
+        flat: Iterable[int],
+        d_mlp: int,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        group_means: Mapping[str, Sequence[float]] | None = None,
+        **kwargs: Any,
+    ) -> NeuronSet:
+        """Neurons from indices into all layers' neurons laid end to end (``layer * d_mlp + index``).
+
+        >>> NeuronSet.from_flat([9, 2], d_mlp=8, scores=(0.5, -1.0)).layers
+        (1, 0)
+        """
+        flat = [int(i) for i in flat]
+        means = tuple((str(g), tuple(float(x) for x in m)) for g, m in (group_means or {}).items())
+        return cls(tuple(i // d_mlp for i in flat), tuple(i % d_mlp for i in flat),
+                   parameters=_frozen(parameters), group_means=means, **kwargs)
 
     def __len__(self) -> int:
         return len(self.layers)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """``parameters`` as a dict."""
+        return _thawed(self.parameters)
+
+    def flat(self, d_mlp: int) -> tuple[int, ...]:
+        """Each neuron's index into all layers' neurons laid end to end (``layer * d_mlp + index``)."""
+        return tuple(layer * d_mlp + index for layer, index in zip(self.layers, self.indices, strict=True))
 
     def by_layer(self) -> dict[int, tuple[tuple[int, ...], tuple[int, ...]]]:
         """layer -> (positions of its neurons in this set, their ``d_mlp`` indices), layers ascending."""
@@ -70,14 +156,112 @@ class NeuronSet:
             idx.append(index)
         return {layer: (tuple(p), tuple(x)) for layer, (p, x) in sorted(out.items())}
 
+    def layer_counts(self) -> dict[int, int]:
+        """How many neurons each layer holds (layers ascending)."""
+        return {layer: len(pos) for layer, (pos, _) in self.by_layer().items()}
+
     def hook_names(self) -> list[str]:
         return [mlp_post(layer) for layer in self.by_layer()]
 
+    def top(self, k: int) -> NeuronSet:
+        """The first ``k`` neurons (sets are stored best first)."""
+        keep = slice(0, k)
+        return replace(
+            self, layers=self.layers[keep], indices=self.indices[keep],
+            scores=None if self.scores is None else self.scores[keep],
+            signs=None if self.signs is None else self.signs[keep],
+            group_means=tuple((g, m[keep]) for g, m in self.group_means),
+        )
+
     def check_fits(self, n_layers: int, d_mlp: int) -> None:
         """Raises a clear error if a neuron lies outside a model with this shape."""
+        if self.model_shape is not None and tuple(self.model_shape) != (n_layers, d_mlp):
+            raise NeuronSetError(
+                f"this neuron set was found in a model with {self.model_shape[0]} layers and d_mlp "
+                f"{self.model_shape[1]}, not {n_layers} layers and d_mlp {d_mlp}; rank neurons on this model"
+            )
         for layer, index in zip(self.layers, self.indices, strict=True):
             if layer >= n_layers or index >= d_mlp:
-                raise ValueError(
+                raise NeuronSetError(
                     f"neuron (layer {layer}, index {index}) is outside the model "
                     f"({n_layers} layers, d_mlp {d_mlp})"
                 )
+
+    # -- file form -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        def num(x: float) -> float | None:  # JSON has no NaN
+            return None if math.isnan(x) else x
+
+        return {
+            "format": FORMAT,
+            "method": self.method,
+            "parameters": self.params,
+            "provenance": self.provenance,
+            "model_shape": list(self.model_shape) if self.model_shape else None,
+            "neurons": [
+                {"layer": layer, "index": index,
+                 "score": None if self.scores is None else num(self.scores[i]),
+                 "sign": None if self.signs is None else self.signs[i],
+                 **{f"mean_{g}": num(m[i]) for g, m in self.group_means}}
+                for i, (layer, index) in enumerate(zip(self.layers, self.indices, strict=True))
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], source: str = "neuron set") -> NeuronSet:
+        if d.get("format") != FORMAT:
+            raise NeuronSetError(f"{source}: not a neuron set file (format {d.get('format')!r}, expected {FORMAT!r})")
+        rows = d.get("neurons")
+        if not isinstance(rows, list):
+            raise NeuronSetError(f"{source}: field 'neurons' must be a list")
+        try:
+            groups = [k.removeprefix("mean_") for k in (rows[0] if rows else {}) if k.startswith("mean_")]
+            has_score = bool(rows) and rows[0].get("score") is not None
+            has_sign = bool(rows) and rows[0].get("sign") is not None
+
+            def num(x: Any) -> float:
+                return float("nan") if x is None else float(x)
+
+            return cls(
+                layers=tuple(int(r["layer"]) for r in rows),
+                indices=tuple(int(r["index"]) for r in rows),
+                scores=tuple(num(r["score"]) for r in rows) if has_score else None,
+                signs=tuple(int(r["sign"]) for r in rows) if has_sign else None,
+                provenance=str(d.get("provenance", "")),
+                method=str(d.get("method", "")),
+                parameters=_frozen(d.get("parameters")),
+                group_means=tuple((g, tuple(num(r[f"mean_{g}"]) for r in rows)) for g in groups),
+                model_shape=tuple(d["model_shape"]) if d.get("model_shape") else None,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise NeuronSetError(f"{source}: malformed neuron entry ({exc})") from exc
+
+    def save(self, path: str | Path) -> Path:
+        """Writes the set as JSON, atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, model_shape: tuple[int, int] | None = None) -> NeuronSet:
+        """Reads a set written by ``save``; with ``model_shape`` checks it fits that model.
+
+        >>> import tempfile
+        >>> p = NeuronSet.from_pairs([(0, 3)], model_shape=(2, 8)).save(tempfile.mkdtemp() + "/s.json")
+        >>> NeuronSet.load(p, model_shape=(4, 8))
+        Traceback (most recent call last):
+        ...
+        workbench.neurons.NeuronSetError: this neuron set was found in a model with 2 layers and d_mlp 8, ...
+        """
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise NeuronSetError(f"{path}: no such neuron set file") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise NeuronSetError(f"{path}: unreadable neuron set ({exc})") from exc
+        out = cls.from_dict(d, source=str(path))
+        if model_shape is not None:
+            out.check_fits(*model_shape)
+        return out

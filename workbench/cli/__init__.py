@@ -1,0 +1,34 @@
+"""The ``workbench`` command line: thin Typer commands over the library, one module per group.
+
+Example:
+    $ workbench run                                # the main job on the bundled organism
+    $ workbench organism eval --problems 300 --json
+    $ workbench cache runs/main/sampled && workbench rank --method rcn runs/main/sampled
+"""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from workbench.cli import analyses, organism, traces
+
+app = typer.Typer(help="Find, read and steer the neurons behind reasoning successes and failures.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+@app.callback()
+def _main() -> None:
+    # Library warnings (a fallback to the slower forward, a shard set aside) reach the terminal.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+app.command()(traces.run)
+app.command()(traces.traces)
+app.add_typer(organism.app, name="organism")
+app.command()(analyses.cache)
+
+
+def main() -> None:  # pragma: no cover
+    app()

@@ -1,0 +1,68 @@
+"""``workbench cache|rank|probe|validate``: the analyses of a trace run, written into its run directory."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from workbench.cli.common import Threads, user_errors
+
+Run = Annotated[Path, typer.Argument(help="A finished trace run directory (from `workbench traces` or `run`).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the report as JSON.")]
+
+
+def _ints(value: str, name: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"{name} takes comma-separated integers, got {value!r}") from None
+
+
+def show(report: dict[str, Any], as_json: bool) -> None:
+    """A report as JSON or as an aligned two-column table."""
+    if as_json:
+        json.dump(report, sys.stdout, indent=2, default=str)
+        typer.echo()
+        return
+    for key, value in report.items():
+        if isinstance(value, float):
+            value = "nan" if math.isnan(value) else f"{value:.4f}"
+        elif isinstance(value, list | dict):
+            value = json.dumps(value, default=str)
+            value = value if len(value) <= 100 else value[:97] + "..."
+        typer.echo(f"{key:40s} {value}")
+
+
+def cache(
+    run: Run,
+    token_neurons: Annotated[Path | None, typer.Option(
+        help="A NeuronSet file of the neurons to keep per token (default: the most variable ones).")] = None,
+    top_variance: Annotated[int, typer.Option(min=1, help="How many of the most variable neurons to keep per token.")]
+    = 512,
+    layers: Annotated[str, typer.Option(help="Comma-separated layers to keep in full at every token (large).")] = "",
+    early_k: Annotated[str, typer.Option(help="The k of the first-k-thinking-tokens spans.")] = "1,2,4,8,16,32,64",
+    batch_size: Annotated[int, typer.Option(min=1, help="Traces per forward pass.")] = 16,
+    shard_traces: Annotated[int, typer.Option(min=1, help="Traces per shard (the unit of resume).")] = 256,
+    as_json: AsJson = False,
+    threads: Threads = 1,
+) -> None:
+    """Cache MLP neuron activations of a trace run into RUN/activations (resumable)."""
+    from workbench.model import set_threads
+    from workbench.store import ActivationStore, CacheConfig, cache_activations
+
+    set_threads(threads)
+    with user_errors(run):
+        cfg = CacheConfig(token_neurons=str(token_neurons) if token_neurons else None, top_variance=top_variance,
+                          layers=_ints(layers, "--layers"), early_k=_ints(early_k, "--early-k"),
+                          batch_size=batch_size, shard_traces=shard_traces)
+        root = cache_activations(run, cfg, progress=not as_json)
+        store = ActivationStore(run)
+        size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+        show({"cache": str(root), "traces": len(store), "spans": list(store.spans),
+              "token_neurons": len(store.token_neurons), "full_layers": list(cfg.layers),
+              "megabytes": round(size / 2**20, 2)}, as_json)

@@ -1,0 +1,79 @@
+"""``workbench organism train|eval``: the bundled model organism."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from workbench.cli.common import ModelSpec, Threads, fail, load, user_errors
+
+app = typer.Typer(help="Train and evaluate the bundled reasoning model organism.", no_args_is_help=True)
+
+
+@app.command("train")
+def organism_train(
+    out: Annotated[Path | None, typer.Option(
+        help="Folder for the checkpoint (resumes if it holds a state file); default: a new "
+             "runs/organism-YYYYmmdd-HHMMSS. The shipped data/organism is refused.")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Override the number of steps.")] = None,
+    seed: int = 0,
+    threads: Threads = 2,
+) -> None:
+    """Train the organism from scratch (seeded, resumable; the shipped weights used --threads 1)."""
+    from workbench.model import set_threads
+    from workbench.organism.train import TrainConfig, check_out, train
+
+    if out is None:  # a new folder per run, so that a default never lands on earlier weights
+        out = Path("runs") / f"organism-{time.strftime('%Y%m%d-%H%M%S')}"
+    set_threads(threads)
+    cfg = TrainConfig(seed=seed) if steps is None else TrainConfig(seed=seed, steps=steps)
+    try:
+        check_out(out)
+        typer.echo(f"training into {out} (if interrupted, the same --out resumes it)", err=True)
+        path = train(cfg, out)
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(f"saved the organism to {path}")
+
+
+@app.command("eval")
+def organism_eval(
+    model: ModelSpec = "organism",
+    out: Annotated[Path | None, typer.Option(
+        help="Run directory for the greedy/ and sampled/ traces (resumed when there); default: "
+             "runs/eval-<model>-<problems>x<samples>-T<temperature>-seed<seed>.")] = None,
+    problems: Annotated[int, typer.Option(min=10, help="Held-out problems.")] = 300,
+    samples: Annotated[int, typer.Option(min=1, help="Sampled traces per problem.")] = 8,
+    temperature: Annotated[float | None, typer.Option(min=0.0, help="Sampling temperature.")] = None,
+    seed: int = 1234,
+    task: Annotated[str, typer.Option(help="organism (addition) or organism-sub (subtraction).")] = "organism",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    threads: Threads = 1,
+) -> None:
+    """Measure the organism's behaviour targets on held-out problems (traces through a run directory)."""
+    from workbench.organism.evaluate import DEFAULT_TEMPERATURE, EvalConfig, evaluate
+
+    if task not in ("organism", "organism-sub"):
+        fail(f"--task must be organism or organism-sub, got {task!r}")
+    cfg = EvalConfig(model=model, problems=problems, samples=samples, seed=seed, task=task,
+                     temperature=DEFAULT_TEMPERATURE if temperature is None else temperature)
+    if out is None:
+        out = Path("runs") / f"eval-{Path(model).name}-{task}-{problems}x{samples}-T{cfg.temperature:g}-seed{seed}"
+    bridge = load(model, threads)
+    with user_errors(out):
+        report = evaluate(cfg, out, bridge, progress=not as_json)
+    report["run_dir"] = str(out)
+    if as_json:
+        json.dump(report, sys.stdout, indent=2)
+        typer.echo()
+        return
+    for key, value in report.items():
+        if key != "config":
+            shown = f"{value:.4f}" if isinstance(value, float) and not math.isnan(value) else value
+            typer.echo(f"{key:48s} {shown}")

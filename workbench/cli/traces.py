@@ -1,0 +1,91 @@
+"""``workbench run`` (the main job on the bundled organism) and ``workbench traces``."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from workbench.cli.common import ModelSpec, PromptStyle, Threads, load, open_unit_interval, user_errors
+
+
+def run(
+    model: ModelSpec = "organism",
+    out: Annotated[Path, typer.Option(
+        help="Run directory: greedy/ and sampled/ trace runs (resumed when there).")] = Path("runs/main"),
+    problems: Annotated[int, typer.Option(min=1, help="Held-out problems to sample.")] = 64,
+    samples: Annotated[int, typer.Option(min=1, help="Sampled traces per problem.")] = 4,
+    show: Annotated[int, typer.Option(min=0, help="Traces to print.")] = 4,
+    seed: int = 0,
+    threads: Threads = 1,
+) -> None:
+    """Main job: sample traces of the organism on held-out problems into a run directory, print accuracy and traces."""
+    from workbench.organism.evaluate import EvalConfig, behaviour, generate_runs
+
+    t0 = time.time()
+    bridge = load(model, threads)
+    cfg = EvalConfig(model=model, problems=problems, samples=samples, seed=seed)
+    with user_errors(out):
+        runs = generate_runs(cfg, out, bridge, progress=True)
+    g, s = behaviour(runs["greedy"]), behaviour(runs["sampled"])
+    typer.echo(f"\nmodel: {model}   held-out problems: {problems}   samples/problem: {samples} "
+               f"(T={cfg.temperature})   traces in {out}/greedy and {out}/sampled")
+    typer.echo(f"greedy accuracy  {g['accuracy']:.3f}")
+    typer.echo(f"sampled accuracy {s['accuracy']:.3f}   (careful {s['accuracy_careful']:.3f}, "
+               f"careless {s['accuracy_careless']:.3f}, careless share {s['careless_share']:.3f})")
+    typer.echo(f"failure shares: reflection {s['reflection_rate']:.3f}   uncaught slip "
+               f"{s['uncaught_slip_rate']:.3f}   oscillation/stagnation {s['oscillation_rate']:.3f}   "
+               f"overthinking {s['overthinking_rate']:.3f}")
+    tok = bridge.tokenizer
+    sampled = runs["sampled"]
+    for smp in sampled[:: max(1, len(sampled) // max(1, show))][:show]:
+        text = tok.decode(smp.tokens, skip_special_tokens=True)
+        mark = "correct" if smp.labels.correct else f"WRONG (gold {smp.problem.answer})"
+        typer.echo(f"\n[{mark}] {text}")
+    typer.echo(f"\ndone in {time.time() - t0:.1f}s")
+
+
+def traces(
+    out: Annotated[Path, typer.Option(help="Run directory (created, or resumed when its identity matches).")],
+    model: ModelSpec = "organism",
+    task: Annotated[str, typer.Option(
+        help="organism (addition), organism-sub (subtraction), math or humaneval.")] = "organism",
+    data: Annotated[Path | None, typer.Option(help="math task file: .jsonl, .parquet or save_to_disk dir.")] = None,
+    problems: Annotated[int | None, typer.Option(min=1, help="Problems to use (default: all for file tasks).")] = None,
+    samples: Annotated[int, typer.Option(min=1, help="Samples per problem.")] = 1,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy.")] = 1.0,
+    top_p: Annotated[float, typer.Option(callback=open_unit_interval, help="Nucleus mass, in (0, 1].")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 160,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    flush_every: Annotated[int, typer.Option(min=1, help="Finished traces per shard written to disk.")] = 64,
+    prompt_style: Annotated[PromptStyle, typer.Option(
+        help="auto: the chat template when the tokenizer has one; raw: --raw-template.")] = PromptStyle.auto,
+    raw_template: Annotated[str, typer.Option(
+        help="Raw prompt with {question}; \\n is a newline. E.g. 'Question: {question}\\nThinking process:'.",
+    )] = "{question}",
+    allow_unsandboxed: Annotated[bool, typer.Option(
+        help="HumanEval: run generated code even where the sandbox cannot cut the network off.")] = False,
+    seed: int = 0,
+    threads: Threads = 1,
+) -> None:
+    """Generate graded traces into a resumable run directory (traces.parquet + manifest.json)."""
+    from workbench.model import set_threads
+    from workbench.prompting import PromptFormat
+    from workbench.traces import TraceRunConfig, run_traces
+
+    set_threads(threads)
+    if problems is None and task.startswith("organism"):
+        problems = 100
+    with user_errors(out):
+        cfg = TraceRunConfig(
+            model=model, task=task, data=str(data) if data else None, problems=problems, samples=samples,
+            temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+            flush_every=flush_every, prompt=PromptFormat(style=prompt_style.value,
+                                                           raw_template=raw_template.replace("\\n", "\n")),
+            allow_unsandboxed=allow_unsandboxed,
+        )
+        summary = run_traces(cfg, out)
+    typer.echo(json.dumps(summary, indent=2))

@@ -27,7 +27,8 @@ def _main() -> None:
 app.command()(traces.run)
 app.command()(traces.traces)
 app.add_typer(organism.app, name="organism")
-app.command()(analyses.cache)
+for command in (analyses.cache, analyses.rank, analyses.probe, analyses.validate):
+    app.command()(command)
 
 
 def main() -> None:  # pragma: no cover

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import sys
@@ -66,3 +67,72 @@ def cache(
         show({"cache": str(root), "traces": len(store), "spans": list(store.spans),
               "token_neurons": len(store.token_neurons), "full_layers": list(cfg.layers),
               "megabytes": round(size / 2**20, 2)}, as_json)
+
+
+class Method(enum.StrEnum):
+    rcn = "rcn"
+    exit = "exit"
+    mon = "mon"
+
+
+def rank(
+    run: Run,
+    method: Annotated[Method, typer.Option(help="rcn: AdaRAS; exit: NEAT; mon: NeuReasoner (one set per failure).")],
+    k: Annotated[int | None, typer.Option(min=1, help="Neurons to keep (default: the method's own).")] = None,
+    as_json: AsJson = False,
+    threads: Threads = 1,
+) -> None:
+    """Rank neurons of a cached run by one paper's method; writes RUN/neurons/<set>.json beside its controls."""
+    from dataclasses import replace
+
+    from workbench.model import set_threads
+
+    set_threads(threads)
+    with user_errors(run):
+        if method is Method.rcn:
+            from workbench.adaras import AdarasConfig, rank_rcn
+
+            sets = {"rcn": rank_rcn(run, AdarasConfig() if k is None else AdarasConfig(k=k), progress=not as_json)}
+        elif method is Method.exit:
+            from workbench.neat import NeatConfig, rank_exit
+
+            cfg = NeatConfig() if k is None else replace(NeatConfig(), top_vote=k)
+            sets = {"exit": rank_exit(run, cfg=cfg, progress=not as_json)}
+        else:
+            from workbench.neureasoner import NeuReasonerConfig, rank_mon
+
+            cfg = NeuReasonerConfig() if k is None else replace(NeuReasonerConfig(), top_k=k)
+            sets = {f"mon-{t}": s for t, s in rank_mon(run, cfg, progress=not as_json).items()}
+    show({name: {"file": str(run / "neurons" / f"{name}.json"), "neurons": len(s),
+                 "layers": {str(layer): n for layer, n in s.layer_counts().items()}}
+          for name, s in sets.items()}, as_json)
+
+
+def probe(run: Run, as_json: AsJson = False, threads: Threads = 1) -> None:
+    """Correctness probes of a cached run (AUROC with CIs, the early curve, the AdaRAS gate, controls)."""
+    from workbench.adaras import probe_report
+    from workbench.model import set_threads
+
+    set_threads(threads)
+    with user_errors(run):
+        report = probe_report(run, progress=not as_json)
+    show(report, as_json)
+
+
+def validate(run: Run, as_json: AsJson = False, threads: Threads = 1) -> None:
+    """Every analysis of an organism run checked against its planted truth and controls (RUN/validate.json)."""
+    from workbench.model import set_threads
+    from workbench.validation import validate as run_validation
+
+    set_threads(threads)
+    with user_errors(run):
+        report = run_validation(run, progress=not as_json)
+    if as_json:
+        show(report, True)
+        return
+    show({k: v for k, v in report.items() if k != "targets"}, False)
+    typer.echo("\ntargets:")
+    for key, t in report["targets"].items():
+        mark = "met   " if t["met"] else "MISSED"
+        value = t["value"] if not isinstance(t["value"], float) else f"{t['value']:.4f}"
+        typer.echo(f"  {mark} {key:36s} {value}  (target {t['target']})")

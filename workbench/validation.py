@@ -1,0 +1,91 @@
+"""``workbench validate``: every analysis of an organism run, checked against the planted truth and its controls.
+
+The organism's traces carry ground-truth labels (regime, slips, repeats, overthinking, the answer
+point), so each paper's method can be scored where on a real model it could only be trusted. One
+call caches the run if needed, then runs AdaRAS (ranking, probes, gate, regime check), NEAT (exit
+neurons beside random, top-activated and all neurons and the model's own p(end)) and NeuReasoner
+(key neurons and detectors beside a token-only detector), all through the run directory, and checks
+the figures against ``TARGETS``. The report lands in ``RUN/validate.json``.
+
+Example:
+    >>> sorted(TARGETS)[:2]
+    ['exit_within3', 'mon_event_recall_oscillation']
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from workbench.atomic import atomic_write_text
+from workbench.store import load_traces
+
+FAILURE_TYPES = ("slip", "oscillation", "overthinking")
+# Targets on the shipped organism (issue 8); a figure that misses stays in the report, marked as missed.
+TARGETS: dict[str, float] = {
+    "probe_auroc_early": 0.80,
+    "rcn_regime_auroc": 0.80,
+    "exit_within3": 0.80,
+    **{f"mon_event_recall_{t}": 0.90 for t in FAILURE_TYPES},
+}
+# exit_within3 must also beat these controls (the model's own p(end) is reported, not required to lose).
+EXIT_CONTROLS = ("exit_within3_random", "exit_within3_top_activated", "exit_within3_all")
+REPORT = "validate.json"
+
+
+def _check_organism(run_dir: Path) -> None:
+    table = load_traces(run_dir)
+    if table.num_rows == 0:
+        raise ValueError(f"{run_dir} holds no traces; generate some with `workbench traces --out {run_dir}`")
+    if table["labels"][0].as_py() is None:
+        raise ValueError(f"{run_dir} has no ground-truth labels: `workbench validate` checks analyses against "
+                         "the organism's planted truth; run the analyses on it with `workbench rank` and "
+                         "`workbench probe` instead")
+
+
+def target_table(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each target's measured value, threshold and whether it is met (NaN counts as missed)."""
+    out = {}
+    for key, threshold in TARGETS.items():
+        value = report.get(key, float("nan"))
+        met = isinstance(value, int | float) and not math.isnan(value) and value >= threshold
+        out[key] = {"value": value, "target": f">= {threshold}", "met": bool(met)}
+    value = report.get("exit_within3", float("nan"))
+    beaten = [report.get(c, float("nan")) for c in EXIT_CONTROLS]
+    out["exit_within3_beats_controls"] = {
+        "value": value, "target": "> " + ", ".join(EXIT_CONTROLS),
+        "met": bool(all(isinstance(b, int | float) and value > b for b in beaten)),
+    }
+    return out
+
+
+def validate(run_dir: str | Path, model=None, progress: bool = False) -> dict[str, Any]:
+    """Runs every analysis on an organism trace run and checks it against the planted truth.
+
+    Caches the activations first when ``RUN/activations`` is missing; loads the run's model when
+    ``model`` is None. Returns the report written to ``RUN/validate.json``.
+    """
+    from workbench.adaras import probe_report, rank_rcn
+    from workbench.model import load_model, resolve
+    from workbench.neat import exit_report
+    from workbench.neureasoner import mon_report
+    from workbench.store import cache_activations
+    from workbench.store.activation_store import ACTIVATIONS, INDEX
+    from workbench.store.rundir import read_manifest
+
+    run_dir = Path(run_dir)
+    _check_organism(run_dir)
+    if model is None:
+        model = load_model(resolve(read_manifest(run_dir)["identity"]["config"]["model"]))
+    if not (run_dir / ACTIVATIONS / INDEX).exists():
+        cache_activations(run_dir, model=model, progress=progress)
+    rcn = rank_rcn(run_dir, progress=progress)
+    report: dict[str, Any] = {"run_dir": str(run_dir), "rcn_layers": list(rcn.layer_counts().items())}
+    report.update(probe_report(run_dir, model=model, progress=progress))
+    report.update(exit_report(run_dir, model=model, progress=progress))
+    report.update(mon_report(run_dir, progress=progress))
+    report["targets"] = target_table(report)
+    atomic_write_text(run_dir / REPORT, json.dumps(report, indent=1, default=str))
+    return report

@@ -93,3 +93,6 @@ class NeuReasonerConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form, recorded with every neuron set and detector."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+DEFAULT = NeuReasonerConfig()

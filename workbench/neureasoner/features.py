@@ -144,5 +144,6 @@ class OnlineFluctuation:
         mean = self._sum / w
         std = np.sqrt(np.maximum(self._sumsq / w - mean**2, 0.0))
         power = np.abs(self._dft) ** 2 * self._weights / w**2
-        out = np.concatenate([mean[:, None], std[:, None], (self._tv / (w - 1))[:, None], _spectral(power, self.cfg)], -1)
+        tv = self._tv / (w - 1)
+        out = np.concatenate([mean[:, None], std[:, None], tv[:, None], _spectral(power, self.cfg)], -1)
         return out.astype(np.float32)

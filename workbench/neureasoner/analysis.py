@@ -106,7 +106,7 @@ def rank_key_neurons(
         order, score, sign, best = key_neurons(stats[t].effect_sizes(), cfg.top_k)
         means = stats[t].means()
         out[t] = NeuronSet.from_flat(
-            flat[order], d_mlp, scores=tuple(float(s) for s in score), signs=tuple(int(s) for s in sign),
+            flat[order].tolist(), d_mlp, scores=tuple(float(s) for s in score), signs=tuple(int(s) for s in sign),
             method=f"neureasoner:{t}", provenance=provenance, model_shape=tuple(model_shape),
             parameters={**cfg.to_dict(), "score": "max |Cohen's d| over features, failing vs clean windows",
                         "best_feature": [FEATURES[b] for b in best], "failing_windows": int(stats[t].n[0]),

@@ -35,6 +35,7 @@ class NeuReasonerConfig:
         top_k: key neurons kept per failure type.
         types: failure types analysed (a subset of ``FAILURE_TYPES``).
         hidden: hidden layer sizes of each detector's MLP.
+        alpha: the MLP's L2 penalty.
         max_iter: MLP training epochs (Adam).
         threshold: ``"youden"`` (maximise TPR - FPR) or ``"recall"`` (the highest threshold whose
             window recall reaches ``target_recall``), chosen on out-of-fold scores of the fitting half.
@@ -52,6 +53,7 @@ class NeuReasonerConfig:
     top_k: int = 16
     types: tuple[str, ...] = FAILURE_TYPES
     hidden: tuple[int, ...] = (32,)
+    alpha: float = 1e-3
     max_iter: int = 300
     threshold: str = "youden"
     target_recall: float = 0.9

@@ -1,9 +1,10 @@
 """Small MLP detectors of each failure type from window features, and how they are scored.
 
-A detector is a standardiser and an ``MLPClassifier`` (``cfg.hidden``, Adam, L2 ``cfg.alpha``) fitted on windows of the fitting half of the problems. Its threshold is chosen on
-out-of-fold scores of that same half (grouped folds by problem, so the threshold never sees a
-window the MLP was fitted on): Youden's J (max TPR - FPR) by default, or the highest threshold whose
-window recall reaches ``cfg.target_recall``. The test half is only ever scored.
+A detector is a standardiser and an ``MLPClassifier`` (``cfg.hidden``, Adam, L2 ``cfg.alpha``)
+fitted on windows of the fitting half of the problems. Its threshold is chosen on out-of-fold
+scores of that same half (grouped folds by problem, so the threshold never sees a window the MLP
+was fitted on): Youden's J (max TPR - FPR) by default, or the highest threshold whose window
+recall reaches ``cfg.target_recall``. The test half is only ever scored.
 
 Scores, per type:
 
@@ -25,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from typing import Any
 import joblib
 import numpy as np
 from jaxtyping import Bool, Float, Int
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.model_selection import GroupKFold
 from sklearn.neural_network import MLPClassifier
@@ -61,7 +64,9 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, cfg: NeuReasonerConfig) -> Pipeline | 
     # No early stopping: its held-out accuracy plateaus at the majority class long before the ranking
     # of rare failing windows is learnt (on planted data it stopped at AUROC 0.96 where 1.0 was there).
     mlp = MLPClassifier(hidden_layer_sizes=cfg.hidden, alpha=cfg.alpha, max_iter=cfg.max_iter, random_state=cfg.seed)
-    return make_pipeline(StandardScaler(), mlp).fit(x, y)
+    with warnings.catch_warnings():  # cfg.max_iter is a budget: reaching it is expected, not a fault
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return make_pipeline(StandardScaler(), mlp).fit(x, y)
 
 
 def auroc(y: np.ndarray, scores: np.ndarray) -> float:

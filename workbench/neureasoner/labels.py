@@ -14,7 +14,8 @@ when its text, the expression left of its last ``=``, or the value right of it e
 step's; overthinking starts at the step after the one where the final answer first appears. Slips
 need a checker, which a free-text trace does not have: the labeller only flags a step whose
 arithmetic ``a op b = c`` (integers, ``+ - * x``) is trivially wrong, and misses every other slip.
-Steps after the answer belong to overthinking, so they are not labelled oscillation as well.
+After the answer only a repeated text or expression counts as a repeat (restating the answer's
+value there is what overthinking is), so a repeated step may be both.
 
 Example:
     >>> steps = ["3 + 4 = 7", "3 + 4 = 7", "7 * 2 = 15", "7 * 2 = 14", "so 14", "check: 14"]
@@ -148,7 +149,7 @@ def auto_events(
     seen_text, seen_expr, seen_value = set(), set(), set()
     repeats: list[Span] = []
     last_repeat = -2
-    for i, (a, b) in enumerate(steps[:n_before]):
+    for i, (a, b) in enumerate(steps):
         step = text[a:b]
         if any(a <= s_ < b for s_ in slip_chars):
             continue  # a wrong step: redoing it later is a correction, not a repeat
@@ -156,7 +157,8 @@ def auto_events(
         expr = _norm(step[: step.rfind("=")]) if values else None
         value = _number(values[-1]) if values else None
         keys = (_norm(step), expr, value)
-        if keys[0] in seen_text or (expr and expr in seen_expr) or (value is not None and value in seen_value):
+        by_value = value is not None and value in seen_value and i < n_before
+        if keys[0] in seen_text or (expr and expr in seen_expr) or by_value:
             span = tokens(a, b)
             repeats[-1:] = [(repeats[-1][0], span[1])] if last_repeat == i - 1 else [*repeats[-1:], span]
             last_repeat = i

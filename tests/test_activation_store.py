@@ -152,3 +152,16 @@ def test_a_tiny_llama_family_model_from_a_local_folder(tiny_dir, tmp_path):
 def test_no_cache_is_a_clear_error(organism_run):
     with pytest.raises(RunDirError, match="workbench cache"):
         ActivationStore(organism_run)
+
+
+def test_the_same_weights_from_another_folder_are_the_same_model(tmp_path):
+    from workbench.model import load_model, organism_dir
+    from workbench.store import model_hash
+
+    copy = shutil.copytree(organism_dir(), tmp_path / "copy")
+    assert model_hash(load_model(copy)) == model_hash(load_model("organism"))
+    other = shutil.copytree(organism_dir(), tmp_path / "other")
+    cfg = (other / "config.json").read_text().replace('"rms_norm_eps": 1e-06', '"rms_norm_eps": 1e-05')
+    assert cfg != (other / "config.json").read_text()
+    (other / "config.json").write_text(cfg)
+    assert model_hash(load_model(other)) != model_hash(load_model("organism"))

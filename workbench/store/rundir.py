@@ -71,7 +71,8 @@ def model_hash(model) -> str:
     """sha256 of a loaded model's weights (names, dtypes, shapes, bytes) and its config.
 
     Hashing what was loaded, not the folder, also identifies a model passed in from Python or
-    edited in memory.
+    edited in memory. Where it was loaded from (the config's ``_name_or_path``) is left out: the same
+    weights copied to another folder are the same model.
     """
     import torch
 
@@ -79,7 +80,8 @@ def model_hash(model) -> str:
     h = hashlib.sha256()
     config = getattr(hf, "config", None)
     if config is not None:
-        h.update(json.dumps(config.to_dict(), sort_keys=True, default=str).encode())
+        fields = {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+        h.update(json.dumps(fields, sort_keys=True, default=str).encode())
     for name, p in hf.named_parameters():
         t = p.detach().to("cpu").contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())

@@ -33,6 +33,7 @@ TARGETS: dict[str, float] = {
 # exit_within3 must also beat these controls (the model's own p(end) is reported, not required to lose).
 EXIT_CONTROLS = ("exit_within3_random", "exit_within3_top_activated", "exit_within3_all")
 REPORT = "validate.json"
+FULL_TOKEN_CACHE = 4096  # models with at most this many MLP neurons are cached whole per token
 
 
 def _check_organism(run_dir: Path) -> None:
@@ -71,7 +72,7 @@ def validate(run_dir: str | Path, model=None, progress: bool = False) -> dict[st
     from workbench.model import load_model, resolve
     from workbench.neat import exit_report
     from workbench.neureasoner import mon_report
-    from workbench.store import cache_activations
+    from workbench.store import CacheConfig, cache_activations
     from workbench.store.activation_store import ACTIVATIONS, INDEX
     from workbench.store.rundir import read_manifest
 
@@ -80,7 +81,10 @@ def validate(run_dir: str | Path, model=None, progress: bool = False) -> dict[st
     if model is None:
         model = load_model(resolve(read_manifest(run_dir)["identity"]["config"]["model"]))
     if not (run_dir / ACTIVATIONS / INDEX).exists():
-        cache_activations(run_dir, model=model, progress=progress)
+        # NeuReasoner ranks the neurons kept per token: keep all of a model as small as the organism.
+        n_neurons = model.cfg.n_layers * model.cfg.d_mlp
+        cfg = CacheConfig(top_variance=n_neurons) if n_neurons <= FULL_TOKEN_CACHE else CacheConfig()
+        cache_activations(run_dir, cfg, model=model, progress=progress)
     rcn = rank_rcn(run_dir, progress=progress)
     report: dict[str, Any] = {"run_dir": str(run_dir), "rcn_layers": list(rcn.layer_counts().items())}
     report.update(probe_report(run_dir, model=model, progress=progress))

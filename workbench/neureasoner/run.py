@@ -11,9 +11,10 @@ the neurons the store keeps per token (``store.token_neurons``), so cache every 
 labels (``labeller="truth"``: the organism's ground truth) or from the decoded text
 (``labeller="auto"``; see ``labels.auto_events``).
 
-Example:
-    >>> from workbench.neureasoner import mon_report, rank_mon   # doctest: +SKIP
-    >>> mon_report("runs/organism/sampled")["mon_event_recall_slip"]   # doctest: +SKIP
+Example, on a cached run::
+
+    from workbench.neureasoner import mon_report
+    mon_report("runs/main/sampled")["mon_event_recall_slip"]
 """
 
 from __future__ import annotations

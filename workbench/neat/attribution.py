@@ -54,6 +54,18 @@ def _device(model: TransformerBridge) -> torch.device:
     return next(model.original_model.parameters()).device
 
 
+def _logp_end(model: TransformerBridge, cache, token: int, pos: int, end: int, rows: int, hooks=()) -> torch.Tensor:
+    """log p(end) after ``token`` at ``pos``, given the prefix's KV ``cache``, for ``rows`` copies under ``hooks``."""
+    hf, dev = model.original_model, _device(model)
+    c = copy.deepcopy(cache)  # the batch expansion below is in place
+    if rows > 1:
+        c.batch_repeat_interleave(rows)
+    with model.hooks(fwd_hooks=list(hooks)):
+        logits = hf(input_ids=torch.full((rows, 1), token, device=dev), past_key_values=c,
+                    position_ids=torch.full((rows, 1), pos, device=dev)).logits
+    return torch.log_softmax(logits[:, -1].float(), -1)[:, end].cpu()
+
+
 @torch.no_grad()
 def ablation_importance(
     model: TransformerBridge,
@@ -72,17 +84,7 @@ def ablation_importance(
     for i in tqdm(range(len(sequences)), desc="ablation", disable=not progress, unit="trace"):
         seq, p, end = list(sequences[i]), int(positions[i]), int(end_ids[i])
         cache = hf(input_ids=torch.tensor([seq[:p]], device=dev), use_cache=True).past_key_values
-
-        def logp_end(rows: int, hooks=()) -> torch.Tensor:
-            c = copy.deepcopy(cache)
-            if rows > 1:
-                c.batch_repeat_interleave(rows)
-            with model.hooks(fwd_hooks=list(hooks)):
-                logits = hf(input_ids=torch.full((rows, 1), seq[p], device=dev), past_key_values=c,
-                            position_ids=torch.full((rows, 1), p, device=dev)).logits
-            return torch.log_softmax(logits[:, -1].float(), -1)[:, end].cpu()
-
-        base = float(logp_end(1)[0])
+        base = float(_logp_end(model, cache, seq[p], p, end, 1)[0])
         for layer in layers:
             for lo in range(0, d_mlp, batch_size):
                 idx = torch.arange(lo, min(lo + batch_size, d_mlp))
@@ -92,7 +94,7 @@ def ablation_importance(
                     act[torch.arange(len(idx)), -1, idx.to(act.device)] = 0
                     return act
 
-                ablated = logp_end(len(idx), [(mlp_post(layer), zero)])
+                ablated = _logp_end(model, cache, seq[p], p, end, len(idx), [(mlp_post(layer), zero)])
                 out[i, layer * d_mlp + lo : layer * d_mlp + lo + len(idx)] = (base - ablated).numpy()
     return out
 
@@ -131,7 +133,7 @@ def gradient_importance(
         deltas: dict[int, torch.Tensor] = {}
         acts: dict[int, torch.Tensor] = {}
 
-        def probe(act, hook: HookPoint):
+        def probe(act, hook: HookPoint, deltas=deltas, acts=acts, rows=rows, pos=pos):
             layer = int(hook.name.split(".")[1])
             delta = torch.zeros_like(act, requires_grad=True)
             deltas[layer], acts[layer] = delta, act.detach()[rows, pos]

@@ -87,7 +87,8 @@ class NeatConfig:
         if self.com_span not in COM_SPANS:
             raise ValueError(f"NeatConfig.com_span must be 'thinking' or 'sequence', got {self.com_span!r}")
         if not self.exit_offsets or any(k < 1 for k in self.exit_offsets):
-            raise ValueError(f"NeatConfig.exit_offsets must be positive offsets before think_end, got {self.exit_offsets}")
+            raise ValueError(f"NeatConfig.exit_offsets must be positive offsets before think_end, "
+                             f"got {self.exit_offsets}")
         for name in ("top_attr", "top_temporal", "vote_k", "batch_size", "ablation_batch", "ablation_max_neurons"):
             if getattr(self, name) < 1:
                 raise ValueError(f"NeatConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -100,3 +101,6 @@ class NeatConfig:
             raise ValueError(f"NeatConfig.layers must be None or non-negative layer numbers, got {self.layers}")
         if self.window < 0 or self.random_draws < 1 or self.agreement_traces < 0:
             raise ValueError("NeatConfig: window and agreement_traces must be >= 0 and random_draws >= 1")
+
+
+DEFAULT_CONFIG = NeatConfig()

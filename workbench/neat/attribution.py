@@ -54,15 +54,21 @@ def _device(model: TransformerBridge) -> torch.device:
     return next(model.original_model.parameters()).device
 
 
-def _logp_end(model: TransformerBridge, cache, token: int, pos: int, end: int, rows: int, hooks=()) -> torch.Tensor:
-    """log p(end) after ``token`` at ``pos``, given the prefix's KV ``cache``, for ``rows`` copies under ``hooks``."""
+def _logp_end(model: TransformerBridge, caches: dict, token: int, pos: int, end: int, rows: int,
+              hooks=()) -> torch.Tensor:
+    """log p(end) after ``token`` at ``pos`` for ``rows`` copies under ``hooks``, reusing the prefix's KV
+    cache (``caches[1]``) expanded to ``rows`` copies once and cut back to the prefix after each use."""
     hf, dev = model.original_model, _device(model)
-    c = copy.deepcopy(cache)  # the batch expansion below is in place
-    if rows > 1:
-        c.batch_repeat_interleave(rows)
-    with model.hooks(fwd_hooks=list(hooks)):
-        logits = hf(input_ids=torch.full((rows, 1), token, device=dev), past_key_values=c,
-                    position_ids=torch.full((rows, 1), pos, device=dev)).logits
+    if rows not in caches:
+        caches[rows] = copy.deepcopy(caches[1])
+        caches[rows].batch_repeat_interleave(rows)
+    cache = caches[rows]
+    try:
+        with model.hooks(fwd_hooks=list(hooks)):
+            logits = hf(input_ids=torch.full((rows, 1), token, device=dev), past_key_values=cache,
+                        position_ids=torch.full((rows, 1), pos, device=dev)).logits
+    finally:
+        cache.crop(-1)  # drop the token just appended: the cache holds the prefix again
     return torch.log_softmax(logits[:, -1].float(), -1)[:, end].cpu()
 
 
@@ -83,8 +89,8 @@ def ablation_importance(
     out = np.full((len(sequences), n_layers * d_mlp), np.nan, dtype=np.float32)
     for i in tqdm(range(len(sequences)), desc="ablation", disable=not progress, unit="trace"):
         seq, p, end = list(sequences[i]), int(positions[i]), int(end_ids[i])
-        cache = hf(input_ids=torch.tensor([seq[:p]], device=dev), use_cache=True).past_key_values
-        base = float(_logp_end(model, cache, seq[p], p, end, 1)[0])
+        caches = {1: hf(input_ids=torch.tensor([seq[:p]], device=dev), use_cache=True).past_key_values}
+        base = float(_logp_end(model, caches, seq[p], p, end, 1)[0])
         for layer in layers:
             for lo in range(0, d_mlp, batch_size):
                 idx = torch.arange(lo, min(lo + batch_size, d_mlp))
@@ -94,7 +100,7 @@ def ablation_importance(
                     act[torch.arange(len(idx)), -1, idx.to(act.device)] = 0
                     return act
 
-                ablated = _logp_end(model, cache, seq[p], p, end, len(idx), [(mlp_post(layer), zero)])
+                ablated = _logp_end(model, caches, seq[p], p, end, len(idx), [(mlp_post(layer), zero)])
                 out[i, layer * d_mlp + lo : layer * d_mlp + lo + len(idx)] = (base - ablated).numpy()
     return out
 

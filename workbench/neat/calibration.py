@@ -6,14 +6,10 @@ the thinking span (``selection``), the vote across traces, and the reference pat
 exit points (``reference``). ``rank_exit`` does it on every trace of a run directory and writes
 ``RUN/neurons/exit.json`` and ``RUN/neat/reference.json``.
 
-Example:
-    >>> import tempfile
-    >>> from workbench.traces import TraceRunConfig, run_traces
-    >>> run = tempfile.mkdtemp() + "/run"
-    >>> _ = run_traces(TraceRunConfig(problems=8, samples=2), run, progress=False)
-    >>> neurons = rank_exit(run, cfg=NeatConfig(calibration_traces=8, tau_cons=0.5, agreement_traces=0))
-    >>> neurons.method, len(neurons) > 0, (Path(run) / "neat" / "reference.json").exists()
-    ('neat', True, True)
+Example (``tests/test_neat.py`` runs it end to end on a generated run)::
+
+    neurons = rank_exit("runs/my-run", cfg=NeatConfig(calibration_traces=64))
+    neurons.layer_counts()        # where NEAT's exit neurons sit
 """
 
 from __future__ import annotations

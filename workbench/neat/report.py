@@ -44,7 +44,7 @@ REPORT = Path("neat") / "report.json"
 
 
 def peak_hits(
-    signals: dict[str, Sequence[Float[np.ndarray, " pos"]]], spans: Sequence[tuple[int, int]],
+    signals: dict[str, Sequence[np.ndarray]], spans: Sequence[tuple[int, int]],
     targets: Sequence[int], window: int = 3,
 ) -> dict[str, list[bool]]:
     """Per signal, per trace: does the signal (read over ``spans[i]``) peak within ``window`` of ``targets[i]``?"""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +18,6 @@ from workbench.neat import (
     candidates,
     exit_report,
     gradient_importance,
-    load_exit_traces,
     rank_exit,
     temporal_profile,
     trace_vote,
@@ -33,8 +33,8 @@ REPORT_KEYS = ("exit_within3", "exit_within3_random", "exit_within3_top_activate
 
 def planted_votes(n_traces: int, cfg: NeatConfig, rng: np.random.Generator, late_share: float = 1.0):
     """Synthetic traces over 40 neurons: 0 spikes up just before the end token, 1 spikes down there,
-    2 is constant (and has the highest Imp), 3 is up over the last two positions in only ``late_share`` of the traces; the
-    rest is noise with small Imp."""
+    2 is constant (and has the highest Imp), 3 is up over the last two positions in only
+    ``late_share`` of the traces; the rest is noise with small Imp."""
     votes = []
     for i in range(n_traces):
         n_pos, n = int(rng.integers(20, 40)), 40

@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Float
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 

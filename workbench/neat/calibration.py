@@ -175,9 +175,13 @@ def rank_exit(
             "more traces (calibration_traces)")
     shape = (model.cfg.n_layers, model.cfg.d_mlp)
     neurons = fit.neuron_set(shape, cfg, provenance=str(run_dir))
-    neurons.save(run_dir / EXIT_SET)
-    fit.reference.save(run_dir / REFERENCE, provenance=str(run_dir), model_shape=list(shape),
-                       estimator=fit.estimator, calibration_traces=fit.n_calibration,
-                       consistency=fit.selection.consistency.tolist(), com=fit.selection.com.tolist(),
-                       agreement=fit.agreement)
+    try:
+        neurons.save(run_dir / EXIT_SET)
+        fit.reference.save(run_dir / REFERENCE, provenance=str(run_dir), model_shape=list(shape),
+                           estimator=fit.estimator, calibration_traces=fit.n_calibration,
+                           consistency=fit.selection.consistency.tolist(), com=fit.selection.com.tolist(),
+                           agreement=fit.agreement)
+    except OSError as exc:
+        raise ValueError(f"cannot write NEAT's results into {run_dir} ({exc.strerror or exc}); copy the run "
+                         "directory somewhere writable and rank the copy") from exc
     return neurons

@@ -1,0 +1,27 @@
+"""NEAT (arXiv 2602.02010): exit neurons, whose activation pattern says the model is done thinking.
+
+* ``rank_exit(run_dir)``: attribution at the positions before the end-of-thinking token, the temporal
+  filter and the consistency vote; writes ``RUN/neurons/exit.json`` and ``RUN/neat/reference.json``;
+* ``exit_report(run_dir)``: does the exit signal peak at the answer point, beside random neurons,
+  top-activated neurons, all neurons and the model's own p(end)? Writes ``RUN/neat/report.json``;
+* ``ExitMonitor``: the exit signals one token at a time, for a controller.
+
+Example:
+    >>> from workbench.neat import NeatConfig, rank_exit, exit_report
+    >>> NeatConfig().vote_k
+    50
+"""
+
+from workbench.neat.attribution import ablation_importance, agreement, gradient_importance, importance
+from workbench.neat.calibration import NeatFit, fit_exit, rank_exit
+from workbench.neat.config import NeatConfig
+from workbench.neat.exit_traces import ExitTrace, load_exit_traces, split_problems
+from workbench.neat.reference import ExitMonitor, ExitReading, ExitReference
+from workbench.neat.report import exit_report, measure
+from workbench.neat.selection import Selection, TraceVote, candidates, temporal_profile, trace_vote, vote
+
+__all__ = [
+    "ExitMonitor", "ExitReading", "ExitReference", "ExitTrace", "NeatConfig", "NeatFit", "Selection", "TraceVote",
+    "ablation_importance", "agreement", "candidates", "exit_report", "fit_exit", "gradient_importance", "importance",
+    "load_exit_traces", "measure", "rank_exit", "split_problems", "temporal_profile", "trace_vote", "vote",
+]

@@ -1,0 +1,125 @@
+"""The traces NEAT reads: those whose thinking closed, with their exit and answer points.
+
+A trace's **exit point** is ``think_end - 1``, the position whose next token is the closing
+marker's first token (``end_id``). Its **answer point** is where the signal should peak: the task's
+``answer_reached`` label when it has one (the organism: where the final answer first appears in
+thinking), else the exit point. Problems, not traces, are split between fitting and measuring, so
+no problem's samples sit on both sides.
+
+Example:
+    >>> t = ExitTrace("p/0", "p", (5, 6, 7, 8, 9, 17, 3), think_start=1, think_end=5, answer_point=3)
+    >>> t.end_id, t.span, t.exit_positions((1, 2, 9))
+    (17, (2, 5), [4, 3])
+    >>> sorted(split_problems(["a", "b", "c", "d", "a"], seed=0)) == sorted(split_problems(["d", "c", "b", "a"], 0))
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformer_lens.hook_points import HookPoint
+from transformer_lens.model_bridge import TransformerBridge
+
+from workbench.activations import run_forced
+from workbench.model import load_model
+from workbench.neurons import mlp_post
+from workbench.store import load_traces
+from workbench.store.rundir import read_manifest
+
+
+@dataclass(frozen=True)
+class ExitTrace:
+    """One trace whose thinking closed; positions index ``tokens`` (prompt included)."""
+
+    trace_id: str
+    problem_id: str
+    tokens: tuple[int, ...]
+    think_start: int
+    think_end: int
+    answer_point: int
+
+    @property
+    def end_id(self) -> int:
+        """The closing marker's first token, as this trace wrote it."""
+        return self.tokens[self.think_end]
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """The thinking span ``[think_start + 1, think_end)``: its last position is the exit point."""
+        return self.think_start + 1, self.think_end
+
+    def exit_positions(self, offsets: Sequence[int]) -> list[int]:
+        """``think_end - k`` for each offset ``k`` that still lies inside the thinking span."""
+        return [self.think_end - k for k in offsets if self.think_end - k >= self.think_start + 1]
+
+
+def load_exit_traces(run_dir: str | Path) -> list[ExitTrace]:
+    """The run's traces with a closed, non-empty thinking span; a clear error when there are none."""
+    table = load_traces(run_dir)
+    if table.num_rows == 0:
+        raise ValueError(f"{run_dir} holds no traces yet; generate them first with `workbench traces --out {run_dir}`")
+    cols = ["trace_id", "problem_id", "token_ids", "think_start", "think_end", "answer_reached"]
+    out = []
+    for r in table.select(cols).to_pylist():
+        start, end = r["think_start"], r["think_end"]
+        if start is None or end is None or end - 1 < start + 1:
+            continue
+        answer = r["answer_reached"]
+        point = answer if answer is not None and start + 1 <= answer < end else end - 1
+        out.append(ExitTrace(r["trace_id"], r["problem_id"], tuple(r["token_ids"]), start, end, point))
+    if not out:
+        raise ValueError(
+            f"{run_dir}: none of its {table.num_rows} traces closes its thinking span (no closing think marker, or "
+            "nothing between the markers); NEAT calibrates on the position before the end of thinking. Generate "
+            "traces that finish thinking (a larger max_new_tokens, or a model that closes its thinking)")
+    return out
+
+
+def split_problems(problem_ids: Sequence[str], seed: int) -> set[str]:
+    """The half of the problems (seeded) that NEAT is fitted on; the other half is where it is measured."""
+    ids = sorted(set(problem_ids))
+    order = np.random.default_rng(seed).permutation(len(ids))
+    return {ids[i] for i in order[: len(ids) // 2]}
+
+
+def calibration_set(traces: Sequence[ExitTrace], n: int | None, seed: int) -> list[ExitTrace]:
+    """``n`` traces spread evenly over problems (each problem's first sample before any second), seeded."""
+    order = np.random.default_rng(seed).permutation(len(traces))
+    seen: dict[str, int] = {}
+    rank = {}
+    for i in order:
+        pid = traces[i].problem_id
+        rank[i] = seen.get(pid, 0)
+        seen[pid] = rank[i] + 1
+    picked = sorted(order, key=lambda i: rank[i])  # stable: the seeded order within each round
+    return [traces[i] for i in picked[:n]]
+
+
+def run_model(run_dir: str | Path) -> TransformerBridge:
+    """The model a run was generated with (its manifest's ``config.model``)."""
+    manifest = read_manifest(Path(run_dir))
+    spec = manifest.get("identity", {}).get("config", {}).get("model")
+    if not spec:
+        raise ValueError(f"{run_dir}/manifest.json names no model (identity.config.model); pass the model explicitly")
+    return load_model(spec)
+
+
+def forced_pass(
+    model: TransformerBridge,
+    sequences: Sequence[Sequence[int]],
+    on_layer: Callable[[int, torch.Tensor], None],
+    layers: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """One teacher-forced pass (right-padded); ``on_layer(L, act)`` sees each layer's ``hook_post``
+    as float32 ``(batch, pos, d_mlp)`` on the CPU. Returns the logits."""
+    layers = range(model.cfg.n_layers) if layers is None else layers
+
+    def grab(act, hook: HookPoint):
+        on_layer(int(hook.name.split(".")[1]), act.detach().float().cpu())
+
+    return run_forced(model, sequences, [(mlp_post(layer), grab) for layer in layers])

@@ -1,0 +1,166 @@
+"""Does NEAT's exit signal peak where thinking is done? Measured beside its controls.
+
+Fitted on one half of the problems (seeded), measured on the other. For every held-out trace each
+signal is read over the thinking span, and the trace counts as a hit when the signal peaks within
+``window`` tokens of the trace's answer point (``exit_traces.ExitTrace.answer_point``). Signals, all
+read the same way:
+
+* ``exit_within3``: ``rho = cos(a_t, mu_ref)`` over NEAT's selected neurons (the paper's signal);
+  ``exit_within3_aligned``: the reference code's sign-aligned similarity over the same neurons;
+* ``exit_within3_random``: the same cosine over random neurons of the attributed layers, as many
+  (mean over ``random_draws`` draws), each with its own exit-point mean;
+* ``exit_within3_top_activated``: the same count of neurons with the largest mean |activation| at
+  exit points (the paper's "top-activated neurons" baseline);
+* ``exit_within3_all``: the cosine over every neuron of every layer;
+* ``exit_within3_p_end``: the model's own probability of the end-of-thinking token.
+
+Example:
+    >>> hits = peak_hits({"s": [np.array([0.1, 0.9, 0.2])]}, [(10, 13)], [14])
+    >>> hits["s"]
+    [True]
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformer_lens.model_bridge import TransformerBridge
+
+from workbench.atomic import atomic_write_text
+from workbench.neat.calibration import NeatFit, fit_exit
+from workbench.neat.config import DEFAULT_CONFIG, NeatConfig
+from workbench.neat.exit_traces import ExitTrace, forced_pass, load_exit_traces, run_model, split_problems
+from workbench.neat.reference import ExitReference
+
+REPORT = Path("neat") / "report.json"
+
+
+def peak_hits(
+    signals: dict[str, Sequence[np.ndarray]], spans: Sequence[tuple[int, int]],
+    targets: Sequence[int], window: int = 3,
+) -> dict[str, list[bool]]:
+    """Per signal, per trace: does the signal (read over ``spans[i]``) peak within ``window`` of ``targets[i]``?"""
+    out = {}
+    for name, per_trace in signals.items():
+        out[name] = [abs(span[0] + int(np.argmax(s)) - target) <= window
+                     for s, span, target in zip(per_trace, spans, targets, strict=True)]
+    return out
+
+
+def _cos(acts: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    return ExitReference(tuple(range(len(mu))), (1,) * len(mu), tuple(mu.tolist())).signals(acts)["rho"]
+
+
+def control_sets(fit: NeatFit, d_mlp: int, cfg: NeatConfig) -> dict[str, np.ndarray]:
+    """Flat neuron indices of each neuron-set signal: the selection, random draws, top-activated."""
+    k = len(fit.selection.flat)
+    pool = np.concatenate([np.arange(layer * d_mlp, (layer + 1) * d_mlp) for layer in fit.layers])
+    rng = np.random.default_rng(cfg.seed)
+    sets = {"exit": fit.selection.flat}
+    for d in range(cfg.random_draws):
+        sets[f"random{d}"] = np.sort(rng.choice(pool, size=min(k, len(pool)), replace=False))
+    sets["top_activated"] = pool[np.argsort(-fit.exit_abs_mean[pool], kind="stable")[:k]]
+    return sets
+
+
+def measure(
+    model: TransformerBridge, traces: Sequence[ExitTrace], fit: NeatFit, cfg: NeatConfig, progress: bool = False,
+) -> dict[str, list[bool]]:
+    """Hits of every signal on ``traces`` (one teacher-forced pass per batch)."""
+    d_mlp = model.cfg.d_mlp
+    sets = control_sets(fit, d_mlp, cfg) if len(fit.selection.flat) else {}
+    union = np.unique(np.concatenate(list(sets.values()))) if sets else np.zeros(0, dtype=np.int64)
+    col = {int(f): i for i, f in enumerate(union)}
+    mu_all = torch.from_numpy(fit.exit_mean.reshape(model.cfg.n_layers, d_mlp)).float()
+    signals: dict[str, list[np.ndarray]] = {name: [] for name in [*sets, "aligned", "all", "p_end"]}
+    for b in tqdm(range(0, len(traces), cfg.batch_size), desc="exit signals", disable=not progress, unit="batch"):
+        batch = traces[b : b + cfg.batch_size]
+        width = max(len(t.tokens) for t in batch)
+        gathered = np.zeros((len(batch), width, len(union)), dtype=np.float32)
+        dot, sq = torch.zeros(len(batch), width), torch.zeros(len(batch), width)
+
+        def on_layer(layer: int, act: torch.Tensor, gathered=gathered, dot=dot, sq=sq) -> None:
+            dot.add_(act @ mu_all[layer])
+            sq.add_((act * act).sum(-1))
+            mine = np.flatnonzero(union // d_mlp == layer)
+            if len(mine):
+                gathered[:, :, mine] = act[:, :, union[mine] % d_mlp].numpy()
+
+        logits = forced_pass(model, [t.tokens for t in batch], on_layer)
+        all_cos = (dot / (sq.sqrt().clamp_min(1e-10) * mu_all.norm().clamp_min(1e-10))).numpy()
+        for r, t in enumerate(batch):
+            lo, hi = t.span
+            probs = torch.softmax(logits[r, lo:hi].float(), -1)[:, t.end_id]
+            signals["p_end"].append(probs.cpu().numpy())
+            signals["all"].append(all_cos[r, lo:hi])
+            for name, flat in sets.items():
+                acts = gathered[r, lo:hi][:, [col[int(f)] for f in flat]]
+                signals[name].append(_cos(acts, fit.exit_mean[flat]))
+            if sets:
+                acts = gathered[r, lo:hi][:, [col[int(f)] for f in fit.reference.flat]]
+                signals["aligned"].append(fit.reference.signals(acts)["sim"])
+    signals = {k: v for k, v in signals.items() if len(v) == len(traces)}
+    return peak_hits(signals, [t.span for t in traces], [t.answer_point for t in traces], cfg.window)
+
+
+def exit_report(
+    run_dir: str | Path, model: TransformerBridge | None = None, cfg: NeatConfig = DEFAULT_CONFIG,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """``exit_within3`` and its controls on a run, fitted on half its problems and measured on the
+    other half; also written to ``RUN/neat/report.json``. NaN where a figure cannot be measured."""
+    run_dir = Path(run_dir)
+    t0 = time.time()
+    traces = load_exit_traces(run_dir)
+    fit_ids = split_problems([t.problem_id for t in traces], cfg.seed)
+    fit_traces = [t for t in traces if t.problem_id in fit_ids]
+    test = [t for t in traces if t.problem_id not in fit_ids]
+    if not fit_traces or not test:
+        raise ValueError(f"{run_dir}: its closed traces come from {len({t.problem_id for t in traces})} problem(s); "
+                         "fitting on half the problems and measuring on the other needs at least 2")
+    model = model if model is not None else run_model(run_dir)
+    fit = fit_exit(model, fit_traces, cfg, progress)
+    hits = measure(model, test, fit, cfg, progress)
+
+    def share(name: str) -> float:
+        return float(np.mean(hits[name])) if name in hits else float("nan")
+
+    random = [share(f"random{d}") for d in range(cfg.random_draws)]
+    layer_counts: dict[str, int] = {}
+    for f in fit.selection.flat.tolist():
+        key = str(f // model.cfg.d_mlp)
+        layer_counts[key] = layer_counts.get(key, 0) + 1
+    labelled = sum(t.answer_point != t.think_end - 1 for t in test)
+    report: dict[str, Any] = {
+        "exit_within3": share("exit"),
+        "exit_within3_aligned": share("aligned"),
+        "exit_within3_random": float(np.mean(random)),
+        "exit_within3_random_draws": random,
+        "exit_within3_top_activated": share("top_activated"),
+        "exit_within3_all": share("all"),
+        "exit_within3_p_end": share("p_end"),
+        "exit_traces": len(test),
+        "exit_fit_traces": len(fit_traces),
+        "exit_calibration_traces": fit.n_calibration,
+        "exit_targets_before_think_end": labelled,
+        "exit_neurons": len(fit.selection.flat),
+        "exit_layer_counts": dict(sorted(layer_counts.items(), key=lambda kv: int(kv[0]))),
+        "exit_estimator": fit.estimator,
+        **fit.agreement,
+        "exit_window": cfg.window,
+        "exit_seconds": round(time.time() - t0, 1),
+    }
+    if not len(fit.selection.flat):
+        report["exit_note"] = (f"no neuron passed the vote (tau_cons {cfg.tau_cons}, tau_com {cfg.tau_com}) over "
+                               f"{fit.n_calibration} calibration traces; neuron-set figures are NaN")
+    path = run_dir / REPORT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(report, indent=1))
+    return report

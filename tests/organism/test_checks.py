@@ -6,10 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from workbench.organism.checks import decision_points, fit_half, paired_lift, slip_prob
+from workbench.organism.checks import decision_points, paired_lift, slip_prob
 from workbench.organism.labeler import label_tokens
 from workbench.organism.task import RECIPE_V2, Problem, TraceRecipe
 from workbench.organism.tokenizer import build_tokenizer
+from workbench.splits import fit_half
 
 TOK = build_tokenizer()
 

@@ -96,7 +96,7 @@ def rank(
         elif method is Method.exit:
             from workbench.neat import NeatConfig, rank_exit
 
-            cfg = NeatConfig() if k is None else replace(NeatConfig(), top_vote=k)
+            cfg = NeatConfig() if k is None else replace(NeatConfig(), max_neurons=k)
             sets = {"exit": rank_exit(run, cfg=cfg, progress=not as_json)}
         else:
             from workbench.neureasoner import NeuReasonerConfig, rank_mon

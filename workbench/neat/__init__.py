@@ -15,7 +15,7 @@ Example:
 from workbench.neat.attribution import ablation_importance, agreement, gradient_importance, importance
 from workbench.neat.calibration import NeatFit, fit_exit, rank_exit
 from workbench.neat.config import NeatConfig
-from workbench.neat.exit_traces import ExitTrace, load_exit_traces, split_problems
+from workbench.neat.exit_traces import ExitTrace, load_exit_traces
 from workbench.neat.reference import ExitMonitor, ExitReading, ExitReference
 from workbench.neat.report import exit_report, measure
 from workbench.neat.selection import Selection, TraceVote, candidates, temporal_profile, trace_vote, vote
@@ -23,5 +23,5 @@ from workbench.neat.selection import Selection, TraceVote, candidates, temporal_
 __all__ = [
     "ExitMonitor", "ExitReading", "ExitReference", "ExitTrace", "NeatConfig", "NeatFit", "Selection", "TraceVote",
     "ablation_importance", "agreement", "candidates", "exit_report", "fit_exit", "gradient_importance", "importance",
-    "load_exit_traces", "measure", "rank_exit", "split_problems", "temporal_profile", "trace_vote", "vote",
+    "load_exit_traces", "measure", "rank_exit", "temporal_profile", "trace_vote", "vote",
 ]

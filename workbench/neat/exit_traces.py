@@ -10,8 +10,6 @@ Example:
     >>> t = ExitTrace("p/0", "p", (5, 6, 7, 8, 9, 17, 3), think_start=1, think_end=5, answer_point=3)
     >>> t.end_id, t.span, t.exit_positions((1, 2, 9))
     (17, (2, 5), [4, 3])
-    >>> sorted(split_problems(["a", "b", "c", "d", "a"], seed=0)) == sorted(split_problems(["d", "c", "b", "a"], 0))
-    True
 """
 
 from __future__ import annotations
@@ -78,13 +76,6 @@ def load_exit_traces(run_dir: str | Path) -> list[ExitTrace]:
             "nothing between the markers); NEAT calibrates on the position before the end of thinking. Generate "
             "traces that finish thinking (a larger max_new_tokens, or a model that closes its thinking)")
     return out
-
-
-def split_problems(problem_ids: Sequence[str], seed: int) -> set[str]:
-    """The half of the problems (seeded) that NEAT is fitted on; the other half is where it is measured."""
-    ids = sorted(set(problem_ids))
-    order = np.random.default_rng(seed).permutation(len(ids))
-    return {ids[i] for i in order[: len(ids) // 2]}
 
 
 def calibration_set(traces: Sequence[ExitTrace], n: int | None, seed: int) -> list[ExitTrace]:

@@ -36,8 +36,9 @@ from transformer_lens.model_bridge import TransformerBridge
 from workbench.atomic import atomic_write_text
 from workbench.neat.calibration import NeatFit, fit_exit
 from workbench.neat.config import DEFAULT_CONFIG, NeatConfig
-from workbench.neat.exit_traces import ExitTrace, forced_pass, load_exit_traces, run_model, split_problems
+from workbench.neat.exit_traces import ExitTrace, forced_pass, load_exit_traces, run_model
 from workbench.neat.reference import ExitReference
+from workbench.splits import fit_half
 
 REPORT = Path("neat") / "report.json"
 
@@ -119,7 +120,7 @@ def exit_report(
     run_dir = Path(run_dir)
     t0 = time.time()
     traces = load_exit_traces(run_dir)
-    fit_ids = split_problems([t.problem_id for t in traces], cfg.seed)
+    fit_ids = fit_half([t.problem_id for t in traces], cfg.seed)
     fit_traces = [t for t in traces if t.problem_id in fit_ids]
     test = [t for t in traces if t.problem_id not in fit_ids]
     if not fit_traces or not test:

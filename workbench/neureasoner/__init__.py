@@ -13,7 +13,7 @@ Example:
     ('slip', 'oscillation', 'overthinking')
 """
 
-from workbench.neureasoner.analysis import MonResult, TraceInput, analyse, fit_problems, rank_key_neurons
+from workbench.neureasoner.analysis import MonResult, TraceInput, analyse, rank_key_neurons
 from workbench.neureasoner.config import FAILURE_TYPES, NeuReasonerConfig
 from workbench.neureasoner.detectors import Detector, token_features
 from workbench.neureasoner.features import FEATURES, OnlineFluctuation, window_features, window_starts
@@ -23,7 +23,7 @@ from workbench.neureasoner.run import mon_report, rank_mon, trace_inputs
 
 __all__ = [
     "FAILURE_TYPES", "FEATURES", "Detector", "FailureEvents", "MonResult", "NeuReasonerConfig", "OnlineFluctuation",
-    "SeparationStats", "TraceInput", "analyse", "auto_events", "fit_problems", "key_neurons", "mon_report",
+    "SeparationStats", "TraceInput", "analyse", "auto_events", "key_neurons", "mon_report",
     "organism_events", "rank_key_neurons", "rank_mon", "split_steps", "token_features", "trace_inputs",
     "window_features", "window_starts",
 ]

@@ -11,13 +11,13 @@ on anything in between. Activations are read twice (rank on all neurons, then fe
 chosen ones), one trace at a time.
 
 Example:
-    >>> fit_problems(["a", "b", "c", "d", "a"], seed=0) | {"x"} >= {"x"}
-    True
+    >>> from workbench.neureasoner import NeuReasonerConfig
+    >>> NeuReasonerConfig().window
+    8
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -40,6 +40,7 @@ from workbench.neureasoner.features import FEATURES, window_features, window_sta
 from workbench.neureasoner.labels import FailureEvents, window_onsets, window_overlaps
 from workbench.neureasoner.ranking import SeparationStats, key_neurons
 from workbench.neurons import NeuronSet
+from workbench.splits import fit_half
 
 CONTROLS = ("tokens", "random")
 
@@ -63,13 +64,6 @@ class MonResult:
     sets: dict[str, NeuronSet]
     detectors: dict[str, Detector]  # "<type>", "<type>_tokens", "<type>_random"
     report: dict
-
-
-def fit_problems(problems: Sequence[str], seed: int) -> set[str]:
-    """The half of the problems that neurons and detectors are fitted on."""
-    ids = sorted(set(problems))
-    random.Random(seed).shuffle(ids)
-    return set(ids[: len(ids) // 2])
 
 
 def _windows(trace: TraceInput, acts: np.ndarray, cfg: NeuReasonerConfig) -> np.ndarray:
@@ -129,7 +123,7 @@ def analyse(
 
     ``load_acts(i)`` gives trace ``i``'s ``(pos, len(columns))`` activations; ``columns`` names them.
     """
-    fit_ids = fit_problems([t.problem for t in traces], cfg.seed)
+    fit_ids = fit_half([t.problem for t in traces], cfg.seed)
     fit_rows = [i for i, t in enumerate(traces) if t.problem in fit_ids]
     if not fit_rows or len(fit_rows) == len(traces):
         raise ValueError(f"the problem split left one half empty ({len(fit_rows)} of {len(traces)} traces on the "

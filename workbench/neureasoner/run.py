@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 
 from workbench.atomic import atomic_write_text
-from workbench.neureasoner.analysis import TraceInput, analyse, fit_problems, rank_key_neurons
+from workbench.neureasoner.analysis import TraceInput, analyse, rank_key_neurons
 from workbench.neureasoner.config import DEFAULT, NeuReasonerConfig
 from workbench.neureasoner.labels import auto_events, organism_events
 from workbench.neurons import NeuronSet
+from workbench.splits import fit_half
 
 OUT = "neureasoner"
 
@@ -80,7 +81,7 @@ def rank_mon(run_dir: str | Path, cfg: NeuReasonerConfig = DEFAULT, progress: bo
     """Key neurons per failure type from the fitting half of the problems; saved as ``RUN/neurons/mon-<type>.json``."""
     store = _open(run_dir)
     traces = trace_inputs(store, cfg)
-    fit_ids = fit_problems([t.problem for t in traces], cfg.seed)
+    fit_ids = fit_half([t.problem for t in traces], cfg.seed)
     rows = [i for i, t in enumerate(traces) if t.problem in fit_ids]
     sets = rank_key_neurons([traces[i] for i in rows], lambda j: store.token_acts(rows[j]), store.token_neurons,
                             (store.n_layers, store.d_mlp), cfg, str(run_dir), progress)

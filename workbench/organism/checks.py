@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,15 +36,9 @@ from workbench.neurons import NeuronSet
 from workbench.organism.task import STEP_ENDS, THINK_CLOSE, Step, TraceRecipe, slip_value
 from workbench.organism.tokenizer import SPACE
 from workbench.probe import auroc, probe_auroc
+from workbench.splits import fit_half
 
 EXIT_NEURONS, STEER_NEURONS, RANDOM_DRAWS = 50, 50, 3  # NEAT votes its top 50
-
-
-def fit_half(problem_ids, seed: int) -> set[str]:
-    """The half of the problems that methods are fitted on; the rest is where they are measured."""
-    ids = sorted(set(problem_ids))
-    random.Random(seed).shuffle(ids)
-    return set(ids[: len(ids) // 2])
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from workbench.organism import checks
 from workbench.organism.task import Problem, TraceLabels, TraceRecipe
 from workbench.organism.train import recipe_of
 from workbench.probe import auroc, probe_auroc
+from workbench.splits import fit_half
 from workbench.store import load_traces
 from workbench.traces import TraceRunConfig, run_traces
 
@@ -183,7 +184,7 @@ def steering_look(
     """Teacher-forced: P(slip) at careless decision points, with and without ``direction``
     (``checks.regime_direction`` on the fitting half), tested on the other half."""
     tok = model.tokenizer
-    fit_ids = checks.fit_half([s.problem.id for s in samples], seed)
+    fit_ids = fit_half([s.problem.id for s in samples], seed)
     test = [p for p in checks.decision_points(samples, recipe)
             if p.sample.problem.id not in fit_ids and p.sample.labels.regime == "careless"]
     if not test or direction is None:
@@ -225,7 +226,7 @@ def evaluate(
         **{k: v for k, v in s.items() if k != "accuracy"},
     }
     recipe, sampled = recipe_of(resolve(cfg.model)), runs["sampled"]
-    direction = checks.regime_direction(model, sampled, recipe, checks.fit_half([s.problem.id for s in sampled],
+    direction = checks.regime_direction(model, sampled, recipe, fit_half([s.problem.id for s in sampled],
                                                                                  cfg.seed))
     report.update(probe_report(model, sampled))
     report.update(steering_look(model, sampled, recipe, direction, cfg.steer_alphas, seed=cfg.seed))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from workbench.probe import auroc, probe_auroc
+from workbench.probes import auroc, probe_auroc
 
 
 def test_separable_data_scores_high():

@@ -87,3 +87,32 @@ def organism():
 @pytest.fixture(scope="session")
 def organism_v1():
     return load_model("organism-v1")
+
+
+@pytest.fixture(scope="session")
+def organism_run(tmp_path_factory, organism) -> Path:
+    """A small finished trace run of the organism (24 problems x 4 samples at T=1), not cached.
+
+    Read-only: copy it (``shutil.copytree``) before caching or writing into it.
+    """
+    from workbench.traces import TraceRunConfig, run_traces
+
+    set_threads(1)
+    out = tmp_path_factory.mktemp("organism-run") / "run"
+    run_traces(TraceRunConfig(model="organism", task="organism", problems=24, samples=4, temperature=1.0, seed=7),
+               out, progress=False, model=organism)
+    return out
+
+
+@pytest.fixture(scope="session")
+def organism_cache(tmp_path_factory, organism_run, organism) -> Path:
+    """``organism_run`` copied and cached with the default ``CacheConfig`` (read-only)."""
+    import shutil
+
+    from workbench.store import cache_activations
+
+    set_threads(1)
+    out = tmp_path_factory.mktemp("organism-cache") / "run"
+    shutil.copytree(organism_run, out)
+    cache_activations(out, model=organism)
+    return out

@@ -165,13 +165,21 @@ class NeuronSet:
 
     def top(self, k: int) -> NeuronSet:
         """The first ``k`` neurons (sets are stored best first)."""
-        keep = slice(0, k)
-        return replace(
-            self, layers=self.layers[keep], indices=self.indices[keep],
-            scores=None if self.scores is None else self.scores[keep],
-            signs=None if self.signs is None else self.signs[keep],
-            group_means=tuple((g, m[keep]) for g, m in self.group_means),
-        )
+        return self.take(range(min(k, len(self))))
+
+    def take(self, positions: Iterable[int]) -> NeuronSet:
+        """The neurons at ``positions`` of this set, in that order, with their scores, signs and means."""
+        pos = list(positions)
+
+        def pick(values: tuple | None) -> tuple | None:
+            return None if values is None else tuple(values[i] for i in pos)
+
+        return replace(self, layers=pick(self.layers), indices=pick(self.indices), scores=pick(self.scores),
+                       signs=pick(self.signs), group_means=tuple((g, pick(m)) for g, m in self.group_means))
+
+    def layer_ordered(self) -> NeuronSet:
+        """The same neurons ordered by layer (stable within a layer): the column order of hook reads."""
+        return self.take(sorted(range(len(self)), key=lambda i: self.layers[i]))
 
     def check_fits(self, n_layers: int, d_mlp: int) -> None:
         """Raises a clear error if a neuron lies outside a model with this shape."""

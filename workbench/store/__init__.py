@@ -1,13 +1,28 @@
-"""Run directories: identity, lock and manifest (``rundir``), and the trace store (``trace_store``).
+"""Run directories: identity, lock and manifest (``rundir``), the trace store (``trace_store``) and the
+activation store (``activation_store``).
 
 Example:
     >>> from workbench.store import TraceStore, load_traces
 """
 
+from workbench.store.activation_store import ActivationStore, CacheConfig, cache_activations
 from workbench.store.rundir import MANIFEST, RunDirError, RunLock, model_hash, package_versions, path_hash
 from workbench.store.trace_store import SCHEMA, TRACES, TraceStore, check_target, load_traces, trace_id
 
 __all__ = [
-    "MANIFEST", "SCHEMA", "TRACES", "RunDirError", "RunLock", "TraceStore", "check_target", "load_traces",
-    "model_hash", "package_versions", "path_hash", "trace_id",
+    "MANIFEST",
+    "SCHEMA",
+    "TRACES",
+    "ActivationStore",
+    "CacheConfig",
+    "RunDirError",
+    "RunLock",
+    "TraceStore",
+    "cache_activations",
+    "check_target",
+    "load_traces",
+    "model_hash",
+    "package_versions",
+    "path_hash",
+    "trace_id",
 ]

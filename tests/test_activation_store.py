@@ -1,0 +1,154 @@
+"""The activation store: exact against a direct readout, resumable, and refusing to mix runs."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from workbench.activations import token_activations
+from workbench.neurons import NeuronSet
+from workbench.store import ActivationStore, CacheConfig, RunDirError, cache_activations
+from workbench.store.activation_store import span_bounds
+
+
+def _copy(run, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(run, out, ignore=shutil.ignore_patterns("activations"))
+    return out
+
+
+def test_summaries_and_tokens_match_a_direct_readout(organism_cache, organism):
+    store = ActivationStore(organism_cache)
+    rows = store.traces().to_pylist()
+    assert store.index["trace_id"].to_pylist() == [r["trace_id"] for r in rows]
+    cols = np.array(store.token_neurons.flat(store.d_mlp))
+    assert len(cols) == min(512, store.n_neurons) and list(cols) == sorted(cols)
+    picks = [0, len(rows) // 2, len(rows) - 1]
+    for (batch, acts) in token_activations(organism, [rows[i]["token_ids"] for i in picks]):
+        for r, a in zip(batch, acts, strict=True):
+            row, a = picks[r], acts[r, : len(rows[picks[r]]["token_ids"])].numpy()
+            bounds = span_bounds(rows[row], len(a), store.early_k)
+            for span in store.spans:
+                got = store.summary(span)[row]
+                if bounds[span] is None:
+                    assert np.isnan(got).all(), span
+                else:
+                    want = a[bounds[span][0] : bounds[span][1]].mean(0).reshape(store.n_layers, store.d_mlp)
+                    np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3)
+            np.testing.assert_allclose(store.token_acts(row), a[:, cols], rtol=2e-3, atol=2e-3)
+
+
+def test_token_neurons_by_variance_are_the_most_variable(organism_cache, organism):
+    store = ActivationStore(organism_cache)
+    rows = [r for r in store.traces().to_pylist() if r["think_start"] is not None][:64]
+    s1 = s2 = n = 0
+    for batch, acts in token_activations(organism, [r["token_ids"] for r in rows]):
+        for r in batch:
+            row = rows[r]
+            body = acts[r - batch.start, row["think_start"] + 1 : row["think_end"] or len(row["token_ids"])].double()
+            s1, s2, n = s1 + body.sum(0), s2 + (body**2).sum(0), n + len(body)
+    var = (s2 / n - (s1 / n) ** 2).numpy()
+    chosen = np.array(store.token_neurons.flat(store.d_mlp))
+    left_out = np.setdiff1d(np.arange(store.n_neurons), chosen)
+    assert len(chosen) == 512
+    assert var[chosen].min() >= var[left_out].max() * (1 - 1e-6)
+    np.testing.assert_allclose(store.token_neurons.scores, var[chosen], rtol=1e-4)
+
+
+def test_kill_midway_resumes_to_the_same_cache(organism_run, organism, tmp_path, monkeypatch):
+    whole = _copy(organism_run, tmp_path / "whole")
+    cfg = CacheConfig(shard_traces=16, batch_size=8, top_variance=64)
+    cache_activations(whole, cfg, model=organism)
+
+    broken = _copy(organism_run, tmp_path / "broken")
+    import workbench.store.activation_store as mod
+
+    real, calls = mod._write_shard, []
+
+    def dies_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mod, "_write_shard", dies_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        cache_activations(broken, cfg, model=organism)
+    with pytest.raises(RunDirError, match="incomplete"):
+        ActivationStore(broken)
+    # A tensors file whose index never landed (killed between the two writes) is dropped on resume.
+    (broken / "activations/shards/part-000099.safetensors").write_bytes(b"half")
+    monkeypatch.setattr(mod, "_write_shard", real)
+    cache_activations(broken, cfg, model=organism)
+    a, b = ActivationStore(whole), ActivationStore(broken)
+    assert a.index["trace_id"].to_pylist() == b.index["trace_id"].to_pylist()
+    np.testing.assert_array_equal(a.summary("think"), b.summary("think"))
+    np.testing.assert_array_equal(a.token_acts(len(a) - 1), b.token_acts(len(b) - 1))
+    assert not (broken / "activations/shards/part-000099.safetensors").exists()
+
+
+def test_a_corrupt_shard_is_set_aside_and_recomputed(organism_run, organism, tmp_path):
+    run = _copy(organism_run, tmp_path)
+    cfg = CacheConfig(shard_traces=32, top_variance=16)
+    cache_activations(run, cfg, model=organism)
+    before = ActivationStore(run).summary("question")
+    (run / "activations/index.parquet").unlink()
+    (run / "activations/shards/part-000001.parquet").write_bytes(b"not parquet")
+    cache_activations(run, cfg, model=organism)
+    assert (run / "activations/shards-corrupt/part-000001.parquet").exists()
+    np.testing.assert_array_equal(ActivationStore(run).summary("question"), before)
+
+
+def test_refuses_another_model_other_settings_and_changed_traces(organism_run, organism, organism_v1, tmp_path):
+    run = _copy(organism_run, tmp_path)
+    with pytest.raises(RunDirError, match="not the one that wrote the traces"):
+        cache_activations(run, model=organism_v1)
+    cache_activations(run, CacheConfig(top_variance=8), model=organism)
+    with pytest.raises(RunDirError, match=r"differs in: config\.top_variance"):
+        cache_activations(run, CacheConfig(top_variance=9), model=organism)
+    (run / "traces.parquet").write_bytes((run / "traces.parquet").read_bytes() + b"\0")
+    with pytest.raises(RunDirError, match="changed since it was cached"):
+        ActivationStore(run)
+
+
+def test_chosen_token_neurons_and_full_layers(organism_run, organism, tmp_path):
+    run = _copy(organism_run, tmp_path)
+    chosen = NeuronSet.from_pairs([(3, 5), (0, 7), (3, 1)], model_shape=(4, 512))
+    path = chosen.save(tmp_path / "n.json")
+    cache_activations(run, CacheConfig(token_neurons=str(path), layers=(2,)), model=organism)
+    store = ActivationStore(run)
+    assert store.token_neurons.flat(512) == (7, 3 * 512 + 5, 3 * 512 + 1)
+    full = store.layer_acts(1, 2)
+    tok = store.token_acts(1)
+    assert full.shape == (tok.shape[0], 512)
+    with pytest.raises(ValueError, match="was not cached in full"):
+        store.layer_acts(1, 0)
+    wrong = NeuronSet.from_pairs([(0, 1)], model_shape=(2, 96)).save(tmp_path / "w.json")
+    run2 = _copy(organism_run, tmp_path / "b")
+    with pytest.raises(ValueError, match="2 layers and d_mlp 96"):
+        cache_activations(run2, CacheConfig(token_neurons=str(wrong)), model=organism)
+    assert not (run2 / "activations").exists()  # refused before writing anything
+
+
+def test_a_tiny_llama_family_model_from_a_local_folder(tiny_dir, tmp_path):
+    from workbench.model import load_model
+    from workbench.traces import TraceRunConfig, run_traces
+
+    run = tmp_path / "run"
+    model = load_model(tiny_dir)
+    run_traces(TraceRunConfig(model=str(tiny_dir), task="organism", problems=3, samples=2, temperature=1.0,
+                              max_new_tokens=12), run, progress=False, model=model)
+    cache_activations(run, CacheConfig(top_variance=10))  # loads the model named in the run manifest
+    store = ActivationStore(run)
+    assert store.summary("question").shape == (6, model.cfg.n_layers, model.cfg.d_mlp)
+    assert not np.isnan(store.summary("question")).any()
+    assert store.token_acts(5).shape[1] == 10
+    torch.testing.assert_close(torch.tensor(store.summary("last").shape), torch.tensor([6, 2, 96]))
+
+
+def test_no_cache_is_a_clear_error(organism_run):
+    with pytest.raises(RunDirError, match="workbench cache"):
+        ActivationStore(organism_run)

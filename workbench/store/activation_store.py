@@ -1,0 +1,456 @@
+"""The activation store: teacher-forced MLP neuron reads of a finished trace run, on disk.
+
+``cache_activations(RUN)`` replays every trace of a trace run through the model that wrote it (no
+interventions: a clean readout) and writes, per trace, joined on ``trace_id``:
+
+* span summaries: each neuron's mean ``blocks.{L}.mlp.hook_post`` over named spans (``SPANS``):
+  the question (prompt), the whole thinking span, the first k thinking tokens for each k in
+  ``early_k``, the last token and the answer; NaN where a trace has no such span (or fewer than k
+  thinking tokens);
+* per-token activations of a subset of neurons (``token_neurons``; by default the ``top_variance``
+  neurons whose activation varies most over the thinking tokens of a calibration sample);
+* optionally, every neuron of chosen ``layers`` at every token.
+
+Layout (under ``RUN/activations/``)::
+
+    manifest.json        identity: the trace run (sha256 of traces.parquet), the model hash, the config
+    token_neurons.json   the per-token subset, a NeuronSet in column order
+    shards/part-<n>.safetensors   float16 tensors of up to ``shard_traces`` traces
+    shards/part-<n>.parquet       which traces (and token offsets) that shard holds; written second,
+                                  so a shard counts only once both files are whole
+    index.parquet        every trace in trace-store order with its shard: written when complete
+
+Sums are taken in float32 and stored as float16. Memory is bounded by one batch and one shard,
+never by the number of traces. A killed run resumes where it stopped; a run directory whose traces
+or model changed since caching is refused rather than mixed.
+
+Read it back with ``ActivationStore(RUN)``: ``store.summary("think_first_8")`` is a
+``(trace, n_layers, d_mlp)`` array, ``store.token_acts(row)`` a ``(pos, neuron)`` one.
+
+Example:
+    >>> CacheConfig(early_k=(1, 8)).spans()
+    ('question', 'think', 'think_first_1', 'think_first_8', 'last', 'answer')
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from jaxtyping import Float
+
+from workbench.atomic import atomic_write, atomic_write_text
+from workbench.neurons import NeuronSet, NeuronSetError
+from workbench.store.rundir import (
+    MANIFEST,
+    RunDirError,
+    RunLock,
+    identity_diff,
+    normalise,
+    package_versions,
+    path_hash,
+    read_manifest,
+)
+from workbench.store.trace_store import TRACES, load_traces
+
+log = logging.getLogger(__name__)
+
+ACTIVATIONS, SHARDS, CORRUPT, INDEX, TOKEN_NEURONS = (
+    "activations", "shards", "shards-corrupt", "index.parquet", "token_neurons.json")
+INDEX_COLUMNS = ("trace_id", "problem_id", "sample_index", "correct", "prompt_len", "think_start", "think_end",
+                 "answer_start", "answer_reached")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheConfig:
+    """What to cache.
+
+    Attributes:
+        early_k: the k of the ``think_first_k`` spans (the early-predictability curve reads them).
+        token_neurons: a NeuronSet file naming the neurons to keep per token; None picks the
+            ``top_variance`` neurons with the largest variance over thinking tokens.
+        top_variance: how many neurons that default keeps (all neurons when the model has fewer).
+        calibration_traces: traces read to estimate that variance (the first ones of the run).
+        layers: layers whose every neuron is kept at every token (large: 2 bytes x d_mlp per token).
+        batch_size: traces per teacher-forced forward pass.
+        shard_traces: traces per shard (the unit of resume and of memory).
+    """
+
+    early_k: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    token_neurons: str | None = None
+    top_variance: int = 512
+    calibration_traces: int = 64
+    layers: tuple[int, ...] = ()
+    batch_size: int = 16
+    shard_traces: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("top_variance", "calibration_traces", "batch_size", "shard_traces"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"CacheConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.early_k or any(k < 1 for k in self.early_k):
+            raise ValueError(f"CacheConfig.early_k must be positive token counts, got {self.early_k}")
+
+    def spans(self) -> tuple[str, ...]:
+        return ("question", "think", *(f"think_first_{k}" for k in sorted(set(self.early_k))), "last", "answer")
+
+
+def span_bounds(row: dict[str, Any], n_tokens: int, early_k: Sequence[int]) -> dict[str, tuple[int, int] | None]:
+    """Each span's token positions ``[start, end)`` in a trace, or None where the trace lacks it.
+
+    >>> row = {"prompt_len": 4, "think_start": 3, "think_end": 9, "answer_start": 10}
+    >>> bounds = span_bounds(row, 12, [2, 8])
+    >>> bounds["think"], bounds["think_first_2"], bounds["think_first_8"], bounds["answer"]
+    ((4, 9), (4, 6), None, (10, 12))
+    """
+    ts, te, ans = row["think_start"], row["think_end"], row["answer_start"]
+    think_end = te if te is not None else n_tokens
+    out: dict[str, tuple[int, int] | None] = {"question": (0, row["prompt_len"])}
+    out["think"] = (ts + 1, think_end) if ts is not None and think_end > ts + 1 else None
+    for k in sorted(set(early_k)):
+        out[f"think_first_{k}"] = (ts + 1, ts + 1 + k) if ts is not None and ts + 1 + k <= think_end else None
+    out["last"] = (n_tokens - 1, n_tokens)
+    out["answer"] = (ans, n_tokens) if ans is not None and ans < n_tokens else None
+    return out
+
+
+def _cache_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / ACTIVATIONS
+
+
+def _trace_identity(run_dir: Path) -> dict[str, Any]:
+    if not (run_dir / TRACES).exists():
+        raise RunDirError(f"{run_dir} has no {TRACES}: the trace run is not complete; finish it with the same "
+                          "`workbench traces` command, then cache it")
+    return {"path": str(run_dir.resolve()), "traces_sha256": path_hash(run_dir / TRACES)}
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+
+def _variance_neurons(model, rows: list[dict], cfg: CacheConfig) -> NeuronSet:
+    """The ``top_variance`` neurons with the largest variance over thinking tokens of the first traces."""
+    import torch
+
+    from workbench.activations import token_activations
+
+    n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
+    thinking = [r for r in rows if r["think_start"] is not None]
+    calib = (thinking or rows)[: cfg.calibration_traces]
+    s1 = torch.zeros(n_layers * d_mlp, dtype=torch.float64)
+    s2, n = torch.zeros_like(s1), 0
+    for batch, acts in token_activations(model, [r["token_ids"] for r in calib], batch_size=cfg.batch_size):
+        for r, a in zip(batch, acts, strict=True):
+            row = calib[r]
+            lo = row["think_start"] + 1 if row["think_start"] is not None else row["prompt_len"]
+            hi = row["think_end"] if row["think_end"] is not None else len(row["token_ids"])
+            body = a[lo:hi].double()
+            s1, s2, n = s1 + body.sum(0), s2 + (body**2).sum(0), n + len(body)
+    var = s2 / max(n, 1) - (s1 / max(n, 1)) ** 2
+    top = var.topk(min(cfg.top_variance, len(var))).indices.sort().values
+    return NeuronSet.from_flat(top.tolist(), d_mlp, scores=tuple(float(var[i]) for i in top), method="variance",
+                               parameters={"top": cfg.top_variance, "calibration_traces": len(calib)},
+                               model_shape=(n_layers, d_mlp))
+
+
+def _readout(model, rows: list[dict], spans: tuple[str, ...], cfg: CacheConfig, token_flat):
+    """One teacher-forced pass over ``rows``: span means (float32), subset and layer tokens per trace."""
+    import torch
+
+    from workbench.activations import run_forced
+    from workbench.neurons import mlp_post
+
+    n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
+    lengths = [len(r["token_ids"]) for r in rows]
+    width = max(lengths)
+    weights = torch.zeros(len(rows), len(spans), width)  # row-normalised span masks
+    present = torch.zeros(len(rows), len(spans), dtype=torch.bool)
+    for b, (row, n) in enumerate(zip(rows, lengths, strict=True)):
+        for s, name in enumerate(spans):
+            bounds = span_bounds(row, n, cfg.early_k)[name]
+            if bounds is not None:
+                weights[b, s, bounds[0] : bounds[1]] = 1.0 / (bounds[1] - bounds[0])
+                present[b, s] = True
+    summaries = torch.zeros(len(rows), len(spans), n_layers, d_mlp)
+    by_layer = {layer: torch.tensor([i % d_mlp for i in token_flat if i // d_mlp == layer], dtype=torch.long)
+                for layer in range(n_layers)}
+    subset: dict[int, torch.Tensor] = {}
+    full: dict[int, torch.Tensor] = {}
+
+    def grab(act: Float[torch.Tensor, "batch pos d_mlp"], hook) -> None:
+        layer = int(hook.name.split(".")[1])
+        act = act.float()
+        summaries[:, :, layer] = torch.bmm(weights.to(act.device), act).cpu()
+        if len(by_layer[layer]):
+            subset[layer] = act[:, :, by_layer[layer].to(act.device)].half().cpu()
+        if layer in cfg.layers:
+            full[layer] = act.half().cpu()
+
+    run_forced(model, [r["token_ids"] for r in rows], [(mlp_post(layer), grab) for layer in range(n_layers)])
+    summaries[~present] = float("nan")
+    tokens = torch.cat([subset[layer] for layer in range(n_layers) if layer in subset], dim=-1) if subset else None
+    per_trace = []
+    for b, n in enumerate(lengths):
+        per_trace.append({
+            "tokens": tokens[b, :n] if tokens is not None else torch.zeros(n, 0, dtype=torch.float16),
+            **{f"layer.{layer}": full[layer][b, :n] for layer in sorted(full)},
+        })
+    return summaries, per_trace
+
+
+def _write_shard(root: Path, n: int, rows: list[dict], spans, summaries: list, per_trace: list) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {f"summary.{name}": torch.cat([s[:, i] for s in summaries]).half().contiguous()
+               for i, name in enumerate(spans)}
+    for key in per_trace[0]:
+        tensors[key] = torch.cat([t[key] for t in per_trace]).contiguous()
+    offsets = np.cumsum([0] + [len(t["tokens"]) for t in per_trace])
+    stem = root / SHARDS / f"part-{n:06d}"
+    atomic_write(stem.with_suffix(".safetensors"), lambda tmp: save_file(tensors, str(tmp)))
+    index = pa.table({
+        "trace_id": [r["trace_id"] for r in rows],
+        "row": list(range(len(rows))),
+        "token_offset": offsets[:-1].tolist(),
+        "n_tokens": np.diff(offsets).tolist(),
+    })
+    atomic_write(stem.with_suffix(".parquet"), lambda tmp: pq.write_table(index, tmp))
+
+
+def _recover(root: Path) -> dict[str, tuple[str, dict]]:
+    """trace_id -> (shard name, its index row) of every whole shard; clears what a killed writer left."""
+    shards = root / SHARDS
+    for tmp in shards.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+    done: dict[str, tuple[str, dict]] = {}
+    for meta in sorted(shards.glob("part-*.parquet")):
+        data = meta.with_suffix(".safetensors")
+        try:
+            if not data.exists():
+                raise OSError("its tensors file is missing")
+            from safetensors import safe_open
+
+            with safe_open(str(data), framework="numpy"):
+                pass
+            table = pq.read_table(meta)
+        except Exception as exc:
+            (root / CORRUPT).mkdir(exist_ok=True)
+            for f in (meta, data):
+                if f.exists():
+                    f.replace(root / CORRUPT / f.name)
+            log.warning("activation shard %s is unreadable (%s); set aside into %s, its traces are recomputed",
+                        meta.name, exc, CORRUPT)
+            continue
+        for r in table.to_pylist():
+            done[r["trace_id"]] = (meta.stem, r)
+    for orphan in shards.glob("part-*.safetensors"):  # tensors whose index never landed
+        if not orphan.with_suffix(".parquet").exists():
+            orphan.unlink()
+    return done
+
+
+def cache_activations(
+    run_dir: str | Path, cfg: CacheConfig = CacheConfig(), model=None, progress: bool = False,
+) -> Path:
+    """Caches the activations of a complete trace run into ``run_dir/activations``; returns that folder.
+
+    Resumes a cache killed midway; refuses a cache made from other traces, another model or another
+    ``cfg``. ``model`` may be passed in (already loaded); it must be the model that wrote the traces.
+    """
+    from tqdm.auto import tqdm
+
+    from workbench.model import load_model, resolve
+    from workbench.store.rundir import model_hash
+
+    run_dir = Path(run_dir)
+    trace_manifest = read_manifest(run_dir)
+    traces = _trace_identity(run_dir)
+    root = _cache_dir(run_dir)
+    run_identity = trace_manifest.get("identity", {})
+    for layer in cfg.layers:
+        if layer < 0:
+            raise ValueError(f"--layers: {layer} is not a layer index")
+    token_set = None
+    if cfg.token_neurons is not None:
+        try:
+            token_set = NeuronSet.load(cfg.token_neurons)
+        except NeuronSetError as exc:
+            raise ValueError(f"--token-neurons: {exc}") from exc
+    if model is None:
+        spec = run_identity.get("config", {}).get("model")
+        if spec is None:
+            raise RunDirError(f"{run_dir / MANIFEST} names no model (identity.config.model); pass the model in")
+        model = load_model(resolve(spec))
+    n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
+    bad = [layer for layer in cfg.layers if layer >= n_layers]
+    if bad:
+        raise ValueError(f"--layers: {bad} outside the model's {n_layers} layers")
+    if token_set is not None:
+        token_set.check_fits(n_layers, d_mlp)
+    digest = model_hash(model)
+    if run_identity.get("model_sha256") not in (None, digest):
+        raise RunDirError(f"the model given is not the one that wrote the traces in {run_dir} (its weights hash "
+                          "differs from the run manifest's model_sha256); cache with that run's model")
+    identity = normalise({"traces": traces, "model_sha256": digest, "config": asdict(cfg),
+                          "model_shape": [n_layers, d_mlp]})
+    existing = read_manifest(root) if (root / MANIFEST).exists() else None
+    if existing is not None:
+        diff = identity_diff(existing.get("identity"), identity)
+        if diff:
+            raise RunDirError(f"{root} holds a cache of other traces, another model or other settings (it differs "
+                              f"in: {', '.join(diff)}); delete {root} to cache again")
+    rows = load_traces(run_dir).to_pylist()
+    if not rows:
+        raise RunDirError(f"{run_dir} holds no traces; nothing to cache")
+    with RunLock.acquire(root):
+        (root / SHARDS).mkdir(exist_ok=True)
+        if existing is None:
+            manifest = {"identity": identity, "provenance": normalise({
+                "created": datetime.now(UTC).isoformat(timespec="seconds"), "versions": package_versions(),
+                "note": "clean teacher-forced readout: the trace run's interventions are not applied"})}
+            atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2))
+        if not (root / TOKEN_NEURONS).exists():
+            chosen = token_set if token_set is not None else _variance_neurons(model, rows, cfg)
+            chosen.layer_ordered().save(root / TOKEN_NEURONS)
+        token_flat = NeuronSet.load(root / TOKEN_NEURONS).flat(d_mlp)
+        # Columns of the per-token tensor follow layer order, then index order within a layer.
+        done = _recover(root)
+        todo = [r for r in rows if r["trace_id"] not in done]
+        spans = cfg.spans()
+        next_shard = 1 + max((int(p.stem.split("-")[1]) for p in (root / SHARDS).glob("part-*.parquet")),
+                             default=-1)
+        bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc="cache", unit="trace", disable=not progress)
+        for start in range(0, len(todo), cfg.shard_traces):
+            shard_rows = todo[start : start + cfg.shard_traces]
+            summaries, per_trace = [], []
+            for b in range(0, len(shard_rows), cfg.batch_size):
+                s, t = _readout(model, shard_rows[b : b + cfg.batch_size], spans, cfg, token_flat)
+                summaries.append(s)
+                per_trace += t
+                bar.update(len(t))
+            _write_shard(root, next_shard, shard_rows, spans, summaries, per_trace)
+            next_shard += 1
+        bar.close()
+        _write_index(root, rows)
+    return root
+
+
+def _write_index(root: Path, rows: list[dict]) -> None:
+    where = _recover(root)
+    missing = [r["trace_id"] for r in rows if r["trace_id"] not in where]
+    if missing:
+        raise RunDirError(f"{root}: {len(missing)} traces were not cached (e.g. {missing[0]}); run the cache again")
+    table = {c: [r[c] for r in rows] for c in INDEX_COLUMNS}
+    table["n_tokens"] = [len(r["token_ids"]) for r in rows]
+    table["shard"] = [where[r["trace_id"]][0] for r in rows]
+    table["shard_row"] = [where[r["trace_id"]][1]["row"] for r in rows]
+    table["token_offset"] = [where[r["trace_id"]][1]["token_offset"] for r in rows]
+    atomic_write(root / INDEX, lambda tmp: pq.write_table(pa.table(table), tmp))
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ActivationStore:
+    """A complete activation cache of a trace run, read lazily; see the module docstring.
+
+    Rows of every array follow ``index`` (trace-store order: by problem, then sample).
+    """
+
+    run_dir: Path
+    _handles: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self._handles = {}
+        root = _cache_dir(self.run_dir)
+        if not (root / INDEX).exists():
+            state = "is incomplete" if (root / MANIFEST).exists() else "does not exist"
+            raise RunDirError(f"the activation cache of {self.run_dir} {state}; run `workbench cache {self.run_dir}`")
+        self.root = root
+        self.manifest = read_manifest(root)
+        ident = self.manifest["identity"]
+        if path_hash(self.run_dir / TRACES) != ident["traces"]["traces_sha256"]:
+            raise RunDirError(f"{self.run_dir / TRACES} changed since it was cached; delete {root} and cache again")
+        self.config = CacheConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ident["config"].items()})
+        self.n_layers, self.d_mlp = ident["model_shape"]
+        self.n_neurons = self.n_layers * self.d_mlp
+        self.spans = self.config.spans()
+        self.early_k = tuple(sorted(set(self.config.early_k)))
+        self.model_sha256 = ident["model_sha256"]
+
+    @cached_property
+    def index(self) -> pa.Table:
+        return pq.read_table(self.root / INDEX)
+
+    def __len__(self) -> int:
+        return self.index.num_rows
+
+    @cached_property
+    def token_neurons(self) -> NeuronSet:
+        """The neurons of ``token_acts``' columns, in order."""
+        return NeuronSet.load(self.root / TOKEN_NEURONS, model_shape=(self.n_layers, self.d_mlp))
+
+    def traces(self) -> pa.Table:
+        """The trace store's rows (token ids, labels, ...), aligned with ``index``."""
+        table = load_traces(self.run_dir)
+        if table["trace_id"].to_pylist() != self.index["trace_id"].to_pylist():
+            raise RunDirError(f"{self.run_dir}: the traces no longer match the activation cache; cache again")
+        return table
+
+    def _open(self, shard: str):
+        from safetensors import safe_open
+
+        if shard not in self._handles:
+            self._handles[shard] = safe_open(str(self.root / SHARDS / f"{shard}.safetensors"), framework="numpy")
+        return self._handles[shard]
+
+    def _shard_rows(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+        """(shard, rows of index it holds, their rows within the shard)."""
+        shards = np.array(self.index["shard"].to_pylist())
+        within = np.array(self.index["shard_row"].to_pylist())
+        for shard in sorted(set(shards.tolist())):
+            rows = np.flatnonzero(shards == shard)
+            yield shard, rows, within[rows]
+
+    def summary(self, span: str) -> Float[np.ndarray, "trace n_layers d_mlp"]:
+        """Each trace's mean activation of every neuron over ``span``; NaN where the trace lacks it."""
+        if span not in self.spans:
+            raise ValueError(f"unknown span {span!r}; this cache has {', '.join(self.spans)}")
+        out = np.empty((len(self), self.n_layers, self.d_mlp), dtype=np.float32)
+        for shard, rows, within in self._shard_rows():
+            out[rows] = self._open(shard).get_tensor(f"summary.{span}")[within].astype(np.float32)
+        return out
+
+    def token_acts(self, row: int) -> Float[np.ndarray, "pos neuron"]:
+        """Trace ``row``'s per-token activations of ``token_neurons`` (whole sequence, prompt included)."""
+        return self._tokens(row, "tokens")
+
+    def layer_acts(self, row: int, layer: int) -> Float[np.ndarray, "pos d_mlp"]:
+        """Every neuron of ``layer`` at every token of trace ``row`` (only for layers cached in full)."""
+        if layer not in self.config.layers:
+            raise ValueError(f"layer {layer} was not cached in full (layers: {list(self.config.layers)}); "
+                             f"cache again with --layers {layer}")
+        return self._tokens(row, f"layer.{layer}")
+
+    def _tokens(self, row: int, key: str) -> np.ndarray:
+        if not 0 <= row < len(self):
+            raise IndexError(f"row {row} outside the {len(self)} cached traces")
+        shard, off, n = (self.index[c][row].as_py() for c in ("shard", "token_offset", "n_tokens"))
+        return self._open(shard).get_slice(key)[off : off + n].astype(np.float32)
+
+    def iter_token_acts(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(row, ``token_acts(row)``) for every trace, a shard at a time."""
+        for row in range(len(self)):
+            yield row, self.token_acts(row)

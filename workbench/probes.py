@@ -48,7 +48,8 @@ def auroc(y: np.ndarray, scores: np.ndarray) -> float:
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
-def _fit(x: np.ndarray, y: np.ndarray, c: float):
+def fit_probe(x: np.ndarray, y: np.ndarray, c: float):
+    """A standardised L2 logistic regression with strength ``c``, fitted (sklearn pipeline)."""
     return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000)).fit(x, y)
 
 
@@ -59,7 +60,7 @@ def _out_of_fold(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, s
         if len(np.unique(y[train])) < 2:
             scores[test] = y[train].mean()
             continue
-        scores[test] = _fit(x[train], y[train], strength(train)).predict_proba(x[test])[:, 1]
+        scores[test] = fit_probe(x[train], y[train], strength(train)).predict_proba(x[test])[:, 1]
     return scores
 
 

@@ -85,7 +85,9 @@ class AttentionPoolMLP(nn.Module):
                                        nn.Linear(attention_hidden, 1))
         self.head = nn.Sequential(nn.Linear(n_features, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
 
-    def forward(self, x: Float[Tensor, "batch pos feature"], mask: Bool[Tensor, "batch pos"]) -> Float[Tensor, " batch"]:
+    def forward(
+        self, x: Float[Tensor, "batch pos feature"], mask: Bool[Tensor, "batch pos"]
+    ) -> Float[Tensor, " batch"]:
         weights = self.attention(x).squeeze(-1).masked_fill(~mask, float("-inf")).softmax(-1)  # (batch, pos)
         return self.head((weights[..., None] * x).sum(1)).squeeze(-1)
 

@@ -133,7 +133,8 @@ def rcn_scores(
 
 
 def rank_order(scores: RcnScores, cfg: AdarasConfig) -> np.ndarray:
-    """Flat indices (``layer * d_mlp + index``) of the top ``cfg.k`` neurons, best first."""
+    """Flat indices (``layer * d_mlp + index``) of the top ``cfg.k`` neurons, best first (fewer when fewer
+    neurons pass the polarity filter)."""
     s, pos, neg = scores.s.ravel(), scores.mu_pos.ravel(), scores.mu_neg.ravel()
     key = np.abs(s) / (np.abs(pos) + np.abs(neg) + 1e-8) if cfg.score == "normalised" else np.abs(s)
     candidates = np.flatnonzero(pos * neg < 0) if cfg.polarity_filter else np.arange(s.size)

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -117,8 +118,10 @@ def auroc_ci(
         idx = np.concatenate([rows[int(g)] for g in picked])
         return auroc(y[idx], scores[idx])
 
-    boot = stats.bootstrap((np.arange(len(rows)),), statistic, n_resamples=n_resamples, vectorized=False,
-                           method="percentile", rng=np.random.default_rng(seed))
+    with warnings.catch_warnings():  # one-class resamples give NaN, which scipy warns about; they are dropped below
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        boot = stats.bootstrap((np.arange(len(rows)),), statistic, n_resamples=n_resamples, vectorized=False,
+                               method="percentile", rng=np.random.default_rng(seed))
     dist = boot.bootstrap_distribution
     dist = dist[~np.isnan(dist)]
     if not len(dist):

@@ -117,7 +117,7 @@ def select_features(
 
 def question_activations(
     model: TransformerBridge, prompts: Sequence[Sequence[int]], neurons: NeuronSet, batch_size: int = 64
-) -> list[Float[np.ndarray, "pos feature"]]:
+) -> list[Float[np.ndarray, "_pos feature"]]:
     """Teacher-forced ``mlp.hook_post`` of ``neurons`` at every prompt token, one array per prompt."""
     cols = torch.tensor(neurons.flat(model.cfg.d_mlp))
     out: list[np.ndarray] = []
@@ -150,7 +150,7 @@ class Gate:
     config: GateConfig
 
     @torch.no_grad()
-    def scores(self, acts: Sequence[Float[np.ndarray, "pos feature"]]) -> Float[np.ndarray, " row"]:
+    def scores(self, acts: Sequence[Float[np.ndarray, "_pos feature"]]) -> Float[np.ndarray, " row"]:
         """P(fail) for each question's per-token activations of ``self.neurons``."""
         if any(a.ndim != 2 or a.shape[1] != len(self.neurons) or not len(a) for a in acts):
             raise ValueError(f"each question's activations must be (pos >= 1, {len(self.neurons)}), one column per "
@@ -194,7 +194,7 @@ class Gate:
 
 
 def fit_gate(
-    acts: Sequence[Float[np.ndarray, "pos feature"]],
+    acts: Sequence[Float[np.ndarray, "_pos feature"]],
     fail: Shaped[np.ndarray, " trace"],
     groups: Shaped[np.ndarray, " trace"],
     neurons: NeuronSet,

@@ -86,6 +86,7 @@ class ProbeReportConfig:
 
     Attributes:
         early_span: the span of the headline probe (the organism's validation reads the first 8 thinking tokens).
+        curve_k: the k of the early-predictability curve's points; None takes every ``think_first_k`` cached.
         n_resamples: bootstrap resamples of each CI.
         test_fraction: share of the questions the gate never sees while fitting (its AUROC is measured there).
         gate: the gate classifier's settings.
@@ -94,6 +95,7 @@ class ProbeReportConfig:
     """
 
     early_span: str = "think_first_8"
+    curve_k: tuple[int, ...] | None = None
     n_resamples: int = 1000
     test_fraction: float = 0.2
     gate: GateConfig = field(default_factory=GateConfig)
@@ -136,7 +138,12 @@ def _early(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig) ->
 
 def _curve(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig) -> list[dict[str, Any]]:
     """The early-predictability curve, each point beside the token-only probe on the same first k tokens."""
-    feats = {k: store.summary(f"think_first_{k}").reshape(len(store), -1) for k in store.early_k}
+    ks = store.early_k if cfg.curve_k is None else cfg.curve_k
+    missing = sorted(set(ks) - set(store.early_k))
+    if missing:
+        raise ValueError(f"ProbeReportConfig.curve_k: {missing} not cached (the store has k in {store.early_k}); "
+                         "cache again with CacheConfig(early_k=...)")
+    feats = {k: store.summary(f"think_first_{k}").reshape(len(store), -1) for k in ks}
     curve = early_curve(feats, y, groups, n_resamples=cfg.n_resamples, seed=cfg.seed)
     ids = traces["token_ids"].to_pylist()
     starts = [s + 1 if s is not None else 0 for s in store.index["think_start"].to_pylist()]

@@ -173,8 +173,10 @@ def test_regime_check_sees_planted_regime_and_random_control_does_not():
     x[careless, 2, 4] += 1.5
     x[careless, 3, 1] -= 1.5
     rcn = NeuronSet.from_pairs([(2, 4), (3, 1)], signs=(-1, 1))  # they point away from careless
-    out = rcn_regime_auroc(x, careless, np.arange(200) // 4, rcn, random_draws=2)
+    control = NeuronSet.from_pairs([(0, 0), (1, 1)], signs=(1, 1))
+    out = rcn_regime_auroc(x, careless, np.arange(200) // 4, rcn, control=control, random_draws=2)
     assert out["rcn_regime_auroc"] > 0.8 and out["rcn_regime_auroc_projection"] > 0.8
+    assert abs(out["rcn_regime_auroc_projection_control"] - 0.5) < 0.15
     assert out["rcn_regime_auroc_random"] < 0.7  # random draws almost surely miss both planted neurons
 
 
@@ -194,7 +196,8 @@ def test_end_to_end_on_an_organism_run(organism_cache, organism, tmp_path):
     saved = json.loads((run / "probes" / "report.json").read_text())
     assert saved.keys() == report.keys()
     for key in ("probe_auroc_early", "probe_auroc_baseline", "probe_auroc_tokens", "gate_auroc",
-                "gate_auroc_logistic", "rcn_regime_auroc", "rcn_regime_auroc_random"):
+                "gate_auroc_logistic", "rcn_regime_auroc", "rcn_regime_auroc_random",
+                "rcn_regime_auroc_projection_control"):
         assert 0.0 <= report[key] <= 1.0, key
     lo, hi = report["probe_auroc_early_ci"]
     assert lo <= report["probe_auroc_early"] <= hi

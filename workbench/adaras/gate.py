@@ -93,13 +93,15 @@ class AttentionPoolMLP(nn.Module):
 
 
 def youden_threshold(fail: Shaped[np.ndarray, " row"], score: Float[np.ndarray, " row"]) -> float:
-    """The score threshold maximising Youden's J = TPR - FPR (predict failure where ``score >= threshold``).
+    """The score threshold maximising Youden's J = TPR - FPR (predict failure where ``score >= threshold``);
+    ties go to the higher threshold, which flags fewer questions.
 
     >>> youden_threshold(np.array([0, 0, 0, 1, 1, 1]), np.array([.1, .2, .6, .4, .7, .9]))
     0.7
     """
-    fpr, tpr, thr = roc_curve(np.asarray(fail).astype(int), np.asarray(score, dtype=np.float64))
-    best = int(np.argmax(tpr - fpr))
+    fail, score = np.asarray(fail).astype(int), np.asarray(score, dtype=np.float64)
+    fpr, tpr, thr = roc_curve(fail, score, drop_intermediate=False)  # every cut, so ties resolve as documented
+    best = int(np.argmax(np.round(tpr - fpr, 12)))  # rounded, so that equal J in rationals tie exactly
     return float(thr[best]) if np.isfinite(thr[best]) else float(np.max(score)) + 1.0
 
 

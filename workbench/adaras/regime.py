@@ -6,7 +6,8 @@ main figure is the AUROC of a grouped out-of-fold logistic probe on the RCNs' ea
 the regime; beside it the same probe on random neurons of the same count (the opener is one token, and
 many neurons may carry it), and, with nothing fitted, the AUROC of the S-signed projection
 ``sum_i sign(S_i) z_i`` (standardised means) for the careful regime, which says whether the RCNs point the
-way the paper says (towards correct, so towards careful).
+way the paper says (towards correct, so towards careful); beside that, the same projection of a control set
+(e.g. the random neurons of ``rank_with_controls``, which carry ``sign(S)`` too).
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -33,24 +34,34 @@ def rcn_regime_auroc(
     careless: Shaped[np.ndarray, " trace"],
     question_ids: Shaped[np.ndarray, " trace"],
     rcn: NeuronSet,
+    control: NeuronSet | None = None,
     seed: int = 0,
     random_draws: int = 3,
 ) -> dict[str, float | int | list[float]]:
-    """AUROCs of the regime from the RCNs' early means: probe, S-signed projection, and random neurons."""
+    """AUROCs of the regime from the RCNs' early means: probe and S-signed projection, beside random neurons
+    (probe) and ``control`` (projection)."""
     n_traces, _, d_mlp = early_means.shape
     x = np.asarray(early_means, dtype=np.float64).reshape(n_traces, -1)
     ok = ~np.isnan(x).any(axis=1)
     x, y, groups = x[ok], np.asarray(careless).astype(int)[ok], np.asarray(question_ids)[ok]
     flat = np.array(rcn.flat(d_mlp))
-    z = (x[:, flat] - x[:, flat].mean(0)) / (x[:, flat].std(0) + 1e-8)
-    signs = np.array(rcn.signs if rcn.signs is not None else [1] * len(rcn))
+
+    def projection(neurons: NeuronSet) -> float:
+        cols = np.array(neurons.flat(d_mlp))
+        z = (x[:, cols] - x[:, cols].mean(0)) / (x[:, cols].std(0) + 1e-8)
+        signs = np.array(neurons.signs if neurons.signs is not None else [1] * len(neurons))
+        return auroc(1 - y, z @ signs)
+
     rng = np.random.default_rng(seed)
     random = [probe_auroc(x[:, rng.choice(x.shape[1], size=len(flat), replace=False)], y, groups).auroc
               for _ in range(random_draws)]
-    return {
+    out: dict[str, float | int | list[float]] = {
         "rcn_regime_auroc": probe_auroc(x[:, flat], y, groups).auroc,
-        "rcn_regime_auroc_projection": auroc(1 - y, z @ signs),
+        "rcn_regime_auroc_projection": projection(rcn),
         "rcn_regime_auroc_random": float(np.mean(random)),
         "rcn_regime_auroc_random_draws": random,
         "rcn_regime_traces": int(ok.sum()),
     }
+    if control is not None:
+        out["rcn_regime_auroc_projection_control"] = projection(control)
+    return out

@@ -216,8 +216,10 @@ def _regime(store: ActivationStore, traces, groups, cfg: ProbeReportConfig, run_
     path = run_dir / NEURONS / "rcn.json"
     rcn = NeuronSet.load(path, model_shape=(store.n_layers, store.d_mlp)) if path.exists() else \
         rank_rcn(run_dir, cfg.rcn)
+    control_path = run_dir / NEURONS / "rcn-random.json"
+    control = NeuronSet.load(control_path) if control_path.exists() else None
     early = store.summary("think_first_8" if "think_first_8" in store.spans else cfg.early_span)
-    return rcn_regime_auroc(early, hand[:, -1], groups, rcn, seed=cfg.seed)
+    return rcn_regime_auroc(early, hand[:, -1], groups, rcn, control=control, seed=cfg.seed)
 
 
 def probe_report(

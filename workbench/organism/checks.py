@@ -35,7 +35,7 @@ from workbench.engine import NeuronEdit
 from workbench.neurons import NeuronSet
 from workbench.organism.task import STEP_ENDS, THINK_CLOSE, Step, TraceRecipe, slip_value
 from workbench.organism.tokenizer import SPACE
-from workbench.probe import auroc, probe_auroc
+from workbench.probes import auroc, probe_auroc
 from workbench.splits import fit_half
 
 EXIT_NEURONS, STEER_NEURONS, RANDOM_DRAWS = 50, 50, 3  # NEAT votes its top 50

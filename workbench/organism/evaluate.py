@@ -37,7 +37,7 @@ from workbench.model import load_model, resolve
 from workbench.organism import checks
 from workbench.organism.task import Problem, TraceLabels, TraceRecipe
 from workbench.organism.train import recipe_of
-from workbench.probe import auroc, probe_auroc
+from workbench.probes import auroc, probe_auroc
 from workbench.splits import fit_half
 from workbench.store import load_traces
 from workbench.traces import TraceRunConfig, run_traces

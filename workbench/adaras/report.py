@@ -1,0 +1,252 @@
+"""Run-directory entry points: rank RCNs and report correctness probes from a run's activation store.
+
+``rank_rcn(RUN)`` writes ``RUN/neurons/rcn.json`` and its controls ``rcn-unfiltered.json``, ``rcn-probe.json``
+and ``rcn-random.json`` (plus ``RUN/adaras/rcn.json``: each set's layer distribution and overlap with the
+RCNs). ``probe_report(RUN)`` writes ``RUN/probes/report.json``: the early correctness probe with its CI and
+ROC, beside hand-computed features and token ids over the same span; the early-predictability curve; the
+gate (saved into ``RUN/adaras/gate/``) beside a logistic gate; and, for runs with planted regimes, whether
+the RCNs separate them. Both read ``workbench cache RUN``'s store; neither runs the model, except that the
+gate reads question tokens from the model when the store's per-token neurons lack the gate's neurons.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import GroupShuffleSplit
+from tqdm.auto import tqdm
+
+from workbench.adaras.gate import GateConfig, fit_gate, question_activations, select_features, youden_threshold
+from workbench.adaras.ranking import AdarasConfig, combine_spans, layer_distribution, rank_with_controls
+from workbench.adaras.regime import rcn_regime_auroc
+from workbench.atomic import atomic_write_text
+from workbench.neurons import NeuronSet
+from workbench.probes import (
+    auroc,
+    auroc_ci,
+    early_curve,
+    fit_probe,
+    hand_features,
+    probe_auroc,
+    roc_points,
+    select_c,
+    token_bag,
+)
+from workbench.store import ActivationStore
+
+NEURONS, ADARAS, PROBES = "neurons", "adaras", "probes"
+DEFAULT_RCN = AdarasConfig()
+
+
+def _column(store: ActivationStore, name: str) -> np.ndarray:
+    return np.array(store.index[name].to_pylist())
+
+
+def span_means(store: ActivationStore, span: str) -> np.ndarray:
+    """``(trace, n_layers, d_mlp)`` means over ``"think"`` or ``"question+think"`` (token-weighted)."""
+    if span == "think":
+        return store.summary("think")
+    n_tokens, think_start = _column(store, "n_tokens"), store.index["think_start"].to_pylist()
+    think_end = [e if e is not None else n for e, n in zip(store.index["think_end"].to_pylist(), n_tokens,
+                                                            strict=True)]
+    think_len = np.array([0 if s is None else max(0, e - s - 1) for s, e in zip(think_start, think_end, strict=True)])
+    return combine_spans(store.summary("question"), store.summary("think"), _column(store, "prompt_len"), think_len)
+
+
+def rank_rcn(run_dir: str | Path, cfg: AdarasConfig = DEFAULT_RCN, progress: bool = False) -> NeuronSet:
+    """Ranks RCNs from the run's activation store; writes them and their controls under ``RUN/neurons/``."""
+    run_dir = Path(run_dir)
+    bar = tqdm(total=2, desc="rank rcn", disable=not progress)
+    store = ActivationStore(run_dir)
+    means = span_means(store, cfg.span)
+    bar.update()
+    rankings = rank_with_controls(means, _column(store, "correct"), _column(store, "problem_id"), cfg,
+                                  provenance=str(run_dir))
+    summary: dict[str, Any] = {"config": asdict(cfg), "sets": {}}
+    rcn = set(rankings.rcn.flat(store.d_mlp))
+    for name, neurons in rankings.sets().items():
+        neurons.save(run_dir / NEURONS / f"{name}.json")
+        summary["sets"][name] = {"layer_distribution": layer_distribution(neurons, store.n_layers),
+                                 "overlap_with_rcn": len(rcn & set(neurons.flat(store.d_mlp)))}
+    summary.update(n_questions=rankings.rcn.params["n_questions"], n_traces=rankings.rcn.params["n_traces"])
+    (run_dir / ADARAS).mkdir(exist_ok=True)
+    atomic_write_text(run_dir / ADARAS / "rcn.json", json.dumps(summary, indent=1))
+    bar.update()
+    bar.close()
+    return rankings.rcn
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeReportConfig:
+    """What ``probe_report`` measures.
+
+    Attributes:
+        early_span: the span of the headline probe (the organism's validation reads the first 8 thinking tokens).
+        curve_k: the k of the early-predictability curve's points; None takes every ``think_first_k`` cached.
+        n_resamples: bootstrap resamples of each CI.
+        test_fraction: share of the questions the gate never sees while fitting (its AUROC is measured there).
+        gate: the gate classifier's settings.
+        rcn: the ranking whose RCNs the regime check reads (ranked if ``RUN/neurons/rcn.json`` is missing).
+        seed: seeds the splits and the bootstrap.
+    """
+
+    early_span: str = "think_first_8"
+    curve_k: tuple[int, ...] | None = None
+    n_resamples: int = 1000
+    test_fraction: float = 0.2
+    gate: GateConfig = field(default_factory=GateConfig)
+    rcn: AdarasConfig = field(default_factory=AdarasConfig)
+    seed: int = 0
+
+
+def _probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: ProbeReportConfig) -> tuple[Any, list[float]]:
+    res = probe_auroc(x, y, groups)
+    return res, list(auroc_ci(y, res.scores, groups, n_resamples=cfg.n_resamples, seed=cfg.seed))
+
+
+def _early(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig) -> dict[str, Any]:
+    """The headline probe on ``early_span`` beside hand features and token ids over the same tokens."""
+    x = store.summary(cfg.early_span).reshape(len(store), -1)
+    ok = ~np.isnan(x).any(axis=1)
+    res, ci = _probe(x[ok], y[ok], groups[ok], cfg)
+    out: dict[str, Any] = {"probe_auroc_early": res.auroc, "probe_auroc_early_ci": ci,
+                           "probe_auroc_early_span": cfg.early_span, "probe_traces": int(ok.sum()),
+                           "probe_roc_early": roc_points(y[ok], res.scores)}
+    hand = hand_features(traces)
+    if hand is None:
+        out.update(probe_auroc_baseline=float("nan"), probe_auroc_baseline_ci=[float("nan")] * 2)
+    else:
+        base, base_ci = _probe(hand[ok], y[ok], groups[ok], cfg)
+        out.update(probe_auroc_baseline=base.auroc, probe_auroc_baseline_ci=base_ci)
+        careless = hand[ok, -1] == 1
+        for regime, m in (("careful", ~careless), ("careless", careless)):
+            out[f"probe_auroc_early_within_{regime}"] = auroc(y[ok][m], res.scores[m])
+    k = int(cfg.early_span.removeprefix("think_first_")) if cfg.early_span.startswith("think_first_") else None
+    starts = np.array([s + 1 if s is not None else 0 for s in store.index["think_start"].to_pylist()])
+    ends = starts + k if k is not None else np.array(
+        [e if e is not None else n for e, n in zip(store.index["think_end"].to_pylist(), _column(store, "n_tokens"),
+                                                    strict=True)])
+    bag = token_bag(traces["token_ids"].to_pylist(), starts.tolist(), ends.tolist())
+    tok, tok_ci = _probe(bag[ok], y[ok], groups[ok], cfg)
+    out.update(probe_auroc_tokens=tok.auroc, probe_auroc_tokens_ci=tok_ci)
+    return out
+
+
+def _curve(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig) -> list[dict[str, Any]]:
+    """The early-predictability curve, each point beside the token-only probe on the same first k tokens."""
+    ks = store.early_k if cfg.curve_k is None else cfg.curve_k
+    missing = sorted(set(ks) - set(store.early_k))
+    if missing:
+        raise ValueError(f"ProbeReportConfig.curve_k: {missing} not cached (the store has k in {store.early_k}); "
+                         "cache again with CacheConfig(early_k=...)")
+    feats = {k: store.summary(f"think_first_{k}").reshape(len(store), -1) for k in ks}
+    curve = early_curve(feats, y, groups, n_resamples=cfg.n_resamples, seed=cfg.seed)
+    ids = traces["token_ids"].to_pylist()
+    starts = [s + 1 if s is not None else 0 for s in store.index["think_start"].to_pylist()]
+    for point in curve:
+        ok = ~np.isnan(feats[point["k"]]).any(axis=1)
+        if len(np.unique(y[ok])) < 2:
+            point["auroc_tokens"] = float("nan")
+            continue
+        bag = token_bag([ids[i] for i in np.flatnonzero(ok)], [starts[i] for i in np.flatnonzero(ok)],
+                        [starts[i] + point["k"] for i in np.flatnonzero(ok)])
+        point["auroc_tokens"] = probe_auroc(bag, y[ok], groups[ok]).auroc
+    return curve
+
+
+def _split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    split = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+    return next(split.split(np.zeros(len(groups)), groups=groups))
+
+
+def _gate(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig, model, run_dir: Path) -> dict[str, Any]:
+    """The attention-pooling gate and a logistic gate on question means, both measured on held-out questions."""
+    fail = 1 - y
+    question = store.summary("question")
+    fit, test = _split(groups, cfg.test_fraction, cfg.seed)
+    neurons = select_features(question[fit], fail[fit], min(cfg.gate.n_features, store.n_neurons))
+    token_cols = {f: c for c, f in enumerate(store.token_neurons.flat(store.d_mlp))}
+    flat = neurons.flat(store.d_mlp)
+    prompt_len = _column(store, "prompt_len")
+    if all(f in token_cols for f in flat):
+        cols, source = [token_cols[f] for f in flat], "store"
+        acts = [store.token_acts(r)[: prompt_len[r]][:, cols] for r in range(len(store))]
+    else:
+        source = "model"
+        if model is None:
+            from workbench.model import load_model, resolve
+            from workbench.store.rundir import read_manifest
+
+            spec = read_manifest(run_dir).get("identity", {}).get("config", {}).get("model")
+            if spec is None:
+                raise ValueError(f"{run_dir}: the manifest names no model; pass model= to read question tokens")
+            model = load_model(resolve(spec))
+        ids = traces["token_ids"].to_pylist()
+        prompts = sorted({tuple(ids[r][: prompt_len[r]]) for r in range(len(store))})
+        got = dict(zip(prompts, question_activations(model, [list(p) for p in prompts], neurons), strict=True))
+        acts = [got[tuple(ids[r][: prompt_len[r]])] for r in range(len(store))]
+    gate = fit_gate([acts[i] for i in fit], fail[fit], groups[fit], neurons, cfg.gate)
+    gate.save(run_dir / ADARAS / "gate")
+    test_scores = gate.scores([acts[i] for i in test])
+    out = {"gate_auroc": auroc(fail[test], test_scores),
+           "gate_auroc_ci": list(auroc_ci(fail[test], test_scores, groups[test], n_resamples=cfg.n_resamples,
+                                          seed=cfg.seed)),
+           "gate_threshold": gate.threshold, "gate_neurons": len(neurons), "gate_neuron_source": source,
+           "gate_test_traces": len(test), "gate_test_fail_rate": float(fail[test].mean())}
+    # Logistic gate on question-span means: fitted on the same training questions, its threshold by Youden's J
+    # on the same validation questions as the MLP's, measured on the same test questions.
+    x = np.nan_to_num(question.reshape(len(store), -1).astype(np.float64))
+    train_rel, val_rel = _split(groups[fit], cfg.gate.val_fraction, cfg.gate.seed)
+    train, val = fit[train_rel], fit[val_rel]
+    pipe = fit_probe(x[train], fail[train], select_c(x[train], fail[train], groups[train]))
+    out["gate_threshold_logistic"] = youden_threshold(fail[val], pipe.predict_proba(x[val])[:, 1]) \
+        if len(np.unique(fail[val])) == 2 else float("nan")
+    out["gate_auroc_logistic"] = auroc(fail[test], pipe.predict_proba(x[test])[:, 1])
+    return out
+
+
+def _regime(store: ActivationStore, traces, groups, cfg: ProbeReportConfig, run_dir: Path) -> dict[str, Any]:
+    hand = hand_features(traces)
+    if hand is None:
+        return {"rcn_regime_auroc": float("nan"), "rcn_regime_auroc_random": float("nan")}
+    path = run_dir / NEURONS / "rcn.json"
+    rcn = NeuronSet.load(path, model_shape=(store.n_layers, store.d_mlp)) if path.exists() else \
+        rank_rcn(run_dir, cfg.rcn)
+    control_path = run_dir / NEURONS / "rcn-random.json"
+    control = NeuronSet.load(control_path) if control_path.exists() else None
+    early = store.summary("think_first_8" if "think_first_8" in store.spans else cfg.early_span)
+    return rcn_regime_auroc(early, hand[:, -1], groups, rcn, control=control, seed=cfg.seed)
+
+
+def probe_report(
+    run_dir: str | Path, cfg: ProbeReportConfig = ProbeReportConfig(), model=None, progress: bool = False,
+) -> dict[str, Any]:
+    """Correctness probes, the gate and the RCN regime check of a cached run; writes ``RUN/probes/report.json``.
+
+    ``model`` is only needed (and otherwise loaded from the run manifest) when the gate's neurons are not
+    among the store's per-token neurons.
+    """
+    run_dir = Path(run_dir)
+    store = ActivationStore(run_dir)
+    traces = store.traces()
+    y = _column(store, "correct").astype(int)
+    groups = _column(store, "problem_id")
+    if len(np.unique(y)) < 2:
+        raise ValueError(f"{run_dir}: every trace is {'correct' if y[0] else 'incorrect'}; the probes need both")
+    report: dict[str, Any] = {"config": asdict(cfg), "traces": len(store), "accuracy": float(y.mean())}
+    stages = (("early", lambda: _early(store, traces, y, groups, cfg)),
+              ("curve", lambda: {"probe_curve": _curve(store, traces, y, groups, cfg)}),
+              ("gate", lambda: _gate(store, traces, y, groups, cfg, model, run_dir)),
+              ("regime", lambda: _regime(store, traces, groups, cfg, run_dir)))
+    (run_dir / ADARAS).mkdir(exist_ok=True)
+    bar = tqdm(stages, desc="probe", disable=not progress)
+    for name, stage in bar:
+        bar.set_postfix_str(name)
+        report.update(stage())
+    (run_dir / PROBES).mkdir(exist_ok=True)
+    atomic_write_text(run_dir / PROBES / "report.json", json.dumps(report, indent=1))
+    return report

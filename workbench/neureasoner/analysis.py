@@ -28,7 +28,6 @@ from tqdm.auto import tqdm
 from workbench.neureasoner.config import DEFAULT, NeuReasonerConfig
 from workbench.neureasoner.detectors import (
     Detector,
-    auroc,
     event_hits,
     fired_runs,
     fit_detector,
@@ -40,6 +39,7 @@ from workbench.neureasoner.features import FEATURES, window_features, window_sta
 from workbench.neureasoner.labels import FailureEvents, window_onsets, window_overlaps
 from workbench.neureasoner.ranking import SeparationStats, key_neurons
 from workbench.neurons import NeuronSet
+from workbench.probes import auroc
 from workbench.splits import fit_half
 
 CONTROLS = ("tokens", "random")

@@ -35,7 +35,7 @@ import joblib
 import numpy as np
 from jaxtyping import Bool, Float, Int
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_curve
 from sklearn.model_selection import GroupKFold
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -44,6 +44,7 @@ from sklearn.preprocessing import StandardScaler
 from workbench.atomic import atomic_write
 from workbench.neureasoner.config import NeuReasonerConfig
 from workbench.neurons import NeuronSet
+from workbench.probes import auroc
 
 FORMAT = "workbench.neureasoner.Detector/1"
 
@@ -67,11 +68,6 @@ def fit_mlp(x: np.ndarray, y: np.ndarray, cfg: NeuReasonerConfig) -> Pipeline | 
     with warnings.catch_warnings():  # cfg.max_iter is a budget: reaching it is expected, not a fault
         warnings.simplefilter("ignore", ConvergenceWarning)
         return make_pipeline(StandardScaler(), mlp).fit(x, y)
-
-
-def auroc(y: np.ndarray, scores: np.ndarray) -> float:
-    """AUROC, or NaN where only one class is present."""
-    return float(roc_auc_score(y, scores)) if len(np.unique(y)) == 2 else float("nan")
 
 
 def choose_threshold(y: np.ndarray, scores: np.ndarray, cfg: NeuReasonerConfig) -> float:

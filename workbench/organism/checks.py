@@ -11,8 +11,7 @@ is fitted on one half is measured on the other.
 * ``anticipation``: does a probe on activations at a decision point predict a catch (or, at the
   answer point, an overthinking episode) before it happens? Beside the AUROC of the recipe's own
   probabilities, the ceiling any predictor reading the same cues can reach.
-* ``exit_within3`` (NEAT): the cosine of the top exit neurons with their reference pattern peaks
-  within 3 tokens of the labelled answer point; beside random neurons and all neurons.
+* ``exit_within3`` (NEAT) is measured by ``workbench.neat.exit_report`` on the same run directory.
 
 Example:
     >>> fit = fit_half(["a", "b", "c", "d"], seed=0)
@@ -31,14 +30,15 @@ from scipy import stats
 from transformer_lens.model_bridge import TransformerBridge
 
 from workbench.activations import gather_positions, next_token_probs, token_activations
+from workbench.adaras import AdarasConfig, rank_rcn_arrays
 from workbench.engine import NeuronEdit
 from workbench.neurons import NeuronSet
-from workbench.organism.task import STEP_ENDS, THINK_CLOSE, Step, TraceRecipe, slip_value
+from workbench.organism.task import STEP_ENDS, Step, TraceRecipe, slip_value
 from workbench.organism.tokenizer import SPACE
 from workbench.probes import auroc, probe_auroc
 from workbench.splits import fit_half
 
-EXIT_NEURONS, STEER_NEURONS, RANDOM_DRAWS = 50, 50, 3  # NEAT votes its top 50
+STEER_NEURONS, RANDOM_DRAWS = 50, 3
 
 
 @dataclass(frozen=True)
@@ -137,92 +137,17 @@ def anticipation(model: TransformerBridge, samples, recipe: TraceRecipe) -> dict
     return out
 
 
-def exit_within3(model: TransformerBridge, samples, seed: int) -> dict[str, float | int]:
-    """NEAT's exit pattern: top exit neurons' cosine with their exit-point mean peaks near the answer point."""
-    fit_ids = fit_half([s.problem.id for s in samples], seed)
-    usable = [s for s in samples if s.labels.think_end is not None and s.labels.answer_reached is not None
-              and s.labels.think_start is not None]
-    fit = [s for s in usable if s.problem.id in fit_ids]
-    test = [s for s in usable if s.problem.id not in fit_ids]
-    # Exit neurons as NEAT ranks them, in its cheapest form: each neuron's direct contribution to the
-    # end-of-thinking logit (activation x its down_proj column . the unembedding of </think>, less the
-    # mean unembedding), higher just before </think> than elsewhere in the thinking span.
-    w = _end_think_weights(model)
-    at_exit, rest, n_rest = 0.0, 0.0, 0
-    for rows, acts in token_activations(model, [s.tokens for s in fit]):
-        for r, a in zip(rows, acts, strict=True):
-            s = fit[r]
-            e = s.labels.think_end - 1
-            at_exit = at_exit + a[e].double()
-            body = a[s.labels.think_start + 1 : e].double()
-            rest, n_rest = rest + body.sum(0), n_rest + len(body)
-    exit_mean, rest_mean = (at_exit / len(fit)).float(), (rest / n_rest).float()
-    score = (exit_mean - rest_mean) * w
-    top = score.topk(EXIT_NEURONS).indices
-    gen = torch.Generator().manual_seed(seed)
-    sets = {
-        "exit_within3": top,
-        "exit_within3_random": torch.randperm(len(score), generator=gen)[:EXIT_NEURONS],
-        "exit_within3_all": torch.arange(len(score)),
-    }
-    hits = {name: 0 for name in sets}
-    for rows, acts in token_activations(model, [s.tokens for s in test]):
-        for r, a in zip(rows, acts, strict=True):
-            s = test[r]
-            lo, hi = s.labels.think_start + 1, s.labels.think_end
-            for name, idx in sets.items():
-                ref = exit_mean[idx]
-                cos = torch.nn.functional.cosine_similarity(a[lo:hi, idx], ref[None], dim=-1)
-                peak = lo + int(cos.argmax())
-                hits[name] += abs(peak - s.labels.answer_reached) <= 3
-    out: dict[str, float | int] = {name: hits[name] / max(1, len(test)) for name in sets}
-    out["exit_traces"] = len(test)
-    return out
-
-
-def _flat_neurons(flat, d_mlp: int, **kwargs) -> NeuronSet:
-    """Neurons from indices into all layers' neurons laid end to end (``layer * d_mlp + index``)."""
-    flat = [int(i) for i in flat]
-    return NeuronSet(tuple(i // d_mlp for i in flat), tuple(i % d_mlp for i in flat), **kwargs)
-
-
-def _end_think_weights(model: TransformerBridge) -> torch.Tensor:
-    """Per neuron (all layers, flattened): its down_proj column's dot product with the </think> logit direction."""
-    hf = model.original_model
-    tok = model.tokenizer
-    end = tok(f" {THINK_CLOSE}", add_special_tokens=False).input_ids[-1]
-    unembed = hf.get_output_embeddings().weight.detach().float()
-    direction = unembed[end] - unembed.mean(0)  # (d_model,)
-    cols = [layer.mlp.down_proj.weight.detach().float().T @ direction for layer in hf.model.layers]
-    return torch.cat(cols)
-
-
 def rcn_neurons(model: TransformerBridge, samples, k: int = STEER_NEURONS) -> NeuronSet:
-    """AdaRAS's ranking: S = E_question[mean(correct) - mean(incorrect)] over the thinking span,
-    polarity-filtered (E[mu+] * E[mu-] < 0), top ``k`` by |S|; the score is S itself."""
+    """AdaRAS's ranking (``workbench.adaras``) on each sample's mean activation over its thinking span."""
     usable = [s for s in samples if s.labels.think_start is not None]
-    means = []
+    means = np.empty((len(usable), model.cfg.n_layers, model.cfg.d_mlp), dtype=np.float32)
     for rows, acts in token_activations(model, [s.tokens for s in usable]):
         for r, a in zip(rows, acts, strict=True):
             s = usable[r]
             end = s.labels.think_end if s.labels.think_end is not None else len(s.tokens)
-            means.append(a[s.labels.think_start + 1 : end].mean(0))
-    by_q: dict[str, dict[bool, list[torch.Tensor]]] = {}
-    for s, m in zip(usable, means, strict=True):
-        by_q.setdefault(s.problem.id, {True: [], False: []})[s.labels.correct].append(m)
-    pos, neg = [], []
-    for groups in by_q.values():
-        if groups[True] and groups[False]:
-            pos.append(torch.stack(groups[True]).mean(0))
-            neg.append(torch.stack(groups[False]).mean(0))
-    if not pos:
-        raise ValueError("no question has both correct and incorrect traces; sample more")
-    mu_pos, mu_neg = torch.stack(pos).mean(0), torch.stack(neg).mean(0)
-    s_score = mu_pos - mu_neg
-    keep = (mu_pos * mu_neg < 0).float()
-    top = (s_score.abs() * keep).topk(k).indices
-    return _flat_neurons(top.tolist(), model.cfg.d_mlp, scores=tuple(float(s_score[i]) for i in top),
-                         provenance="AdaRAS polarity-filtered S, thinking span")
+            means[r] = a[s.labels.think_start + 1 : end].mean(0).reshape(model.cfg.n_layers, -1).numpy()
+    correct, problems = np.array([s.labels.correct for s in usable]), np.array([s.problem.id for s in usable])
+    return rank_rcn_arrays(means, correct, problems, AdarasConfig(k=k), provenance="organism claim check")
 
 
 def _per_problem_accuracy(samples, ids: set[str]) -> dict[str, float]:
@@ -296,7 +221,7 @@ def steer_lift(
     diffs = []
     for draw in range(RANDOM_DRAWS):
         idx = rng.choice(n_total, size=len(neurons), replace=False)
-        rand = _flat_neurons(idx.tolist(), model.cfg.d_mlp, provenance=f"random draw {draw}")
+        rand = NeuronSet.from_flat(idx.tolist(), model.cfg.d_mlp, provenance=f"random draw {draw}")
         values = alpha * np.abs(scores) * rng.choice([-1.0, 1.0], size=len(neurons))
         steered = _steered(model, run_cfg, out / f"random{draw}-alpha{alpha:g}",
                            NeuronEdit(rand, tuple(values), name="random"))
@@ -334,7 +259,8 @@ def direction_lift(
     fit_ids = fit_half([s.problem.id for s in sampled], seed)
     test_ids = {s.problem.id for s in sampled} - fit_ids
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
-    every = _flat_neurons(range(n_layers * d_mlp), d_mlp, provenance="careful-minus-careless at slip decision points")
+    every = NeuronSet.from_flat(range(n_layers * d_mlp), d_mlp,
+                                provenance="careful-minus-careless at slip decision points")
     runs = {a: _steered(model, run_cfg, out / f"direction-alpha{a:g}",
                         NeuronEdit(every, tuple((a * direction).flatten().tolist()), name="direction"))
             for a in alphas}

@@ -10,8 +10,9 @@
   where a dropped carry is decided lower the probability of the slip? (teacher-forced; the
   direction is fitted on one half of the problems and tested on the other; a random direction of
   the same norm is the control.)
-* the claim checks of ``checks``: ``slip_prob``, ``anticipation`` (beside its ceiling),
-  ``exit_within3`` (beside random and all neurons) and ``steer_lift`` (beside random neurons).
+* the claim checks of ``checks``: ``slip_prob``, ``anticipation`` (beside its ceiling) and
+  ``steer_lift`` (beside random neurons); ``exit_within3`` from NEAT's ``exit_report`` (beside random,
+  top-activated and all neurons, and the model's own p(end)).
 
 Every trace goes through the trace store (``out/greedy``, ``out/sampled``) and is read back from it.
 
@@ -34,6 +35,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from workbench.activations import next_token_probs, window_means
 from workbench.model import load_model, resolve
+from workbench.neat import NeatConfig, exit_report
 from workbench.organism import checks
 from workbench.organism.task import Problem, TraceLabels, TraceRecipe
 from workbench.organism.train import recipe_of
@@ -232,7 +234,7 @@ def evaluate(
     report.update(steering_look(model, sampled, recipe, direction, cfg.steer_alphas, seed=cfg.seed))
     report.update(checks.slip_prob(model, sampled, recipe))
     report.update(checks.anticipation(model, sampled, recipe))
-    report.update(checks.exit_within3(model, sampled, cfg.seed))
+    report.update(exit_report(Path(out) / "sampled", model, NeatConfig(seed=cfg.seed)))
     if cfg.lift_alphas:
         run_cfg, steer_dir = cfg.runs()["sampled"], Path(out) / "steer"
         report.update(checks.steer_lift(model, sampled, run_cfg, steer_dir, cfg.lift_alphas, cfg.seed))

@@ -165,3 +165,13 @@ def test_the_same_weights_from_another_folder_are_the_same_model(tmp_path):
     assert cfg != (other / "config.json").read_text()
     (other / "config.json").write_text(cfg)
     assert model_hash(load_model(other)) != model_hash(load_model("organism"))
+
+
+def test_off_policy_reads_another_models_traces_on_purpose(organism_run, tiny_model, organism_v1, tmp_path):
+    run = _copy(organism_run, tmp_path)
+    with pytest.raises(RunDirError, match="tokenizer"):  # v1 has no subtraction tokens: other ids
+        cache_activations(run, CacheConfig(top_variance=8), model=organism_v1, off_policy=True)
+    cache_activations(run, CacheConfig(top_variance=8), model=tiny_model, off_policy=True)
+    store = ActivationStore(run)
+    assert store.manifest["identity"]["on_policy"] is False
+    assert (store.n_layers, store.d_mlp) == (tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp)

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from workbench.cli.common import Threads, user_errors
+from workbench.cli.common import Threads, load, user_errors
 
 Run = Annotated[Path, typer.Argument(help="A finished trace run directory (from `workbench traces` or `run`).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the report as JSON.")]
@@ -49,6 +49,10 @@ def cache(
     early_k: Annotated[str, typer.Option(help="The k of the first-k-thinking-tokens spans.")] = "1,2,4,8,16,32,64",
     batch_size: Annotated[int, typer.Option(min=1, help="Traces per forward pass.")] = 16,
     shard_traces: Annotated[int, typer.Option(min=1, help="Traces per shard (the unit of resume).")] = 256,
+    model: Annotated[str | None, typer.Option(
+        help="The model that reads the traces (default: the run's own; another needs --off-policy).")] = None,
+    off_policy: Annotated[bool, typer.Option(
+        help="Read another model's traces on purpose (same tokenizer), as AdaRAS's off-policy setting.")] = False,
     as_json: AsJson = False,
     threads: Threads = 1,
 ) -> None:
@@ -57,11 +61,12 @@ def cache(
     from workbench.store import ActivationStore, CacheConfig, cache_activations
 
     set_threads(threads)
+    reader = load(model, threads) if model is not None else None
     with user_errors(run):
         cfg = CacheConfig(token_neurons=str(token_neurons) if token_neurons else None, top_variance=top_variance,
                           layers=_ints(layers, "--layers"), early_k=_ints(early_k, "--early-k"),
                           batch_size=batch_size, shard_traces=shard_traces)
-        root = cache_activations(run, cfg, progress=not as_json)
+        root = cache_activations(run, cfg, model=reader, progress=not as_json, off_policy=off_policy)
         store = ActivationStore(run)
         size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
         show({"cache": str(root), "traces": len(store), "spans": list(store.spans),

@@ -259,13 +259,25 @@ def _recover(root: Path) -> dict[str, tuple[str, dict]]:
     return done
 
 
+def _run_tokenizer_vocab(run_identity: dict[str, Any]) -> dict[str, int]:
+    """The vocabulary of the tokenizer of the model that wrote a trace run."""
+    from transformers import AutoTokenizer
+
+    from workbench.model import resolve
+
+    return AutoTokenizer.from_pretrained(str(resolve(run_identity["config"]["model"]))).get_vocab()
+
+
 def cache_activations(
     run_dir: str | Path, cfg: CacheConfig = CacheConfig(), model=None, progress: bool = False,
+    off_policy: bool = False,
 ) -> Path:
     """Caches the activations of a complete trace run into ``run_dir/activations``; returns that folder.
 
     Resumes a cache killed midway; refuses a cache made from other traces, another model or another
-    ``cfg``. ``model`` may be passed in (already loaded); it must be the model that wrote the traces.
+    ``cfg``. ``model`` may be passed in (already loaded); it must be the model that wrote the traces,
+    unless ``off_policy``: then any model with the same tokenizer reads them (AdaRAS's off-policy
+    setting: neurons of one model on another model's traces), and the manifest says so.
     """
     from tqdm.auto import tqdm
 
@@ -298,11 +310,16 @@ def cache_activations(
     if token_set is not None:
         token_set.check_fits(n_layers, d_mlp)
     digest = model_hash(model)
-    if run_identity.get("model_sha256") not in (None, digest):
+    on_policy = run_identity.get("model_sha256") in (None, digest)
+    if not on_policy and not off_policy:
         raise RunDirError(f"the model given is not the one that wrote the traces in {run_dir} (its weights hash "
-                          "differs from the run manifest's model_sha256); cache with that run's model")
+                          "differs from the run manifest's model_sha256); cache with that run's model, or pass "
+                          "--off-policy to read another model's traces on purpose")
+    if off_policy and model.tokenizer.get_vocab() != _run_tokenizer_vocab(run_identity):
+        raise RunDirError(f"the model given does not share the tokenizer of the model that wrote {run_dir}; its "
+                          "token ids would mean other tokens, so it cannot read these traces")
     identity = normalise({"traces": traces, "model_sha256": digest, "config": asdict(cfg),
-                          "model_shape": [n_layers, d_mlp]})
+                          "model_shape": [n_layers, d_mlp], "on_policy": on_policy})
     existing = read_manifest(root) if (root / MANIFEST).exists() else None
     if existing is not None:
         diff = identity_diff(existing.get("identity"), identity)

@@ -1,0 +1,362 @@
+"""A study file (TOML) as one frozen ``Study``: the model, the tasks, the analysis run, the methods.
+
+A study says everything ``workbench eval`` runs, and is checked whole before anything is written:
+every field's type and range, the task data, the model folder, each method's parameters (the method
+is constructed), the analysis problems kept apart from the evaluation problems. An error names the
+file, the table and the field::
+
+    [study]
+    model = "organism"            # or a local Hugging Face folder: the one line to change
+    reference = "vanilla"         # the method every other one is paired with
+
+    [analysis]                    # the trace run the neurons, gate and detectors are found on
+    problems = 100
+    samples = 8
+    seed = 1000                   # its own problems: kept apart from the evaluation problems
+    stages = ["cache", "rcn", "probe", "exit", "mon"]
+    [analysis.cache]              # keyword arguments of that stage's config (CacheConfig here)
+    top_variance = 2048
+
+    [[tasks]]                     # the evaluation runs: TraceRunConfig's fields
+    task = "organism"             # math needs data = "file.jsonl"
+    problems = 100
+    samples = 4
+
+    [[methods]]
+    type = "vanilla"              # a key of workbench.evaluation.METHODS
+    name = "vanilla"              # labels its rows and names its run directory
+    # control_for = "adaras"      # optional: the method this one is a control for (shown in the table)
+    # analysis_from = "organism"  # optional: read another task's analysis run (cross-task transfer)
+
+Relative paths (``data``, ``model``) are taken from the working directory, as on the command line.
+
+Example:
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "study.toml"
+    >>> _ = path.write_text('[[tasks]]\\ntask = "organism"\\n[[methods]]\\ntype = "vanilla"\\n')
+    >>> study = load_study(path)
+    >>> [t.name for t in study.tasks], [m.name for m in study.methods], study.tasks[0].analysis.stages
+    (['organism'], ['vanilla'], ())
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench.errors import ModelLoadError
+from workbench.evaluation.methods import METHODS, Method
+from workbench.prompting import PromptFormat
+from workbench.tasks import TaskDataError, get_task
+from workbench.traces import TraceRunConfig
+
+STAGES = ("cache", "rcn", "probe", "exit", "mon")  # in the order they run
+NEEDS_CACHE = ("rcn", "probe", "mon")
+HARNESS_KEYS = ("type", "control_for", "analysis_from")  # method-table keys the harness reads itself
+ANALYSIS_RUN = "analysis"  # DIR/<task>/analysis; no method may take this name
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+class StudyError(ValueError):
+    """A study file that cannot be run; the message names the file, the table and the field."""
+
+
+def _stage_configs() -> dict[str, type]:
+    from workbench.adaras import AdarasConfig, ProbeReportConfig
+    from workbench.neat import NeatConfig
+    from workbench.neureasoner import NeuReasonerConfig
+    from workbench.store import CacheConfig
+
+    return {"cache": CacheConfig, "rcn": AdarasConfig, "probe": ProbeReportConfig, "exit": NeatConfig,
+            "mon": NeuReasonerConfig}
+
+
+@dataclass(frozen=True, kw_only=True)
+class AnalysisSpec:
+    """The analysis run of one task: its own problems and seed, and the analyses run on it.
+
+    Attributes:
+        run: the trace run the analyses read (the task's config with the analysis problems, samples, seed).
+        stages: which of ``STAGES`` run, in that order; empty: no analysis run (methods get no analysis dir).
+        configs: per stage, the config object its function is called with (``CacheConfig``, ``AdarasConfig``,
+            ``ProbeReportConfig``, ``NeatConfig``, ``NeuReasonerConfig``).
+        allow_overlap: accept analysis problems that are also evaluation problems (refused by default).
+    """
+
+    run: TraceRunConfig
+    stages: tuple[str, ...] = ()
+    configs: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    allow_overlap: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskSpec:
+    """One task of a study: its label (the folder name under DIR), its evaluation run, its analysis."""
+
+    name: str
+    run: TraceRunConfig
+    analysis: AnalysisSpec
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodSpec:
+    """One ``[[methods]]`` table: the constructed method and what the harness reads beside it.
+
+    Attributes:
+        method: the frozen method (``build`` gives its edits and controllers).
+        type: its key in ``METHODS``.
+        params: the table as written, less ``HARNESS_KEYS`` (the method's identity in run records).
+        control_for: the name of the method this one is a control for, or None.
+        analysis_from: the task whose analysis run the method reads (None: its own task's).
+    """
+
+    method: Any
+    type: str
+    params: dict[str, Any] = field(hash=False, compare=False)
+    control_for: str | None = None
+    analysis_from: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.method.name
+
+
+@dataclass(frozen=True, kw_only=True)
+class Study:
+    """A whole study, validated. ``methods`` keep the file's order (controls beside their methods).
+
+    Attributes:
+        path: the study file.
+        model: ``"organism"`` or a local HF folder, shared by every task.
+        reference: the name of the method every other one is paired with (usually vanilla).
+        tasks: the tasks, each with its evaluation and analysis runs.
+        methods: the methods, in the file's order.
+        n_resamples: bootstrap resamples for every CI.
+        seed: seeds the bootstrap.
+    """
+
+    path: Path
+    model: str
+    reference: str
+    tasks: tuple[TaskSpec, ...]
+    methods: tuple[MethodSpec, ...]
+    n_resamples: int = 2000
+    seed: int = 0
+
+    def method(self, name: str) -> MethodSpec:
+        return next(m for m in self.methods if m.name == name)
+
+
+def _tupled(value: Any) -> Any:
+    """TOML arrays as tuples, so configs stay hashable."""
+    return tuple(_tupled(v) for v in value) if isinstance(value, list) else value
+
+
+def _construct(cls: type, table: dict[str, Any], where: str) -> Any:
+    """``cls(**table)`` with unknown fields and refused values turned into a ``StudyError`` naming ``where``."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - names)
+    if unknown:
+        raise StudyError(f"{where}: unknown field {unknown[0]!r}; {cls.__name__} takes {', '.join(sorted(names))}")
+    try:
+        return cls(**{k: _tupled(v) for k, v in table.items()})
+    except (TypeError, ValueError) as exc:
+        raise StudyError(f"{where}: {exc}") from exc
+
+
+def _take(table: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any, where: str) -> Any:
+    value = table.pop(key, default)
+    if value is not default and not isinstance(value, kind) or isinstance(value, bool) and kind in (int, float):
+        raise StudyError(f"{where}: field {key!r} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def _table(doc: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = doc.get(key, {})
+    if not isinstance(value, dict):
+        raise StudyError(f"{where}: [{key}] must be a table, got {value!r}")
+    return dict(value)
+
+
+def _run_config(table: dict[str, Any], model: str, where: str) -> TraceRunConfig:
+    table = dict(table)
+    if "model" in table:
+        raise StudyError(f"{where}: field 'model' belongs in [study] (one model per study)")
+    prompt = table.pop("prompt", {})
+    if not isinstance(prompt, dict):
+        raise StudyError(f"{where}: 'prompt' must be a table ([tasks.prompt]), got {prompt!r}")
+    table["prompt"] = _construct(PromptFormat, prompt, f"{where}.prompt")
+    return _construct(TraceRunConfig, {**table, "model": model}, where)
+
+
+def _analysis(table: dict[str, Any], run: TraceRunConfig, where: str) -> AnalysisSpec:
+    table = dict(table)
+    stages = _tupled(_take(table, "stages", list, [], where))
+    bad = [s for s in stages if s not in STAGES]
+    if bad:
+        raise StudyError(f"{where}: field 'stages' has {bad[0]!r}; choose from {', '.join(STAGES)}")
+    if len(set(stages)) != len(stages):
+        raise StudyError(f"{where}: field 'stages' names a stage twice: {list(stages)}")
+    if "cache" not in stages and any(s in stages for s in NEEDS_CACHE):
+        raise StudyError(f"{where}: stages {[s for s in stages if s in NEEDS_CACHE]} read the activation cache; "
+                         "add 'cache' to 'stages'")
+    allow_overlap = _take(table, "allow_overlap", bool, False, where)
+    configs = {}
+    for name, cls in _stage_configs().items():
+        sub = table.pop(name, None)
+        if sub is None:
+            configs[name] = cls()
+            continue
+        if not isinstance(sub, dict):
+            raise StudyError(f"{where}: '{name}' must be a table ([analysis.{name}]), got {sub!r}")
+        configs[name] = _construct(cls, sub, f"{where}.{name}")
+    run_fields = ("problems", "samples", "seed", "temperature", "top_p", "max_new_tokens", "batch_size")
+    unknown = sorted(set(table) - set(run_fields))
+    if unknown:
+        raise StudyError(f"{where}: unknown field {unknown[0]!r}; [analysis] takes stages, allow_overlap, "
+                         f"{', '.join(run_fields)} and the tables {', '.join(STAGES)}")
+    try:
+        analysis_run = dataclasses.replace(run, **table)
+    except (TypeError, ValueError) as exc:
+        raise StudyError(f"{where}: {exc}") from exc
+    return AnalysisSpec(run=analysis_run, stages=stages,
+                        configs={k: v for k, v in configs.items() if k in stages}, allow_overlap=allow_overlap)
+
+
+def _check_task(spec: TaskSpec, where: str) -> None:
+    """The task and its data load, and (unless allowed) no analysis problem is an evaluation problem."""
+    from workbench.model import resolve
+
+    try:
+        task = get_task(spec.run.task, spec.run.data, model_dir=resolve(spec.run.model))
+    except (TaskDataError, ModelLoadError) as exc:
+        raise StudyError(f"{where}: {exc}") from exc
+    if not spec.analysis.stages or spec.analysis.allow_overlap:
+        return
+    evaluation = {p.id for p in task.problems(spec.run.problems, spec.run.seed)}
+    analysis = {p.id for p in task.problems(spec.analysis.run.problems, spec.analysis.run.seed)}
+    shared = evaluation & analysis
+    if shared:
+        raise StudyError(
+            f"{where}: {len(shared)} of the {len(analysis)} analysis problems are also evaluation problems (e.g. "
+            f"{sorted(shared)[0]!r}); choose another [analysis] seed or fewer problems, or set "
+            "allow_overlap = true in [analysis] to accept it")
+
+
+def _method(table: Any, i: int, task_names: set[str], where: str) -> MethodSpec:
+    where = f"{where}: [[methods]] #{i + 1}"
+    if not isinstance(table, dict):
+        raise StudyError(f"{where} must be a table, got {table!r}")
+    params = dict(table)
+    kind = _take(params, "type", str, None, where)
+    if kind is None:
+        raise StudyError(f"{where}: field 'type' is missing; choose one of {', '.join(sorted(METHODS))}")
+    where = f"{where} (type {kind!r})"
+    if kind not in METHODS:
+        raise StudyError(f"{where}: unknown method type; choose one of {', '.join(sorted(METHODS))} (a new type "
+                         "is added with workbench.evaluation.register)")
+    control_for = _take(params, "control_for", str, None, where)
+    analysis_from = _take(params, "analysis_from", str, None, where)
+    if analysis_from is not None and analysis_from not in task_names:
+        raise StudyError(f"{where}: field 'analysis_from' = {analysis_from!r} is not a task of this study "
+                         f"({', '.join(sorted(task_names))})")
+    try:
+        method = METHODS[kind](_tupled_params(params))
+    except (TypeError, ValueError) as exc:
+        raise StudyError(f"{where}: {exc}") from exc
+    if not isinstance(method, Method):
+        raise StudyError(f"{where}: the constructor gave {method!r}, which has no name and build()")
+    name = method.name
+    if not isinstance(name, str) or not _NAME.match(name) or name == ANALYSIS_RUN:
+        raise StudyError(f"{where}: field 'name' = {name!r} must be a folder name (letters, digits, . _ + -) other "
+                         f"than {ANALYSIS_RUN!r}")
+    return MethodSpec(method=method, type=kind, params=params, control_for=control_for, analysis_from=analysis_from)
+
+
+def _tupled_params(params: dict[str, Any]) -> dict[str, Any]:
+    return {k: _tupled(v) for k, v in params.items()}
+
+
+def load_study(path: str | Path) -> Study:
+    """Reads and validates a study file; raises ``StudyError`` naming the file, table and field."""
+    path = Path(path)
+    try:
+        doc = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise StudyError(f"study file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StudyError(f"cannot read the study file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise StudyError(f"{path} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(doc) - {"study", "analysis", "tasks", "methods"})
+    if unknown:
+        raise StudyError(f"{path}: unknown table [{unknown[0]}]; a study has [study], [analysis], [[tasks]] and "
+                         "[[methods]]")
+    head = _table(doc, "study", str(path))
+    where = f"{path}: [study]"
+    model = _take(head, "model", str, "organism", where)
+    reference = _take(head, "reference", str, "vanilla", where)
+    n_resamples = _take(head, "n_resamples", int, 2000, where)
+    seed = _take(head, "seed", int, 0, where)
+    head.pop("name", None)  # a label only
+    if head:
+        raise StudyError(f"{where}: unknown field {sorted(head)[0]!r}; [study] takes model, reference, n_resamples, "
+                         "seed, name")
+    if n_resamples < 100:
+        raise StudyError(f"{where}: field 'n_resamples' = {n_resamples} is too few for a 95% CI; use >= 100")
+    from workbench.model import resolve
+
+    try:
+        resolve(model)
+    except ModelLoadError as exc:
+        raise StudyError(f"{where}: field 'model': {exc}") from exc
+
+    task_tables = doc.get("tasks")
+    if not isinstance(task_tables, list) or not task_tables:
+        raise StudyError(f"{path}: no [[tasks]]; add at least one, e.g. [[tasks]] task = \"organism\"")
+    analysis_table = _table(doc, "analysis", str(path))
+    tasks: list[TaskSpec] = []
+    for i, table in enumerate(task_tables):
+        where = f"{path}: [[tasks]] #{i + 1}"
+        if not isinstance(table, dict):
+            raise StudyError(f"{where} must be a table, got {table!r}")
+        table = dict(table)
+        name = _take(table, "name", str, table.get("task", "organism"), where)
+        if not _NAME.match(name):
+            raise StudyError(f"{where}: field 'name' = {name!r} must be a folder name (letters, digits, . _ + -)")
+        override = table.pop("analysis", {})
+        if not isinstance(override, dict):
+            raise StudyError(f"{where}: 'analysis' must be a table ([tasks.analysis]), got {override!r}")
+        run = _run_config(table, model, where)
+        analysis = _analysis({**analysis_table, **override}, run,
+                             f"{where}: [tasks.analysis]" if override else f"{path}: [analysis]")
+        spec = TaskSpec(name=name, run=run, analysis=analysis)
+        _check_task(spec, where)
+        tasks.append(spec)
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise StudyError(f"{path}: two [[tasks]] share the name {next(n for n in names if names.count(n) > 1)!r}; "
+                         "give each a distinct 'name'")
+
+    method_tables = doc.get("methods")
+    if not isinstance(method_tables, list) or not method_tables:
+        raise StudyError(f"{path}: no [[methods]]; add at least [[methods]] type = \"vanilla\"")
+    methods = [_method(t, i, set(names), str(path)) for i, t in enumerate(method_tables)]
+    seen: set[str] = set()
+    for i, m in enumerate(methods):
+        if m.name in seen:
+            raise StudyError(f"{path}: [[methods]] #{i + 1}: the name {m.name!r} is taken; give each method a "
+                             "distinct 'name'")
+        seen.add(m.name)
+    for i, m in enumerate(methods):
+        if m.control_for is not None and m.control_for not in seen:
+            raise StudyError(f"{path}: [[methods]] #{i + 1}: field 'control_for' = {m.control_for!r} names no method")
+    if reference not in seen:
+        raise StudyError(f"{path}: [study] field 'reference' = {reference!r} names no method; add [[methods]] type = "
+                         f"\"vanilla\" or set reference to one of {', '.join(sorted(seen))}")
+    return Study(path=path, model=model, reference=reference, tasks=tuple(tasks), methods=tuple(methods),
+                 n_resamples=n_resamples, seed=seed)

@@ -1,0 +1,173 @@
+"""Running a study: per task, the analysis run and its analyses, then every method on the same problems.
+
+Layout of the output folder::
+
+    DIR/<task>/analysis/      # trace run the neurons are found on, with its analyses (RUN/neurons, ...)
+    DIR/<task>/<method>/      # one trace run per method; all share the task's TraceRunConfig
+    DIR/results.parquet, results.json, results.md
+
+Every method of a task runs ``run_traces`` with the same ``TraceRunConfig``: the same problems, and
+the same sampler seed for each (problem, sample), so rows pair by ``trace_id``. The model is loaded
+once. A study is resumable at every level: a trace run resumes from its shards, an analysis stage or
+a method that finished is skipped by what its run directory records (``evaluation.json``, with the
+identity it ran under: a changed setting is refused, never silently mixed with old results).
+
+Example:
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / "s.toml").write_text('[[tasks]]\\ntask = "organism"\\nproblems = 2\\n[[methods]]\\ntype = "vanilla"\\n')
+    >>> rows = run_study(load_study(folder / "s.toml"), folder / "out", progress=False)
+    >>> [(r["method"], r["traces"]) for r in rows]
+    [('vanilla', 2)]
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from workbench.atomic import atomic_write_text
+from workbench.evaluation.methods import MethodContext
+from workbench.evaluation.results import RECORD, collect, write_results
+from workbench.evaluation.study import ANALYSIS_RUN, MethodSpec, Study, StudyError, TaskSpec, load_study
+from workbench.store import model_hash
+from workbench.store.rundir import normalise
+from workbench.traces import run_traces
+
+__all__ = ["RECORD", "load_study", "run_analysis", "run_method", "run_study"]
+
+
+def _read_record(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RECORD
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StudyError(f"{path} is not valid JSON ({exc}); delete it: the run resumes from its traces") from exc
+
+
+def _check_identity(run_dir: Path, record: dict[str, Any], identity: dict[str, Any], what: str) -> None:
+    if record and record.get("identity") != identity:
+        from workbench.store.rundir import identity_diff
+
+        diff = identity_diff(record.get("identity"), identity)
+        raise StudyError(f"{run_dir} holds {what} run with other settings (they differ in: {', '.join(diff)}); use "
+                         "a new --out folder, give the method a new name, or delete that folder")
+
+
+def _stage(stage: str, run_dir: Path, cfg: Any, model, progress: bool) -> None:
+    if stage == "cache":
+        from workbench.store import cache_activations
+
+        cache_activations(run_dir, cfg, model=model, progress=progress)
+    elif stage == "rcn":
+        from workbench.adaras import rank_rcn
+
+        rank_rcn(run_dir, cfg, progress=progress)
+    elif stage == "probe":
+        from workbench.adaras import probe_report
+
+        probe_report(run_dir, cfg, model=model, progress=progress)
+    elif stage == "exit":
+        from workbench.neat import rank_exit
+
+        rank_exit(run_dir, model=model, cfg=cfg, progress=progress)
+    else:
+        from workbench.neureasoner import mon_report
+
+        mon_report(run_dir, cfg, progress=progress)
+
+
+def run_analysis(task: TaskSpec, folder: Path, model, model_sha: str, progress: bool = True) -> Path | None:
+    """The task's analysis run and the analyses the study asks for, each skipped when already done.
+
+    Returns the analysis run directory, or None when the study runs no analysis for this task.
+    """
+    if not task.analysis.stages:
+        return None
+    run_dir = folder / ANALYSIS_RUN
+    identity = normalise({"config": asdict(task.analysis.run), "model_sha256": model_sha})
+    record = _read_record(run_dir)
+    _check_identity(run_dir, record, identity, "an analysis")
+    if not record:
+        run_traces(task.analysis.run, run_dir, progress=progress, model=model)
+        record = {"identity": identity, "stages": {}}
+        atomic_write_text(run_dir / RECORD, json.dumps(record, indent=1))
+    for stage in task.analysis.stages:
+        cfg = task.analysis.configs[stage]
+        done = record["stages"].get(stage)
+        if done is not None:
+            if done != normalise(asdict(cfg)):
+                raise StudyError(f"{run_dir}: the {stage!r} analysis ran with other settings ({done}); use a new "
+                                 "--out folder or delete that analysis run")
+            continue
+        try:
+            _stage(stage, run_dir, cfg, model, progress)
+        except ValueError as exc:
+            raise StudyError(f"task {task.name!r}: the {stage!r} analysis of {run_dir} failed: {exc}. Remove "
+                             f"{stage!r} from [analysis] stages if this task cannot support it") from exc
+        record["stages"][stage] = normalise(asdict(cfg))
+        atomic_write_text(run_dir / RECORD, json.dumps(record, indent=1))
+    return run_dir
+
+
+def method_identity(spec: MethodSpec, task: TaskSpec, model_sha: str) -> dict[str, Any]:
+    """What a method's run depends on besides the engine's own identity: recorded, compared on resume."""
+    return normalise({"config": asdict(task.run), "model_sha256": model_sha, "type": spec.type,
+                      "method": repr(spec.method), "analysis_from": spec.analysis_from})
+
+
+def run_method(
+    spec: MethodSpec, task: TaskSpec, folder: Path, analysis_run: Path | None, model, model_sha: str,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """One method on one task: build its edits and controllers, generate; skipped when already complete."""
+    run_dir = folder / spec.name
+    identity = method_identity(spec, task, model_sha)
+    record = _read_record(run_dir)
+    _check_identity(run_dir, record, identity, f"the {spec.name!r}")
+    if record.get("complete"):
+        return record
+    t0 = time.perf_counter()
+    edits, controllers = spec.method.build(MethodContext(model, analysis_run, task.run))
+    built = time.perf_counter() - t0
+    summary = run_traces(task.run, run_dir, progress=progress, model=model, edits=edits, controllers=controllers)
+    calls = [*record.get("calls", []), {"seconds": summary["seconds_this_call"], "build_seconds": round(built, 3),
+                                        "tokens": summary["generated_tokens_this_call"],
+                                        "resumed_from": summary["resumed_from"]}]
+    record = {"identity": identity, "complete": True, "calls": calls, "summary": summary}
+    atomic_write_text(run_dir / RECORD, json.dumps(record, indent=1, default=str))
+    return record
+
+
+def run_study(study: Study, out: str | Path, progress: bool = True, model=None) -> list[dict[str, Any]]:
+    """Runs every analysis and method of ``study`` into ``out`` (resuming), then writes the results.
+
+    Returns the result rows (one per task x method, in table order), as written to ``results.json``.
+    """
+    from workbench.model import load_model, resolve
+
+    out = Path(out)
+    model = model if model is not None else load_model(resolve(study.model))
+    model_sha = model_hash(model)
+    analyses = {t.name: run_analysis(t, out / t.name, model, model_sha, progress) for t in study.tasks}
+    bar = tqdm(total=len(study.tasks) * len(study.methods), desc="methods", unit="method", disable=not progress)
+    try:
+        for task in study.tasks:
+            for spec in study.methods:
+                bar.set_postfix_str(f"{task.name}/{spec.name}")
+                run_method(spec, task, out / task.name, analyses[spec.analysis_from or task.name], model, model_sha,
+                           progress)
+                bar.update()
+    finally:
+        bar.close()
+    rows = collect(study, out)
+    write_results(rows, study, out)
+    return rows

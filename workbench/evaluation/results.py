@@ -126,7 +126,8 @@ def collect(study: Study, out: str | Path) -> list[dict[str, Any]]:
             g = ref if name == study.reference else _grid(run_dir, ref["problems"])
             cost, ref_cost = g["generated"] + g["probe"], ref["generated"] + ref["probe"]
             stats = compare(g["correct"], cost, ref["correct"], ref_cost, study.n_resamples, study.seed)
-            stats["delta_vs_vanilla"] = stats.pop("delta_vs_reference")
+            stats = {"accuracy": stats.pop("accuracy"), "accuracy_ci": stats.pop("accuracy_ci"),
+                     "delta_vs_vanilla": stats.pop("delta_vs_reference"), **stats}
             rows.append({
                 "method": name, "task": task.name, "type": spec.type, "control_for": spec.control_for,
                 "reference": study.reference, "problems": len(g["problems"]), "samples": g["correct"].shape[1],

@@ -16,7 +16,8 @@ Example:
     >>> import tempfile
     >>> from pathlib import Path
     >>> folder = Path(tempfile.mkdtemp())
-    >>> _ = (folder / "s.toml").write_text('[[tasks]]\\ntask = "organism"\\nproblems = 2\\n[[methods]]\\ntype = "vanilla"\\n')
+    >>> text = '[[tasks]]\\ntask = "organism"\\nproblems = 2\\n[[methods]]\\ntype = "vanilla"\\n'
+    >>> _ = (folder / "s.toml").write_text(text)
     >>> rows = run_study(load_study(folder / "s.toml"), folder / "out", progress=False)
     >>> [(r["method"], r["traces"]) for r in rows]
     [('vanilla', 2)]

@@ -54,8 +54,8 @@ class Flips:
 
 
 def bootstrap_ci(
-    statistic: Callable[..., np.ndarray | np.floating], *samples: Float[np.ndarray, " problem"], n_resamples: int = 2000,
-    seed: int = 0, confidence: float = 0.95,
+    statistic: Callable[..., np.ndarray | np.floating], *samples: Float[np.ndarray, " problem"],
+    n_resamples: int = 2000, seed: int = 0, confidence: float = 0.95,
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of ``statistic(*samples, axis=-1)``, the samples paired by problem.
 

@@ -158,19 +158,27 @@ def _tupled(value: Any) -> Any:
 
 def _construct(cls: type, table: dict[str, Any], where: str) -> Any:
     """``cls(**table)`` with unknown fields and refused values turned into a ``StudyError`` naming ``where``."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(table) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(table) - set(fields))
     if unknown:
-        raise StudyError(f"{where}: unknown field {unknown[0]!r}; {cls.__name__} takes {', '.join(sorted(names))}")
+        raise StudyError(f"{where}: unknown field {unknown[0]!r}; {cls.__name__} takes {', '.join(sorted(fields))}")
+    values = {}
+    for k, v in table.items():
+        f = fields[k]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        # a sub-table for a field that holds a config dataclass (e.g. [analysis.probe.gate]) builds that config
+        nested = isinstance(v, dict) and dataclasses.is_dataclass(default)
+        values[k] = _construct(type(default), v, f"{where}.{k}") if nested else _tupled(v)
     try:
-        return cls(**{k: _tupled(v) for k, v in table.items()})
+        return cls(**values)
     except (TypeError, ValueError) as exc:
         raise StudyError(f"{where}: {exc}") from exc
 
 
 def _take(table: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any, where: str) -> Any:
     value = table.pop(key, default)
-    if value is not default and not isinstance(value, kind) or isinstance(value, bool) and kind in (int, float):
+    wrong = value is not default and not isinstance(value, kind)
+    if wrong or (isinstance(value, bool) and kind in (int, float)):  # TOML true is not a number here
         raise StudyError(f"{where}: field {key!r} must be {getattr(kind, '__name__', kind)}, got {value!r}")
     return value
 
@@ -267,7 +275,7 @@ def _method(table: Any, i: int, task_names: set[str], where: str) -> MethodSpec:
     try:
         method = METHODS[kind](_tupled_params(params))
     except (TypeError, ValueError) as exc:
-        raise StudyError(f"{where}: {exc}") from exc
+        raise StudyError(f"{where}: {exc}{_parameters_hint(kind)}") from exc
     if not isinstance(method, Method):
         raise StudyError(f"{where}: the constructor gave {method!r}, which has no name and build()")
     name = method.name
@@ -275,6 +283,17 @@ def _method(table: Any, i: int, task_names: set[str], where: str) -> MethodSpec:
         raise StudyError(f"{where}: field 'name' = {name!r} must be a folder name (letters, digits, . _ + -) other "
                          f"than {ANALYSIS_RUN!r}")
     return MethodSpec(method=method, type=kind, params=params, control_for=control_for, analysis_from=analysis_from)
+
+
+def _parameters_hint(kind: str) -> str:
+    """``"; it takes a, b"`` when the type's default instance is a dataclass, else nothing."""
+    try:
+        default = METHODS[kind]({})
+    except Exception:  # a method whose every parameter is required: no hint
+        return ""
+    if not dataclasses.is_dataclass(default):
+        return ""
+    return f"; method type {kind!r} takes {', '.join(f.name for f in dataclasses.fields(default))}"
 
 
 def _tupled_params(params: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import logging
 
 import typer
 
-from workbench.cli import analyses, organism, traces
+from workbench.cli import analyses, evaluation, organism, traces
 
 app = typer.Typer(help="Find, read and steer the neurons behind reasoning successes and failures.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -29,6 +29,7 @@ app.command()(traces.traces)
 app.add_typer(organism.app, name="organism")
 for command in (analyses.cache, analyses.rank, analyses.probe, analyses.validate):
     app.command()(command)
+app.command(name="eval")(evaluation.evaluate)
 
 
 def main() -> None:  # pragma: no cover

@@ -26,10 +26,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
+from workbench.baselines.thinking import ThinkingController
+from workbench.engine import StepView
 from workbench.prompting import model_stop_ids
 from workbench.tasks.math import last_boxed
 
@@ -145,3 +148,29 @@ def probe_answers(
         next_pos = next_pos + 1
     return [ProbeAnswer(tuple(a), tuple(pr), tok.decode(a, skip_special_tokens=True), u)
             for a, pr, u in zip(answers, probs, used, strict=True)]
+
+
+class ProbingController(ThinkingController):
+    """A thinking controller that can ask for trial answers; each probe is a ``probe`` note event
+    with its ``probe_tokens``, the answer (as compared) and its confidence."""
+
+    def __init__(
+        self, model: TransformerBridge, think_open: str, think_close: str, probe_text: str | None,
+        max_answer_tokens: int, policy: str = "mean",
+    ) -> None:
+        super().__init__(model.tokenizer, think_open, think_close)
+        self.model, self.max_answer_tokens, self.policy = model, max_answer_tokens, policy
+        self.suffix = (list(self.close_ids) if probe_text is None
+                       else list(model.tokenizer(probe_text, add_special_tokens=False).input_ids))
+        if not self.suffix:
+            raise ValueError(f"probe_text {probe_text!r} encodes to no tokens")
+
+    def probe(self, view: StepView, rows: list[int], **payload: Any) -> list[ProbeAnswer]:
+        """Trial answers for ``rows`` (one batch), each recorded as a ``probe`` event."""
+        if not rows:
+            return []
+        answers = probe_answers(self.model, [view.tokens[r] for r in rows], self.suffix, self.max_answer_tokens)
+        for row, a in zip(rows, answers, strict=True):
+            view.note(row, "probe", probe_tokens=a.probe_tokens, answer=a.key,
+                      confidence=round(a.confidence(self.policy), 4), **payload)
+        return answers

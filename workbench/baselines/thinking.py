@@ -82,6 +82,18 @@ def word_ids(tokenizer, words: Sequence[str]) -> list[int]:
     return out
 
 
+def as_words(value: Sequence[str] | str, field: str) -> tuple[str, ...]:
+    """A study file's list (or one word) as the tuple a frozen spec keeps; empty is an error.
+
+    >>> as_words(["wait", "hmm"], "reflection_words"), as_words("wait", "reflection_words")
+    (('wait', 'hmm'), ('wait',))
+    """
+    words = (value,) if isinstance(value, str) else tuple(str(v) for v in value)
+    if not words or not all(words):
+        raise ValueError(f"{field} must name at least one non-empty word, got {value!r}")
+    return words
+
+
 def step_separators(task: str | None) -> tuple[str, ...]:
     """What ends a reasoning step for ``task``'s traces (a token containing one is a step boundary)."""
     return tuple(STEP_ENDS) if task in ORGANISM_TASKS else ("\n",)

@@ -36,7 +36,7 @@ Example:
     >>> NeatExit().build(MethodContext(None, None, None))
     Traceback (most recent call last):
     ...
-    ValueError: NeatExit needs an analysis run with exit neurons; none was given (run `workbench rank --method exit RUN` on a cached run and pass it)
+    ValueError: NeatExit needs an analysis run with exit neurons; none was given (run `workbench rank ...
 """
 
 from __future__ import annotations
@@ -47,7 +47,14 @@ from typing import Any
 
 import numpy as np
 
-from workbench.baselines.thinking import ThinkingController, ThinkState, run_settings, step_separators, word_ids
+from workbench.baselines.thinking import (
+    ThinkingController,
+    ThinkState,
+    as_words,
+    run_settings,
+    step_separators,
+    word_ids,
+)
 from workbench.engine import Controller, NeuronEdit, StepView
 from workbench.evaluation.methods import MethodContext
 from workbench.neat.calibration import EXIT_SET, REFERENCE
@@ -86,8 +93,8 @@ class NeatExit:
     tau_sup: float = 0.4
     signal: str = "paper"
     mode: str = "graded"
-    reflection_words: tuple[str, ...] = ("wait",)
-    step_separators: tuple[str, ...] | None = None
+    reflection_words: tuple[str, ...] | list[str] = ("wait",)
+    step_separators: tuple[str, ...] | list[str] | None = None
     min_thinking: int = 0
     calibrate: str = "none"
 
@@ -95,7 +102,7 @@ class NeatExit:
         for field_name in ("reflection_words", "step_separators"):  # a study's TOML gives lists
             value = getattr(self, field_name)
             if value is not None:
-                object.__setattr__(self, field_name, tuple(str(v) for v in value))
+                object.__setattr__(self, field_name, as_words(value, f"NeatExit.{field_name}"))
         for field_name, allowed in (("signal", SIGNALS), ("mode", MODES), ("calibrate", CALIBRATIONS)):
             if getattr(self, field_name) not in allowed:
                 raise ValueError(f"NeatExit.{field_name} must be one of {allowed}, got {getattr(self, field_name)!r}")
@@ -104,8 +111,6 @@ class NeatExit:
                              "the suppression band is tau_sup < similarity <= tau_sim")
         if self.min_thinking < 0:
             raise ValueError(f"NeatExit.min_thinking must be >= 0, got {self.min_thinking}")
-        if not self.reflection_words:
-            raise ValueError("NeatExit.reflection_words must name at least one word")
 
     def build(self, ctx: MethodContext) -> tuple[list[NeuronEdit], list[Controller]]:
         """One ``NeatExitController`` over ``RUN/neurons/exit.json`` with ``RUN/neat/reference.json``."""

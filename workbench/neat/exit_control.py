@@ -188,14 +188,15 @@ class NeatExitController(ThinkingController):
             state: ThinkState = self.states[view.keys[row]]
             if state.thinking_tokens(len(view.tokens[row])) < m.min_thinking:
                 continue
-            values = {k: round(float(v[i]), 4) for k, v in signals.items()}
+            values: dict[str, float] = {k: float(v[i]) for k, v in signals.items()}
             tau_mag, s, g = m.tau_mag, float(sim[i]), float(mag[i])
             if m.calibrate == "prefill" and view.keys[row] in self.prefill:
                 pre_sim, pre_mag = self.prefill[view.keys[row]]
                 tau_mag = max(tau_mag, PREFILL_MAG_SHARE * pre_mag)
                 if pre_sim > PREFILL_EXIT_SIM and m.mode != "suppress_only":
-                    self.exit(view, row, "neat_exit", rule="prefill", prefill_similarity=round(pre_sim, 4), **values)
+                    self.exit(view, row, "neat_exit", rule="prefill", prefill_similarity=pre_sim, **values)
                     continue
+            values["tau_mag"] = tau_mag
             if m.mode != "suppress_only" and s > m.tau_sim and g > tau_mag:
                 self.exit(view, row, "neat_exit", rule="graded", **values)
                 continue

@@ -48,7 +48,7 @@ class Deer:
     reflection_words: tuple[str, ...] | list[str] = ("wait",)
     step_separators: tuple[str, ...] | list[str] | None = None
     probe_text: str | None = None
-    max_answer_tokens: int = 16
+    max_answer_tokens: int = 20
     max_probes: int | None = 10
 
     def __post_init__(self) -> None:

@@ -13,6 +13,8 @@ Example:
     ([], [])
     >>> METHODS["vanilla"]({}).name
     'vanilla'
+    >>> METHODS["budget"]({"max_thinking": 12}).max_thinking
+    12
 """
 
 from __future__ import annotations
@@ -63,9 +65,27 @@ class Vanilla:
         return [], []
 
 
+def _lazy(target: str) -> Callable[[dict[str, Any]], Method]:
+    """A constructor that imports ``module:Class`` when first used (the harness imports no paper it does not run)."""
+
+    def construct(params: dict[str, Any]) -> Method:
+        import importlib
+
+        module, cls = target.split(":")
+        frozen = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+        return getattr(importlib.import_module(module), cls)(**frozen)
+
+    return construct
+
+
 # method type (as written in a study file) -> constructor from its parameters (a TOML table).
 METHODS: dict[str, Callable[[dict[str, Any]], Method]] = {
     "vanilla": lambda params: Vanilla(**params),
+    "neat": _lazy("workbench.neat.exit_control:NeatExit"),
+    "nowait": _lazy("workbench.baselines:NoWait"),
+    "budget": _lazy("workbench.baselines:Budget"),
+    "answer-consistency": _lazy("workbench.baselines:AnswerConsistency"),
+    "deer": _lazy("workbench.baselines:Deer"),
 }
 
 

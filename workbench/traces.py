@@ -103,6 +103,32 @@ def intervention_specs(edits: Sequence[NeuronEdit], controllers: Sequence[Contro
     return {"edits": [asdict(e) for e in edits], "controllers": [c.spec() for c in controllers]}
 
 
+def _prompts(
+    cfg: TraceRunConfig, task: Task, problems: Sequence[TaskProblem], model: TransformerBridge,
+) -> tuple[PromptFormat, dict[str, str], dict[str, list[int]]]:
+    """The resolved prompt format, and each problem's prompt text and token ids (by problem id)."""
+    tok = model.tokenizer
+    fmt = cfg.prompt.resolve(tok, getattr(model.original_model, "generation_config", None))
+    prompts = {p.id: fmt.render(tok, task.message(p, chat=fmt.style == "chat")) for p in problems}
+    return fmt, prompts, {pid: fmt.tokenize(tok, text) for pid, text in prompts.items()}
+
+
+def prompt_ids(cfg: TraceRunConfig, model: TransformerBridge) -> dict[str, list[int]]:
+    """The prompt token ids ``run_traces(cfg, ..., model=model)`` feeds each trace, keyed by trace id.
+
+    For what must be known before generation starts, e.g. a gate that reads the questions.
+
+    >>> from workbench.model import load_model
+    >>> ids = prompt_ids(TraceRunConfig(problems=2, samples=2), load_model("organism"))
+    >>> len(ids), len({tuple(v) for v in ids.values()})   # two samples of each of two problems
+    (4, 2)
+    """
+    task = get_task(cfg.task, cfg.data, model_dir=resolve(cfg.model))
+    problems = task.problems(cfg.problems, cfg.seed)
+    _, _, ids = _prompts(cfg, task, problems, model)
+    return {trace_id(p.id, s): ids[p.id] for p in problems for s in range(cfg.samples)}
+
+
 def run_traces(
     cfg: TraceRunConfig, out: str | Path, progress: bool = True, model: TransformerBridge | None = None,
     edits: Sequence[NeuronEdit] = (), controllers: Sequence[Controller] = (),
@@ -122,9 +148,7 @@ def run_traces(
     problems = task.problems(cfg.problems, cfg.seed)
     model = model if model is not None else load_model(path)
     tok = model.tokenizer
-    fmt = cfg.prompt.resolve(tok, getattr(model.original_model, "generation_config", None))
-    prompts = {p.id: fmt.render(tok, task.message(p, chat=fmt.style == "chat")) for p in problems}
-    ids = {pid: fmt.tokenize(tok, text) for pid, text in prompts.items()}
+    fmt, prompts, ids = _prompts(cfg, task, problems, model)
     identity = {
         "config": asdict(cfg),
         "model_sha256": model_hash(model),

@@ -179,6 +179,26 @@ class TestEdits:
         toggled = generate(tiny_model, PROMPTS[:2], GREEDY, edits=[on], controllers=[OffForFirst()])
         assert [e.kind for e in toggled[0].events] == ["edit_off"]
 
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test_initial_edits_cover_the_prefill(self, tiny_model, backend):
+        """An edit switched on before a sequence's prompt runs equals an edit that is on from the start,
+        token for token (its first generated token included); other sequences stay unedited."""
+
+        class OnForFirst(Controller):
+            def initial_edits(self, key):
+                return {"push": True} if key == "0" else {}
+
+        off = NeuronEdit(NEURONS, (9.0, 9.0, 9.0), name="push", default_on=False)
+        on = NeuronEdit(NEURONS, (9.0, 9.0, 9.0), name="push")
+        switched = generate(tiny_model, PROMPTS[:2], GREEDY, edits=[off], controllers=[OnForFirst()],
+                            batch_size=1, backend=backend)
+        always = generate(tiny_model, PROMPTS[:2], GREEDY, edits=[on], backend=backend)
+        plain = generate(tiny_model, PROMPTS[:2], GREEDY, backend=backend)
+        assert switched[0].tokens == always[0].tokens != plain[0].tokens
+        assert switched[1].tokens == plain[1].tokens
+        assert [(e.kind, e.payload) for e in switched[0].events] == [("edit_on", {"edit": "push",
+                                                                                 "before_prefill": True})]
+
     def test_bad_edits_are_refused(self, tiny_model):
         with pytest.raises(ValueError, match="values"):
             NeuronEdit(NEURONS, (1.0,))

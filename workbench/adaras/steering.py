@@ -24,9 +24,8 @@ to another task's run (cross-task transfer).
 
 The gate (``RUN/adaras/gate/``) reads question tokens only, so every prediction is made before
 generation: ``build`` teacher-forces the run's prompts, scores them, and the ``GateSwitch`` controller
-turns the edit (``default_on=False``) on at each predicted failure's first decode step. The engine runs
-the prompt before any controller sees the sequence, so a gated sequence's first generated token comes
-from unsteered logits; from the second on it is steered as in the ungated run.
+turns the edit (``default_on=False``) on for each predicted failure before its prompt is run
+(``Controller.initial_edits``), so it is steered from the last prompt token on, as an ungated run is.
 
 Example:
     >>> AdarasSteering(alpha=1.0, gate=False).name, AdarasSteering().k
@@ -96,10 +95,11 @@ def random_signs(n: int, seed: int) -> Float[np.ndarray, " neuron"]:
 
 
 class GateSwitch(Controller):
-    """Turns edit ``edit`` on at the first step of each sequence the gate predicted to fail.
+    """Turns edit ``edit`` on, before its prompt is run, for each sequence the gate predicted to fail.
 
-    Every sequence gets a ``gate`` event (its score and whether it was steered); predicted failures also
-    get the engine's ``edit_on`` event.
+    The switch covers the prefill, so a steered sequence is pushed from its last prompt token on, as
+    the paper's Eq. 3 (and an ungated run) does. Every sequence gets a ``gate`` event (its score and
+    whether it was steered); predicted failures also get the engine's ``edit_on`` event.
 
     Args:
         edit: the name of the edit it switches.
@@ -126,14 +126,18 @@ class GateSwitch(Controller):
                              "(build the method with the MethodContext of the run it steers)")
         self._new.add(key)
 
+    def initial_edits(self, key: str) -> dict[str, bool]:
+        if key not in self.scores:
+            raise ValueError(f"the gate has no prediction for trace {key!r}: it was built for another run config "
+                             "(build the method with the MethodContext of the run it steers)")
+        return {self.edit: True} if self.fail[key] else {}
+
     def on_step(self, view: StepView) -> None:
         for row in view.rows():
             key = view.keys[row]
             if key in self._new:
                 self._new.discard(key)
                 view.note(row, "gate", score=self.scores[key], steer=self.fail[key])
-                if self.fail[key]:
-                    view.set_edit(row, self.edit, True)
 
     def on_finish(self, key: str) -> None:
         self._new.discard(key)

@@ -93,8 +93,16 @@ class Controller:
             out["neurons"] = dataclasses.asdict(self.neurons)
         return out
 
+    def initial_edits(self, key: str) -> dict[str, bool]:
+        """Edits to switch on or off for sequence ``key`` before its prompt is run (name -> on).
+
+        A switch made here covers the prefill, so an edit a controller decides on from the prompt
+        alone (e.g. AdaRAS's gate) acts from the last prompt token on, as an ungated edit does.
+        """
+        return {}
+
     def on_start(self, key: str) -> None:
-        """A sequence joined the batch."""
+        """A sequence joined the batch (its prompt has been run)."""
 
     def on_step(self, view: StepView) -> None:
         """Called once per decode step with every live sequence, before the next token is chosen."""

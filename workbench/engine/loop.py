@@ -231,11 +231,22 @@ class _Run:
         # A refilled slot starts from the edits' defaults before its prompt is run, not from
         # whatever a controller left switched for the slot's previous occupant.
         self.hooks.edit_on[slots] = torch.tensor([ed.default_on for ed in self.e.edits], dtype=torch.bool)
+        names = [ed.name for ed in self.e.edits]
+        switched: list[list[Event]] = []
+        for slot, r in zip(slots.tolist(), reqs, strict=True):
+            switched.append([])
+            for ctrl in self.e.controllers:
+                for name, on in ctrl.initial_edits(r.key).items():
+                    if name not in names:
+                        raise KeyError(f"{type(ctrl).__name__}.initial_edits names no edit {name!r} (edits: {names})")
+                    self.hooks.edit_on[slot, names.index(name)] = on
+                    switched[-1].append(Event(0, r.key, "edit_on" if on else "edit_off",
+                                              {"edit": name, "before_prefill": True}))
         logits[slots] = self.backend.prefill(slots, [r.prompt_ids for r in reqs], len(self.keys), self.e.pad_id)
         self._collect(slots, acts)
-        for slot, r in zip(slots.tolist(), reqs, strict=True):
+        for slot, r, events in zip(slots.tolist(), reqs, switched, strict=True):
             self.keys[slot], self.tokens[slot] = r.key, list(r.prompt_ids)
-            self.prompt_len[slot], self.events[slot], self.forced[slot] = len(r.prompt_ids), [], []
+            self.prompt_len[slot], self.events[slot], self.forced[slot] = len(r.prompt_ids), events, []
             self.generators[slot] = row_generator(self.e.cfg.sampling.seed, r.key)
             self.n_cached[slot] = len(r.prompt_ids)
             self.live[slot] = True

@@ -81,6 +81,9 @@ def _lazy(target: str) -> Callable[[dict[str, Any]], Method]:
 # method type (as written in a study file) -> constructor from its parameters (a TOML table).
 METHODS: dict[str, Callable[[dict[str, Any]], Method]] = {
     "vanilla": lambda params: Vanilla(**params),
+    "adaras": _lazy("workbench.adaras.steering:AdarasSteering"),
+    "random-steering": lambda params: _lazy("workbench.adaras.steering:AdarasSteering")(
+        {"name": "random-steering", "neurons": "rcn-random", "gate": False, **params}),
     "neat": _lazy("workbench.neat.exit_control:NeatExit"),
     "nowait": _lazy("workbench.baselines:NoWait"),
     "budget": _lazy("workbench.baselines:Budget"),

@@ -24,16 +24,54 @@ def test_help_everywhere(args):
     assert "Usage" in result.output
 
 
-def test_run_writes_run_directories_and_prints_from_them(organism, tmp_path):
-    result = runner.invoke(app, ["run", "--problems", "6", "--samples", "2", "--show", "2", "--out", str(tmp_path)])
-    assert result.exit_code == 0, result.output
-    assert "greedy accuracy" in result.output and "<think>" in result.output
-    assert (tmp_path / "greedy" / "traces.parquet").exists() and (tmp_path / "sampled" / "traces.parquet").exists()
-    again = runner.invoke(app, ["run", "--problems", "6", "--samples", "2", "--show", "2", "--out", str(tmp_path)])
-    def report(out: str) -> str:
-        return out[out.index("greedy accuracy"):out.index("done in")]
+SMALL_STUDY = """
+[study]
+name = "small"
+model = "organism"
+[analysis]
+problems = 16
+samples = 4
+seed = 1004
+stages = ["cache", "rcn", "exit"]
+[analysis.cache]
+top_variance = 64
+[[tasks]]
+name = "organism"
+task = "organism"
+problems = 6
+samples = 2
+seed = 1
+[[methods]]
+type = "vanilla"
+name = "vanilla"
+[[methods]]
+type = "neat"
+name = "neat"
+[[methods]]
+type = "budget"
+name = "budget-8"
+control_for = "neat"
+max_thinking = 8
+"""
 
-    assert report(again.output) == report(result.output)  # read back from the run directories, not resampled
+
+def test_run_is_the_whole_pipeline_through_the_run_directory(organism, tmp_path):
+    study = tmp_path / "study.toml"
+    study.write_text(SMALL_STUDY)
+    args = ["run", "--config", str(study), "--out", str(tmp_path / "out"), "--show", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for needle in ("| vanilla |", "| budget-8 | neat |", "<think>", "make app"):
+        assert needle in result.stdout, needle
+    analysis = tmp_path / "out" / "organism" / "analysis"
+    assert (analysis / "activations" / "index.parquet").exists() and (analysis / "neurons" / "exit.json").exists()
+    assert (tmp_path / "out" / "results.json").exists()
+    again = runner.invoke(app, args)  # resumed: read back from the run directories, not resampled
+
+    def table(out: str) -> str:
+        return out[out.index("| method"):out.index("results:")]
+
+    assert table(again.stdout) == table(result.stdout)
 
 
 def test_eval_json_has_the_target_keys(organism, tmp_path):
@@ -74,7 +112,9 @@ def test_refused_resume_is_one_clear_line(organism, tmp_path):
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
-    result = runner.invoke(app, ["run", "--model", str(tmp_path / "none")])
+    study = tmp_path / "study.toml"
+    study.write_text(SMALL_STUDY.replace('model = "organism"', f'model = "{tmp_path / "none"}"'))
+    result = runner.invoke(app, ["run", "--config", str(study), "--out", str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "does not exist" in result.output
 

@@ -1,7 +1,7 @@
 """The ``workbench`` command line: thin Typer commands over the library, one module per group.
 
 Example:
-    $ workbench run                                # the main job on the bundled organism
+    $ workbench run                                # the whole pipeline on the bundled organism
     $ workbench organism eval --problems 300 --json
     $ workbench cache runs/main/sampled && workbench rank --method rcn runs/main/sampled
 """
@@ -24,7 +24,7 @@ def _main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
-app.command()(traces.run)
+app.command()(evaluation.run)
 app.command()(traces.traces)
 app.add_typer(organism.app, name="organism")
 for command in (analyses.cache, analyses.rank, analyses.probe, analyses.validate):

@@ -1,4 +1,4 @@
-"""``workbench eval``: a study (methods x tasks, paired) run into a folder, its results table printed."""
+"""``workbench run`` (the whole pipeline on the bundled organism) and ``workbench eval`` (any study)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,10 @@ import typer
 
 from workbench.cli.common import Threads, load, user_errors
 
+DEFAULT_STUDY = Path(__file__).resolve().parents[2] / "studies" / "organism.toml"
 
-def evaluate(
-    config: Annotated[Path, typer.Option("--config", help="The study file (TOML), e.g. studies/organism.toml.")],
-    out: Annotated[Path, typer.Option(
-        help="Output folder: a run per task x method, results.parquet/.json/.md (resumed when there).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print results.json instead of the table.")] = False,
-    threads: Threads = 1,
-) -> None:
-    """Run a study: analyses, then every method on the same problems and seeds; print the paired results table."""
+
+def _run_study(config: Path, out: Path, as_json: bool, threads: int) -> list[dict]:
     from workbench.evaluation import load_study, markdown, run_study
 
     with user_errors():
@@ -33,3 +28,41 @@ def evaluate(
     else:
         typer.echo(markdown(rows))
         typer.echo(f"results: {out / 'results.md'}, {out / 'results.json'}, {out / 'results.parquet'}")
+    return rows
+
+
+def run(
+    config: Annotated[Path, typer.Option(help="The study to run (TOML).")] = DEFAULT_STUDY,
+    out: Annotated[Path, typer.Option(help="Output folder (resumed when there).")] = Path("runs/main"),
+    show: Annotated[int, typer.Option(min=0, help="Reference traces to print.")] = 3,
+    threads: Threads = 1,
+) -> None:
+    """Main job: the whole pipeline on the organism. Traces, activation store, RCN / exit / MoN neurons,
+    then every intervention and baseline on the same problems and seeds, and the paired results table."""
+    import time
+
+    from workbench.evaluation import load_study
+    from workbench.store import load_traces
+
+    t0 = time.time()
+    _run_study(config, out, as_json=False, threads=threads)
+    study = load_study(config)
+    task = study.tasks[0]
+    traces = load_traces(out / task.name / study.reference).to_pylist()
+    for row in traces[:: max(1, len(traces) // max(1, show))][:show]:
+        mark = "correct" if row["correct"] else f"WRONG (gold {row['gold']})"
+        typer.echo(f"\n[{task.name} / {study.reference}, {mark}] {row['prompt']}{row['text']}")
+    typer.echo(f"\nanalysis runs (neurons, probes, gate, detectors): {out}/<task>/analysis; one trace run per "
+               f"method: {out}/<task>/<method>")
+    typer.echo(f"done in {time.time() - t0:.0f}s. Explore it: make app (or streamlit run app.py)")
+
+
+def evaluate(
+    config: Annotated[Path, typer.Option("--config", help="The study file (TOML), e.g. studies/organism.toml.")],
+    out: Annotated[Path, typer.Option(
+        help="Output folder: a run per task x method, results.parquet/.json/.md (resumed when there).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print results.json instead of the table.")] = False,
+    threads: Threads = 1,
+) -> None:
+    """Run a study: analyses, then every method on the same problems and seeds; print the paired results table."""
+    _run_study(config, out, as_json, threads)

@@ -1,51 +1,14 @@
-"""``workbench run`` (the main job on the bundled organism) and ``workbench traces``."""
+"""``workbench traces``: graded traces into a resumable run directory."""
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from workbench.cli.common import ModelSpec, PromptStyle, Threads, load, open_unit_interval, user_errors
-
-
-def run(
-    model: ModelSpec = "organism",
-    out: Annotated[Path, typer.Option(
-        help="Run directory: greedy/ and sampled/ trace runs (resumed when there).")] = Path("runs/main"),
-    problems: Annotated[int, typer.Option(min=1, help="Held-out problems to sample.")] = 64,
-    samples: Annotated[int, typer.Option(min=1, help="Sampled traces per problem.")] = 4,
-    show: Annotated[int, typer.Option(min=0, help="Traces to print.")] = 4,
-    seed: int = 0,
-    threads: Threads = 1,
-) -> None:
-    """Main job: sample traces of the organism on held-out problems into a run directory, print accuracy and traces."""
-    from workbench.organism.evaluate import EvalConfig, behaviour, generate_runs
-
-    t0 = time.time()
-    bridge = load(model, threads)
-    cfg = EvalConfig(model=model, problems=problems, samples=samples, seed=seed)
-    with user_errors(out):
-        runs = generate_runs(cfg, out, bridge, progress=True)
-    g, s = behaviour(runs["greedy"]), behaviour(runs["sampled"])
-    typer.echo(f"\nmodel: {model}   held-out problems: {problems}   samples/problem: {samples} "
-               f"(T={cfg.temperature})   traces in {out}/greedy and {out}/sampled")
-    typer.echo(f"greedy accuracy  {g['accuracy']:.3f}")
-    typer.echo(f"sampled accuracy {s['accuracy']:.3f}   (careful {s['accuracy_careful']:.3f}, "
-               f"careless {s['accuracy_careless']:.3f}, careless share {s['careless_share']:.3f})")
-    typer.echo(f"failure shares: reflection {s['reflection_rate']:.3f}   uncaught slip "
-               f"{s['uncaught_slip_rate']:.3f}   oscillation/stagnation {s['oscillation_rate']:.3f}   "
-               f"overthinking {s['overthinking_rate']:.3f}")
-    tok = bridge.tokenizer
-    sampled = runs["sampled"]
-    for smp in sampled[:: max(1, len(sampled) // max(1, show))][:show]:
-        text = tok.decode(smp.tokens, skip_special_tokens=True)
-        mark = "correct" if smp.labels.correct else f"WRONG (gold {smp.problem.answer})"
-        typer.echo(f"\n[{mark}] {text}")
-    typer.echo(f"\ndone in {time.time() - t0:.1f}s")
+from workbench.cli.common import ModelSpec, PromptStyle, Threads, open_unit_interval, user_errors
 
 
 def traces(

@@ -41,6 +41,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,8 @@ SIGNALS = ("paper", "aligned")
 MODES = ("graded", "exit_only", "suppress_only")
 CALIBRATIONS = ("none", "prefill")
 PREFILL_EXIT_SIM, PREFILL_MAG_SHARE = 0.8, 0.5  # the reference code's prefill rule
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,6 +122,12 @@ class NeatExit:
             raise ValueError("NeatExit needs an analysis run with exit neurons; none was given (run "
                              "`workbench rank --method exit RUN` on a cached run and pass it)")
         neurons, reference = load_exit(Path(run), (ctx.model.cfg.n_layers, ctx.model.cfg.d_mlp))
+        if len(neurons) < 2:
+            # The cosine of one activation with its reference is its sign: rho sits at +-1 and the exit
+            # fires at the first token whose sign matches, whatever tau_sim says.
+            log.warning("NeatExit %r: only %d exit neuron passed NEAT's vote in %s; rho is then +-1 and tau_sim "
+                        "has no effect (calibrate on more traces, or lower tau_cons when ranking)", self.name,
+                        len(neurons), run)
         think_open, think_close, task = run_settings(ctx)
         return [], [NeatExitController(self, neurons, reference, ctx.model.tokenizer, think_open, think_close, task)]
 

@@ -16,8 +16,8 @@ def model(spec: str):
 
 
 st.title("Organism traces")
-run_dir = st.text_input("Run directory", st.session_state.get("run_dir", "runs/main/sampled"),
-                        help="A trace run of an organism (`workbench run` writes runs/main/sampled)")
+run_dir = st.text_input("Run directory", st.session_state.get("run_dir", "runs/main/organism/vanilla"),
+                        help="A trace run of an organism (`workbench run` writes runs/main/<task>/<method>)")
 with st.expander("Generate a new run"):
     cols = st.columns(4)
     spec = cols[0].text_input("Model", "organism", help="'organism' or a local Hugging Face folder")

@@ -53,6 +53,7 @@ from workbench.atomic import atomic_torch_save, atomic_write_text
 from workbench.organism.task import (
     CHECK_WORD,
     RECIPE_V2,
+    REFLECTION_WORD,
     STEP_ENDS,
     THINK_CLOSE,
     TraceRecipe,
@@ -119,14 +120,14 @@ def _steps(words: list[str]) -> list[int]:
     """Indices of ``=`` of first attempts at a step that are correct and end with a separator."""
     out = []
     for j, w in enumerate(words):
-        if w != "=" or j < 3 or j + 3 > len(words) or words[j - 4 : j - 3] == [CHECK_WORD]:
-            continue
+        if w != "=" or j < 3 or j + 3 > len(words) or words[j - 4 : j - 3] in ([CHECK_WORD], [REFLECTION_WORD]):
+            continue  # a re-check or a caught slip's redo
         a, op, b, r = words[j - 3], words[j - 2], words[j - 1], words[j + 1]
         if not (a.isdigit() and b.isdigit() and r.isdigit()) or op not in "+-":
             continue
         if int(r) != apply(op, int(a), int(b)) or words[j + 2] not in STEP_ENDS:
             continue
-        if words[j - 7 : j - 3] == [a, op, b, "="] or words[j + 3 : j + 6] == [a, op, b]:
+        if words[j - 8 : j - 4] == [a, op, b, "="] or words[j + 3 : j + 6] == [a, op, b]:
             continue  # a repeat (or a redo) of this step, or followed by one: not a clean single step
         out.append(j)
     return out

@@ -91,7 +91,8 @@ class NeuReasonerRemedy:
             raise ValueError(f"NeuReasonerRemedy.tokens names no trigger token for {missing}; give e.g. "
                              f"tokens = {{slip = '<INTRA>', oscillation = '<INTER>'}}")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"NeuReasonerRemedy.threshold must be a probability in [0, 1] or None, got {self.threshold}")
+            raise ValueError(f"NeuReasonerRemedy.threshold must be a probability in [0, 1] or None, got "
+                             f"{self.threshold}")
         if self.cooldown is not None and self.cooldown < 1:
             raise ValueError(f"NeuReasonerRemedy.cooldown must be >= 1 or None, got {self.cooldown}")
         if self.max_triggers < 1 or self.min_thinking < 0:
@@ -176,7 +177,8 @@ class RemedyController(ThinkingController):
             raise ValueError("NeuReasonerRemedy: the detectors' neuron sets record no model shape")
         flats = {t: d.neurons.flat(d_mlp) for t, d in detectors.items()}
         union = sorted({f for fs in flats.values() for f in fs})
-        self.neurons = NeuronSet.from_flat(union, d_mlp, method="neureasoner:union", model_shape=first.neurons.model_shape)
+        self.neurons = NeuronSet.from_flat(union, d_mlp, method="neureasoner:union",
+                                           model_shape=first.neurons.model_shape)
         where = {f: i for i, f in enumerate(union)}
         self.columns = {t: np.array([where[f] for f in fs]) for t, fs in flats.items()}
         self.cooldown = spec.cooldown or self.cfg.window

@@ -156,3 +156,16 @@ class TestFinetune:
         base = save_tiny_model(tmp_path / "base", "qwen3")
         with pytest.raises(ValueError, match="needs peft"):
             finetune(base, tmp_path / "lora", SftConfig(steps=1, batch_size=2, lora=True), progress=False)
+
+
+def test_the_cli_command_fine_tunes_and_refuses_the_shipped_folder(tmp_path, no_training):
+    import typer
+    from typer.testing import CliRunner
+
+    from workbench.cli.finetune import finetune as command
+
+    app = typer.Typer()
+    app.command()(command)
+    app.command("other")(lambda: None)  # two commands: the first is called by name
+    bad = CliRunner().invoke(app, ["finetune", "--out", str(organism_dir()), "--steps", "1"])
+    assert bad.exit_code != 0 and "shipped organism" in bad.output

@@ -64,7 +64,7 @@ from workbench.organism.task import (
 )
 
 TRIGGERS: tuple[tuple[str, str], ...] = (("oscillation", "<INTER>"), ("slip", "<INTRA>"))
-KINDS = ("slip", "oscillation", "plain")
+KINDS = ("slip", "oscillation", "plain", "slip_false_alarm", "oscillation_false_alarm")
 STATE_FILE = "sft_state.pt"
 SFT_FILE = "sft.json"
 Pieces = list[tuple[str, bool]]  # (word, trained): the words of a trace joined by spaces
@@ -77,6 +77,9 @@ class SftConfig:
     Attributes:
         steps, batch_size, lr, warmup, weight_decay: AdamW with linear warm-up and cosine decay.
         slip_share, oscillation_share: shares of examples with an injected slip / oscillation (the rest plain).
+        false_alarm_share: of those, the share whose trigger comes where nothing went wrong (the
+            detectors' false alarms): ``<INTRA>`` then the last step redone (the same, right value),
+            ``<INTER>`` then the trace going on as it was.
         late_words: a slip's trigger comes after up to this many words past the wrong result.
         recipe: how the base traces are rendered (the shipped organism's by default).
         sub_share: share of subtraction problems.
@@ -94,6 +97,7 @@ class SftConfig:
     weight_decay: float = 0.0
     slip_share: float = 0.35
     oscillation_share: float = 0.35
+    false_alarm_share: float = 0.3
     late_words: int = 3
     recipe: TraceRecipe = RECIPE_V2
     sub_share: float = 0.3
@@ -153,6 +157,15 @@ def inject(trace, rng: random.Random, kind: str, triggers: dict[str, str] | tupl
     step = [a, op, str(b), "="]
     head = [(w, True) for w in words[: j + 1]]
     rest = words[j + 3 :]  # after the step's separator: the next step, the checks or the closing marker
+    if kind.endswith("_false_alarm"):
+        # After the step's result, after its separator, or a few words into the next step.
+        more = rng.randint(0, late_words) if rest and rest[0].isdigit() else 0
+        cut = min(j + 2 + rng.randint(0, 1) + more, len(words) - 2)
+        before = [(w, True) for w in words[:cut]]
+        if kind == "oscillation_false_alarm":
+            return [*prompt, *before, (triggers["oscillation"], False), *[(w, True) for w in words[cut:]]]
+        return [*prompt, *before, (triggers["slip"], False),
+                *[(w, True) for w in [*step, str(right), words[j + 2], *rest]]]
     if kind == "slip":
         wrong = slip_value(op, int(a), b)
         if wrong < 0 or wrong == right:
@@ -212,6 +225,8 @@ def example(rng: random.Random, cfg: SftConfig, tokenizer) -> tuple[list[int], l
         u = rng.random()
         kind = ("slip" if u < cfg.slip_share else
                 "oscillation" if u < cfg.slip_share + cfg.oscillation_share else "plain")
+        if kind != "plain" and rng.random() < cfg.false_alarm_share:
+            kind += "_false_alarm"
         pieces = inject(trace, rng, kind, cfg.triggers, cfg.late_words)
         if pieces is not None:
             ids, labels = encode(pieces, tokenizer)

@@ -64,6 +64,21 @@ class TestInject:
             assert all(keep for _, keep in pieces[k + 1 :])
             assert " ".join(words[k + 1 :]) in trace.completion  # what follows is the rendered continuation
 
+    def test_a_false_alarm_teaches_to_keep_what_was_right(self):
+        for trace, rng in traces(40, seed=2):
+            pieces = inject(trace, rng, "slip_false_alarm")
+            if pieces is None:
+                continue
+            words = [w for w, _ in pieces]
+            k = words.index("<INTRA>")
+            a, op, b, _, value = words[k + 1 : k + 6]
+            # the redone step is one already written before the trigger, with the same (right) value
+            assert int(value) == apply(op, int(a), int(b))
+            assert any(words[i : i + 5] == [a, op, b, "=", value] for i in range(k))
+            assert [w for w, keep in pieces[len(trace.prompt.split()):] if not keep] == ["<INTRA>"]
+            pieces = inject(trace, rng, "oscillation_false_alarm")
+            assert [w for w, _ in pieces if w != "<INTER>"] == trace.text.split()
+
     def test_plain_keeps_the_trace_and_a_bad_kind_is_refused(self):
         trace = render_trace(Problem((47, 38)), random.Random(0))
         assert [w for w, _ in inject(trace, random.Random(0), "plain")] == trace.text.split()

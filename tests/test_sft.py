@@ -173,7 +173,7 @@ class TestFinetune:
             finetune(base, tmp_path / "lora", SftConfig(steps=1, batch_size=2, lora=True), progress=False)
 
 
-def test_the_cli_command_fine_tunes_and_refuses_the_shipped_folder(tmp_path, no_training):
+def test_the_cli_command_refuses_the_shipped_folder(tmp_path, no_training):
     import typer
     from typer.testing import CliRunner
 
@@ -184,3 +184,19 @@ def test_the_cli_command_fine_tunes_and_refuses_the_shipped_folder(tmp_path, no_
     app.command("other")(lambda: None)  # two commands: the first is called by name
     bad = CliRunner().invoke(app, ["finetune", "--out", str(organism_dir()), "--steps", "1"])
     assert bad.exit_code != 0 and "shipped organism" in bad.output
+
+
+def test_the_cli_command_fine_tunes_a_model_folder(tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from workbench.cli.finetune import finetune as command
+
+    app = typer.Typer()
+    app.command()(command)
+    app.command("other")(lambda: None)
+    base = save_tiny_model(tmp_path / "base", "qwen3")
+    got = CliRunner().invoke(app, ["finetune", "--model", str(base), "--out", str(tmp_path / "sft"), "--steps", "2",
+                                   "--batch-size", "2"])
+    assert got.exit_code == 0, got.output
+    assert json.loads((tmp_path / "sft" / SFT_FILE).read_text())["config"]["steps"] == 2

@@ -111,4 +111,13 @@ def test_missing_detectors_and_bad_specs_are_clear(organism, organism_run):
         NeuReasonerRemedy(types=("typo",))
     with pytest.raises(ValueError, match="no trigger token"):
         NeuReasonerRemedy(tokens={"slip": "<INTRA>"})
-    assert hash(NeuReasonerRemedy(types=["slip"], tokens={"slip": "<S>"})) is not None
+    assert hash(NeuReasonerRemedy(types=["slip"], tokens={"slip": "<S>"}, thresholds={"slip": 0.5})) is not None
+    with pytest.raises(ValueError, match="thresholds"):
+        NeuReasonerRemedy(thresholds={"slip": 2.0})
+
+
+def test_a_per_type_threshold_of_one_silences_that_type(with_tokens, analysis, tmp_path):
+    got = generate(with_tokens, analysis, tmp_path,
+                   NeuReasonerRemedy(types=("slip", "oscillation"), threshold=0.0, thresholds={"slip": 1.0 + 0}))
+    kinds = {e["kind"] for r in got.values() for e in r["events"]}
+    assert "neureasoner_oscillation" in kinds and "neureasoner_slip" not in kinds

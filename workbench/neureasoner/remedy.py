@@ -62,6 +62,9 @@ class NeuReasonerRemedy:
         name: the label of its rows in results tables.
         types: failure types acted on (a subset of ``slip``, ``oscillation``, ``overthinking``).
         threshold: None: each detector's saved threshold; a number: one threshold for all (ablation).
+        thresholds: per-type thresholds (a TOML table or pairs) that override both for the types they
+            name, e.g. ``{slip = 0.5}``: Youden's J on rare failing windows picks low thresholds that
+            fire often, and a false alarm costs a remedy the model did not need.
         concluding_phrase: forced before the end-of-thinking marker on overthinking. None: the
             paper's phrase when the tokenizer can write it without unknown tokens, else the marker
             alone (the organism's vocabulary has no such words); "": the marker alone.
@@ -75,6 +78,7 @@ class NeuReasonerRemedy:
     name: str = "neureasoner"
     types: tuple[str, ...] | list[str] = FAILURE_TYPES
     threshold: float | None = None
+    thresholds: tuple[tuple[str, float], ...] | dict[str, float] = ()
     concluding_phrase: str | None = None
     tokens: tuple[tuple[str, str], ...] | dict[str, str] = field(default=TOKENS)
     cooldown: int | None = None
@@ -84,6 +88,12 @@ class NeuReasonerRemedy:
     def __post_init__(self) -> None:
         object.__setattr__(self, "types", tuple(self.types))
         object.__setattr__(self, "tokens", _pairs(self.tokens))
+        items = self.thresholds.items() if isinstance(self.thresholds, dict) else self.thresholds
+        object.__setattr__(self, "thresholds", tuple(sorted((str(k), float(v)) for k, v in items)))
+        bad = [(k, v) for k, v in self.thresholds if k not in FAILURE_TYPES or not 0.0 <= v <= 1.0]
+        if bad:
+            raise ValueError(f"NeuReasonerRemedy.thresholds: {bad} must name failure types {FAILURE_TYPES} with "
+                             "probabilities in [0, 1]")
         if not self.types or any(t not in FAILURE_TYPES for t in self.types):
             raise ValueError(f"NeuReasonerRemedy.types must be a non-empty subset of {FAILURE_TYPES}, got {self.types}")
         missing = [t for t in self.types if t != "overthinking" and t not in dict(self.tokens)]
@@ -191,6 +201,9 @@ class RemedyController(ThinkingController):
                 "trigger_ids": self.trigger_ids, "phrase_ids": self.phrase_ids, "close_ids": self.close_ids}
 
     def threshold(self, kind: str) -> float:
+        given = dict(self.method.thresholds)
+        if kind in given:
+            return given[kind]
         return self.detectors[kind].threshold if self.method.threshold is None else self.method.threshold
 
     def on_finish(self, key: str) -> None:

@@ -3,6 +3,7 @@ token or ends thinking, once per episode, and a model without the trigger tokens
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 
@@ -121,3 +122,17 @@ def test_a_per_type_threshold_of_one_silences_that_type(with_tokens, analysis, t
                    NeuReasonerRemedy(types=("slip", "oscillation"), threshold=0.0, thresholds={"slip": 1.0 + 0}))
     kinds = {e["kind"] for r in got.values() for e in r["events"]}
     assert "neureasoner_oscillation" in kinds and "neureasoner_slip" not in kinds
+
+
+def test_no_detector_reads_a_window_holding_a_forced_token(with_tokens, analysis, tmp_path):
+    window = NeuReasonerConfig().window
+    got = generate(with_tokens, analysis, tmp_path,
+                   NeuReasonerRemedy(types=("slip", "overthinking"), threshold=0.0, max_triggers=5))
+    pairs = 0
+    for r in got.values():
+        steps = [(e["kind"], e["step"]) for e in r["events"] if e["kind"].startswith("neureasoner_")]
+        assert not steps or steps[0][0] == "neureasoner_slip"
+        for (_, a), (_, b) in itertools.pairwise(steps):
+            assert b - a > window  # the forced token left every window before the next reading
+            pairs += 1
+    assert pairs > 0

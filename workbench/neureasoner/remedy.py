@@ -17,7 +17,10 @@ out-of-fold scores: see ``detectors``), or ``threshold`` when one is given. One 
 once: after firing, a type is disarmed until one of its windows scores below threshold again and
 ``cooldown`` tokens have passed (consecutive fired windows are one alarm, as the event scores count
 them), and it fires at most ``max_triggers`` times per sequence. Every detection is recorded as a
-``neureasoner_<type>`` note with its score and threshold, then the engine's ``force`` event.
+``neureasoner_<type>`` note with its score and threshold, then the engine's ``force`` event. No
+detector is read on a window that holds a token the controller forced: no window the detectors
+were fitted on held one (without this rule, the windows after an ``<INTRA>`` fired the overthinking
+detector on most traces of the organism).
 
 Example:
     >>> NeuReasonerRemedy().build(MethodContext(None, None, None))
@@ -163,6 +166,7 @@ class _Sequence:
     armed: dict[str, bool]
     last: dict[str, int]
     fired: dict[str, int]
+    forced_at: int = -(10**9)  # position of the last token this controller forced
 
 
 class RemedyController(ThinkingController):
@@ -224,6 +228,8 @@ class RemedyController(ThinkingController):
         if feats is None:
             return
         position = len(tokens) - 1
+        if position - seq.forced_at < self.cfg.window:
+            return  # a window holding a forced token is like no window the detectors were fitted on
         for kind, det in self.detectors.items():
             score = float(det.score(feats[self.columns[kind]].reshape(1, -1))[0])
             thr = self.threshold(kind)
@@ -236,6 +242,7 @@ class RemedyController(ThinkingController):
                 continue
             seq.armed[kind], seq.last[kind] = False, position
             seq.fired[kind] += 1
+            seq.forced_at = position + 1
             if kind == "overthinking":
                 view.note(row, "neureasoner_overthinking", score=score, threshold=thr)
                 view.force(row, [*self.phrase_ids, *self.close_ids])

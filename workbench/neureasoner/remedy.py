@@ -178,7 +178,7 @@ class RemedyController(ThinkingController):
     ) -> None:
         super().__init__(tokenizer, think_open, think_close)
         self.method, self.detectors, self.trigger_ids = spec, detectors, trigger_ids
-        configs = {json_key(d.config) for d in detectors.values()}
+        configs = {_json_key(d.config) for d in detectors.values()}
         if len(configs) != 1:
             raise ValueError("NeuReasonerRemedy: the detectors were fitted with different window settings; fit them "
                              "in one `mon_report` run")
@@ -202,7 +202,8 @@ class RemedyController(ThinkingController):
     def spec(self) -> dict[str, Any]:
         return {"type": "neureasoner_remedy", "method": asdict(self.method), "neurons": asdict(self.neurons),
                 "thresholds": {t: self.threshold(t) for t in self.detectors}, "window": self.cfg.to_dict(),
-                "trigger_ids": self.trigger_ids, "phrase_ids": self.phrase_ids, "close_ids": self.close_ids}
+                "trigger_ids": self.trigger_ids, "phrase_ids": self.phrase_ids, "close_ids": self.close_ids,
+                "skip_windows_with_forced_tokens": True}
 
     def threshold(self, kind: str) -> float:
         given = dict(self.method.thresholds)
@@ -253,7 +254,7 @@ class RemedyController(ThinkingController):
             return  # one action per token
 
 
-def json_key(d: dict) -> str:
+def _json_key(d: dict) -> str:
     import json
 
     return json.dumps(d, sort_keys=True)

@@ -16,9 +16,9 @@ def finetune(
     out: Annotated[Path | None, typer.Option(
         help="Folder for the fine-tuned model (resumes if it holds a state file); default: a new "
              "runs/organism-sft-YYYYmmdd-HHMMSS. The shipped data/organism is refused.")] = None,
-    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 300,
+    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 2000,
     batch_size: Annotated[int, typer.Option(min=1, help="Examples per step.")] = 32,
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW, warm-up then cosine).")] = 3e-4,
+    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-3,
     slip_share: Annotated[float, typer.Option(
         min=0.0, max=1.0, help="Share of examples with a slip + <INTRA>.")] = 0.35,
     oscillation_share: Annotated[float, typer.Option(

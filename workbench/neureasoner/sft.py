@@ -90,9 +90,9 @@ class SftConfig:
         lora_r, lora_alpha: the adapters' rank and scale.
     """
 
-    steps: int = 300
+    steps: int = 2000
     batch_size: int = 32
-    lr: float = 3e-4
+    lr: float = 1e-3
     warmup: int = 20
     weight_decay: float = 0.0
     slip_share: float = 0.35

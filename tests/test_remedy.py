@@ -1,0 +1,138 @@
+"""NeuReasoner's remedy on the organism: detectors fire online, the controller forces the trigger
+token or ends thinking, once per episode, and a model without the trigger tokens is refused."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+
+import pytest
+
+from workbench.evaluation.methods import MethodContext
+from workbench.model import load_model, organism_dir, set_threads
+from workbench.neureasoner import NeuReasonerConfig, mon_report
+from workbench.neureasoner.remedy import NeuReasonerRemedy
+from workbench.neureasoner.sft import add_triggers
+from workbench.store import load_traces
+from workbench.traces import TraceRunConfig, run_traces
+
+CFG = TraceRunConfig(problems=12, samples=2, temperature=1.0, seed=3)
+
+
+@pytest.fixture(scope="module")
+def analysis(organism_cache, tmp_path_factory):
+    """An analysis run with key neurons and detectors of every failure type."""
+    set_threads(1)
+    run = tmp_path_factory.mktemp("remedy") / "analysis"
+    shutil.copytree(organism_cache, run)
+    mon_report(run, NeuReasonerConfig(top_k=6, hidden=(8,), max_iter=100))
+    return run
+
+
+@pytest.fixture(scope="module")
+def with_tokens(tmp_path_factory):
+    """The organism with the trigger tokens added (embeddings resized, nothing trained)."""
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    out = tmp_path_factory.mktemp("remedy") / "organism-tokens"
+    tok = add_triggers(PreTrainedTokenizerFast.from_pretrained(organism_dir()))
+    model = AutoModelForCausalLM.from_pretrained(organism_dir())
+    model.resize_token_embeddings(len(tok))
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return load_model(out)
+
+
+def generate(model, analysis, tmp_path, method) -> dict[str, dict]:
+    edits, controllers = method.build(MethodContext(model, analysis, CFG))
+    run_traces(CFG, tmp_path / "run", progress=False, model=model, edits=edits, controllers=controllers)
+    return {r["trace_id"]: {**r, "events": json.loads(r["events"])} for r in load_traces(tmp_path / "run").to_pylist()}
+
+
+def test_saved_thresholds_fire_on_some_traces_and_each_firing_forces_its_token(with_tokens, analysis, tmp_path):
+    got = generate(with_tokens, analysis, tmp_path, NeuReasonerRemedy(types=("slip", "oscillation")))
+    tok = with_tokens.tokenizer
+    ids = {"slip": tok.convert_tokens_to_ids("<INTRA>"), "oscillation": tok.convert_tokens_to_ids("<INTER>")}
+    notes = 0
+    for r in got.values():
+        events = r["events"]
+        for i, e in enumerate(events):
+            if e["kind"].startswith("neureasoner_"):
+                notes += 1
+                kind = e["kind"].removeprefix("neureasoner_")
+                assert e["payload"]["score"] >= e["payload"]["threshold"]
+                assert events[i + 1]["kind"] == "force" and events[i + 1]["payload"]["tokens"] == [ids[kind]]
+                # the forced token is in the trace, inside thinking, right after the step it fired at
+                pos = r["prompt_len"] + e["step"]
+                assert r["token_ids"][pos] == ids[kind] and r["think_start"] < pos
+        n_forced = sum(t in ids.values() for t in r["token_ids"])
+        assert n_forced == sum(e["kind"] == "force" for e in events)
+        for kind in ids:  # max_triggers
+            assert sum(e["kind"] == f"neureasoner_{kind}" for e in events) <= 2
+    assert notes > 0
+
+
+def test_a_detector_that_always_fires_triggers_once_per_episode(with_tokens, analysis, tmp_path):
+    window = NeuReasonerConfig().window
+    got = generate(with_tokens, analysis, tmp_path,
+                   NeuReasonerRemedy(types=("slip",), threshold=0.0, max_triggers=100, cooldown=10_000))
+    for r in got.values():
+        fired = [e for e in r["events"] if e["kind"] == "neureasoner_slip"]
+        # Always above threshold: never re-armed, so one firing, at the first complete window.
+        assert len(fired) == 1 and fired[0]["step"] >= window - 1
+
+
+def test_overthinking_remedy_ends_thinking_and_the_answer_is_written(organism, analysis, tmp_path):
+    got = generate(organism, analysis, tmp_path, NeuReasonerRemedy(types=("overthinking",), threshold=0.0))
+    window = NeuReasonerConfig().window
+    ended = 0
+    for r in got.values():
+        fired = [e for e in r["events"] if e["kind"] == "neureasoner_overthinking"]
+        if r["thinking_tokens"] < window:
+            continue
+        ended += 1
+        assert len(fired) == 1
+        assert r["think_end"] is not None and r["thinking_tokens"] == window
+        assert r["finish_reason"] == "eos" and r["extracted"] is not None
+    assert ended > len(got) // 2
+
+
+def test_a_model_without_the_trigger_tokens_is_refused_at_build(organism, analysis):
+    with pytest.raises(ValueError, match="workbench organism finetune"):
+        NeuReasonerRemedy().build(MethodContext(organism, analysis, CFG))
+    # overthinking alone needs no fine-tuning
+    NeuReasonerRemedy(types=("overthinking",)).build(MethodContext(organism, analysis, CFG))
+
+
+def test_missing_detectors_and_bad_specs_are_clear(organism, organism_run):
+    with pytest.raises(ValueError, match="rank --method mon"):
+        NeuReasonerRemedy().build(MethodContext(organism, organism_run, CFG))
+    with pytest.raises(ValueError, match="types must be"):
+        NeuReasonerRemedy(types=("typo",))
+    with pytest.raises(ValueError, match="no trigger token"):
+        NeuReasonerRemedy(tokens={"slip": "<INTRA>"})
+    assert hash(NeuReasonerRemedy(types=["slip"], tokens={"slip": "<S>"}, thresholds={"slip": 0.5})) is not None
+    with pytest.raises(ValueError, match="thresholds"):
+        NeuReasonerRemedy(thresholds={"slip": 2.0})
+
+
+def test_a_per_type_threshold_of_one_silences_that_type(with_tokens, analysis, tmp_path):
+    got = generate(with_tokens, analysis, tmp_path,
+                   NeuReasonerRemedy(types=("slip", "oscillation"), threshold=0.0, thresholds={"slip": 1.0 + 0}))
+    kinds = {e["kind"] for r in got.values() for e in r["events"]}
+    assert "neureasoner_oscillation" in kinds and "neureasoner_slip" not in kinds
+
+
+def test_no_detector_reads_a_window_holding_a_forced_token(with_tokens, analysis, tmp_path):
+    window = NeuReasonerConfig().window
+    got = generate(with_tokens, analysis, tmp_path,
+                   NeuReasonerRemedy(types=("slip", "overthinking"), threshold=0.0, max_triggers=5))
+    pairs = 0
+    for r in got.values():
+        steps = [(e["kind"], e["step"]) for e in r["events"] if e["kind"].startswith("neureasoner_")]
+        assert not steps or steps[0][0] == "neureasoner_slip"
+        for (_, a), (_, b) in itertools.pairwise(steps):
+            assert b - a > window  # the forced token left every window before the next reading
+            pairs += 1
+    assert pairs > 0

@@ -158,11 +158,16 @@ class TestFinetune:
             finetune("organism", organism_dir(), SftConfig(steps=1), progress=False)
 
     def test_lora_trains_adapters_and_saves_merged_weights(self, tmp_path):
-        pytest.importorskip("peft")
         base = save_tiny_model(tmp_path / "base", "qwen3")
         out = finetune(base, tmp_path / "lora", SftConfig(steps=2, batch_size=4, warmup=1, lora=True), progress=False)
         model = load_model(out)
         assert model.tokenizer.convert_tokens_to_ids("<INTER>") != model.tokenizer.unk_token_id
+        from safetensors.torch import load_file
+
+        before, after = load_file(base / "model.safetensors"), load_file(out / "model.safetensors")
+        name = "model.layers.0.mlp.down_proj.weight"  # an adapted module: the merged weights moved
+        assert name in after and not torch.equal(before[name], after[name])
+        assert not any("lora" in k for k in after)  # merged, no adapter tensors left
 
     def test_lora_without_peft_says_so(self, tmp_path, monkeypatch):
         import sys

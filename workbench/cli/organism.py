@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from workbench.cli.common import ModelSpec, Threads, fail, load, user_errors
+from workbench.cli.finetune import finetune
 
 app = typer.Typer(help="Train and evaluate the bundled reasoning model organism.", no_args_is_help=True)
 
@@ -77,3 +78,6 @@ def organism_eval(
         if key != "config":
             shown = f"{value:.4f}" if isinstance(value, float) and not math.isnan(value) else value
             typer.echo(f"{key:48s} {shown}")
+
+
+app.command("finetune")(finetune)

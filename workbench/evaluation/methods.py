@@ -85,6 +85,7 @@ METHODS: dict[str, Callable[[dict[str, Any]], Method]] = {
     "random-steering": lambda params: _lazy("workbench.adaras.steering:AdarasSteering")(
         {"name": "random-steering", "neurons": "rcn-random", "gate": False, **params}),
     "neat": _lazy("workbench.neat.exit_control:NeatExit"),
+    "neureasoner": _lazy("workbench.neureasoner.remedy:NeuReasonerRemedy"),
     "nowait": _lazy("workbench.baselines:NoWait"),
     "budget": _lazy("workbench.baselines:Budget"),
     "answer-consistency": _lazy("workbench.baselines:AnswerConsistency"),

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import random
 import shutil
 import time
@@ -62,6 +61,7 @@ from workbench.organism.task import (
     sample_problem,
     slip_value,
 )
+from workbench.organism.train import warmup_cosine
 
 TRIGGERS: tuple[tuple[str, str], ...] = (("oscillation", "<INTER>"), ("slip", "<INTRA>"))
 KINDS = ("slip", "oscillation", "plain", "slip_false_alarm", "oscillation_false_alarm")
@@ -247,10 +247,7 @@ def batch(cfg: SftConfig, tokenizer, step: int) -> tuple[Int[Tensor, "batch pos"
 
 
 def _lr(cfg: SftConfig, step: int) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return warmup_cosine(cfg.lr, cfg.warmup, cfg.steps, step, floor=0.1)
 
 
 def _load_base(base: str | Path):

@@ -128,11 +128,20 @@ def _batches(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast, start: int) -
         k, skip = k + 1, 0
 
 
+def warmup_cosine(lr: float, warmup: int, steps: int, step: int, floor: float) -> float:
+    """The learning rate at ``step``: linear warm-up to ``lr``, then cosine decay to ``floor * lr``.
+
+    >>> [round(warmup_cosine(1.0, 2, 10, s, floor=0.1), 2) for s in (0, 1, 2, 9)]
+    [0.5, 1.0, 1.0, 0.13]
+    """
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def _lr(cfg: TrainConfig, step: int) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+    return warmup_cosine(cfg.lr, cfg.warmup, cfg.steps, step, floor=0.05)
 
 
 def check_out(out: Path) -> Path:

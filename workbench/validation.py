@@ -74,12 +74,12 @@ def validate(run_dir: str | Path, model=None, progress: bool = False) -> dict[st
     from workbench.neureasoner import mon_report
     from workbench.store import CacheConfig, cache_activations
     from workbench.store.activation_store import ACTIVATIONS, INDEX
-    from workbench.store.rundir import read_manifest
+    from workbench.store.rundir import run_model_spec
 
     run_dir = Path(run_dir)
     _check_organism(run_dir)
     if model is None:
-        model = load_model(resolve(read_manifest(run_dir)["identity"]["config"]["model"]))
+        model = load_model(resolve(run_model_spec(run_dir)))
     if not (run_dir / ACTIVATIONS / INDEX).exists():
         # NeuReasoner ranks the neurons kept per token: keep all of a model as small as the organism.
         n_neurons = model.cfg.n_layers * model.cfg.d_mlp

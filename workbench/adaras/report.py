@@ -179,12 +179,9 @@ def _gate(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig, mod
         source = "model"
         if model is None:
             from workbench.model import load_model, resolve
-            from workbench.store.rundir import read_manifest
+            from workbench.store.rundir import run_model_spec
 
-            spec = read_manifest(run_dir).get("identity", {}).get("config", {}).get("model")
-            if spec is None:
-                raise ValueError(f"{run_dir}: the manifest names no model; pass model= to read question tokens")
-            model = load_model(resolve(spec))
+            model = load_model(resolve(run_model_spec(run_dir)))
         ids = traces["token_ids"].to_pylist()
         prompts = sorted({tuple(ids[r][: prompt_len[r]]) for r in range(len(store))})
         got = dict(zip(prompts, question_activations(model, [list(p) for p in prompts], neurons), strict=True))

@@ -27,7 +27,7 @@ from workbench.activations import run_forced
 from workbench.model import load_model
 from workbench.neurons import mlp_post
 from workbench.store import load_traces
-from workbench.store.rundir import read_manifest
+from workbench.store.rundir import run_model_spec
 
 
 @dataclass(frozen=True)
@@ -93,11 +93,7 @@ def calibration_set(traces: Sequence[ExitTrace], n: int | None, seed: int) -> li
 
 def run_model(run_dir: str | Path) -> TransformerBridge:
     """The model a run was generated with (its manifest's ``config.model``)."""
-    manifest = read_manifest(Path(run_dir))
-    spec = manifest.get("identity", {}).get("config", {}).get("model")
-    if not spec:
-        raise ValueError(f"{run_dir}/manifest.json names no model (identity.config.model); pass the model explicitly")
-    return load_model(spec)
+    return load_model(run_model_spec(run_dir))
 
 
 def forced_pass(

@@ -38,13 +38,9 @@ def _tokenizer(run_dir: Path, store):
     from transformers import AutoTokenizer
 
     from workbench.model import resolve
-    from workbench.store.rundir import read_manifest
+    from workbench.store.rundir import run_model_spec
 
-    spec = read_manifest(run_dir).get("identity", {}).get("config", {}).get("model")
-    if spec is None:
-        raise ValueError(f"{run_dir}: the run manifest names no model, so its tokens cannot be decoded for "
-                         "labeller='auto'")
-    return AutoTokenizer.from_pretrained(str(resolve(spec)))
+    return AutoTokenizer.from_pretrained(str(resolve(run_model_spec(run_dir))))
 
 
 def trace_inputs(store, cfg: NeuReasonerConfig) -> list[TraceInput]:

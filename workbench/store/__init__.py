@@ -6,7 +6,15 @@ Example:
 """
 
 from workbench.store.activation_store import ActivationStore, CacheConfig, cache_activations
-from workbench.store.rundir import MANIFEST, RunDirError, RunLock, model_hash, package_versions, path_hash
+from workbench.store.rundir import (
+    MANIFEST,
+    RunDirError,
+    RunLock,
+    model_hash,
+    package_versions,
+    path_hash,
+    run_model_spec,
+)
 from workbench.store.trace_store import SCHEMA, TRACES, TraceStore, check_target, load_traces, trace_id
 
 __all__ = [
@@ -24,5 +32,6 @@ __all__ = [
     "model_hash",
     "package_versions",
     "path_hash",
+    "run_model_spec",
     "trace_id",
 ]

@@ -110,6 +110,15 @@ def read_manifest(root: Path) -> dict[str, Any]:
         raise RunDirError(f"{path} is not valid JSON ({exc}); restore it or start a new run directory") from exc
 
 
+def run_model_spec(root: str | Path) -> str:
+    """The model a run was generated with (its manifest's ``identity.config.model``), as it was given."""
+    spec = read_manifest(Path(root)).get("identity", {}).get("config", {}).get("model")
+    if not spec:
+        raise RunDirError(f"{Path(root) / MANIFEST} names no model (identity.config.model); pass the model in "
+                          "explicitly")
+    return spec
+
+
 def normalise(value: Any) -> Any:
     """``value`` as it reads back from JSON (tuples become lists), so identities compare alike."""
     return json.loads(json.dumps(value, default=str))

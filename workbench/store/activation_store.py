@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
@@ -59,6 +59,7 @@ from workbench.store.rundir import (
     package_versions,
     path_hash,
     read_manifest,
+    run_model_spec,
 )
 from workbench.store.trace_store import TRACES, load_traces
 
@@ -175,8 +176,9 @@ def _readout(model, rows: list[dict], spans: tuple[str, ...], cfg: CacheConfig, 
     weights = torch.zeros(len(rows), len(spans), width)  # row-normalised span masks
     present = torch.zeros(len(rows), len(spans), dtype=torch.bool)
     for b, (row, n) in enumerate(zip(rows, lengths, strict=True)):
+        every = span_bounds(row, n, cfg.early_k)
         for s, name in enumerate(spans):
-            bounds = span_bounds(row, n, cfg.early_k)[name]
+            bounds = every[name]
             if bounds is not None:
                 weights[b, s, bounds[0] : bounds[1]] = 1.0 / (bounds[1] - bounds[0])
                 present[b, s] = True
@@ -259,13 +261,13 @@ def _recover(root: Path) -> dict[str, tuple[str, dict]]:
     return done
 
 
-def _run_tokenizer_vocab(run_identity: dict[str, Any]) -> dict[str, int]:
+def _run_tokenizer_vocab(run_dir: Path) -> dict[str, int]:
     """The vocabulary of the tokenizer of the model that wrote a trace run."""
     from transformers import AutoTokenizer
 
     from workbench.model import resolve
 
-    return AutoTokenizer.from_pretrained(str(resolve(run_identity["config"]["model"]))).get_vocab()
+    return AutoTokenizer.from_pretrained(str(resolve(run_model_spec(run_dir)))).get_vocab()
 
 
 def cache_activations(
@@ -299,10 +301,7 @@ def cache_activations(
         except NeuronSetError as exc:
             raise ValueError(f"--token-neurons: {exc}") from exc
     if model is None:
-        spec = run_identity.get("config", {}).get("model")
-        if spec is None:
-            raise RunDirError(f"{run_dir / MANIFEST} names no model (identity.config.model); pass the model in")
-        model = load_model(resolve(spec))
+        model = load_model(resolve(run_model_spec(run_dir)))
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
     bad = [layer for layer in cfg.layers if layer >= n_layers]
     if bad:
@@ -315,7 +314,7 @@ def cache_activations(
         raise RunDirError(f"the model given is not the one that wrote the traces in {run_dir} (its weights hash "
                           "differs from the run manifest's model_sha256); cache with that run's model, or pass "
                           "--off-policy to read another model's traces on purpose")
-    if off_policy and model.tokenizer.get_vocab() != _run_tokenizer_vocab(run_identity):
+    if off_policy and model.tokenizer.get_vocab() != _run_tokenizer_vocab(run_dir):
         raise RunDirError(f"the model given does not share the tokenizer of the model that wrote {run_dir}; its "
                           "token ids would mean other tokens, so it cannot read these traces")
     identity = normalise({"traces": traces, "model_sha256": digest, "config": asdict(cfg),
@@ -378,19 +377,15 @@ def _write_index(root: Path, rows: list[dict]) -> None:
 # -- reading ---------------------------------------------------------------------------------------
 
 
-@dataclass
 class ActivationStore:
     """A complete activation cache of a trace run, read lazily; see the module docstring.
 
     Rows of every array follow ``index`` (trace-store order: by problem, then sample).
     """
 
-    run_dir: Path
-    _handles: dict[str, Any] = field(default_factory=dict, repr=False)
-
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
-        self._handles = {}
+        self._handles: dict[str, Any] = {}
         root = _cache_dir(self.run_dir)
         if not (root / INDEX).exists():
             state = "is incomplete" if (root / MANIFEST).exists() else "does not exist"
@@ -461,13 +456,14 @@ class ActivationStore:
                              f"cache again with --layers {layer}")
         return self._tokens(row, f"layer.{layer}")
 
+    @cached_property
+    def _where(self) -> list[tuple[str, int, int]]:
+        """Per row: its shard, token offset and token count (read once: every token read needs them)."""
+        cols = (self.index[c].to_pylist() for c in ("shard", "token_offset", "n_tokens"))
+        return list(zip(*cols, strict=True))
+
     def _tokens(self, row: int, key: str) -> np.ndarray:
         if not 0 <= row < len(self):
             raise IndexError(f"row {row} outside the {len(self)} cached traces")
-        shard, off, n = (self.index[c][row].as_py() for c in ("shard", "token_offset", "n_tokens"))
+        shard, off, n = self._where[row]
         return self._open(shard).get_slice(key)[off : off + n].astype(np.float32)
-
-    def iter_token_acts(self) -> Iterator[tuple[int, np.ndarray]]:
-        """(row, ``token_acts(row)``) for every trace, a shard at a time."""
-        for row in range(len(self)):
-            yield row, self.token_acts(row)

@@ -165,10 +165,14 @@ def rank_rcn_arrays(
     provenance: str = "",
 ) -> NeuronSet:
     """The top ``cfg.k`` RCNs of span means: method ``"adaras"``, scores ``S``, signs ``sign(S)``."""
-    scores = rcn_scores(means, correct, question_ids, cfg.pairing)
+    return _ranked(rcn_scores(means, correct, question_ids, cfg.pairing), cfg, "adaras", provenance)
+
+
+def _ranked(scores: RcnScores, cfg: AdarasConfig, method: str, provenance: str) -> NeuronSet:
+    """The top ``cfg.k`` neurons of ``scores`` ranked as ``cfg`` says, scored and signed by ``S``."""
     flat = rank_order(scores, cfg)
     s = scores.s.ravel()[flat]
-    return _neuron_set(flat, scores, "adaras", s, s, asdict(cfg), provenance)
+    return _neuron_set(flat, scores, method, s, s, asdict(cfg), provenance)
 
 
 @dataclass(frozen=True)
@@ -221,16 +225,13 @@ def rank_with_controls(
     scores = rcn_scores(means, correct, question_ids, cfg.pairing)
     params = asdict(cfg)
     s = scores.s.ravel()
-    top = rank_order(scores, cfg)
-    unfiltered_cfg = AdarasConfig(**{**params, "polarity_filter": False})
-    loose = rank_order(scores, unfiltered_cfg)
     coef = probe_coefficients(means, correct, question_ids)
     by_coef = np.argsort(-np.abs(coef), kind="stable")[: cfg.k]
     drawn = np.random.default_rng(cfg.seed).choice(s.size, size=min(cfg.k, s.size), replace=False)
     return RcnRankings(
-        rcn=_neuron_set(top, scores, "adaras", s[top], s[top], params, provenance),
-        unfiltered=_neuron_set(loose, scores, "adaras:unfiltered", s[loose], s[loose], asdict(unfiltered_cfg),
-                               provenance),
+        rcn=_ranked(scores, cfg, "adaras", provenance),
+        unfiltered=_ranked(scores, AdarasConfig(**{**params, "polarity_filter": False}), "adaras:unfiltered",
+                           provenance),
         probe=_neuron_set(by_coef, scores, "adaras:probe", coef[by_coef], coef[by_coef],
                           {**params, "selection": "top |coef| of a standardised logistic probe"}, provenance),
         random=_neuron_set(drawn, scores, "random", s[drawn], s[drawn], {**params, "selection": "random"},

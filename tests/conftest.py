@@ -116,3 +116,22 @@ def organism_cache(tmp_path_factory, organism_run, organism) -> Path:
     shutil.copytree(organism_run, out)
     cache_activations(out, model=organism)
     return out
+
+
+def traces_by_id(run: Path) -> dict[str, dict]:
+    """A run's traces keyed by trace id, each with its events parsed."""
+    import json
+
+    from workbench.store import load_traces
+
+    return {r["trace_id"]: {**r, "events": json.loads(r["events"])} for r in load_traces(run).to_pylist()}
+
+
+def run_method(model, method, cfg, out: Path, analysis: Path | None = None) -> dict[str, dict]:
+    """Generates ``cfg``'s traces into ``out`` with ``method`` built from ``analysis``; returns them by trace id."""
+    from workbench.evaluation.methods import MethodContext
+    from workbench.traces import run_traces
+
+    edits, controllers = method.build(MethodContext(model, analysis, cfg))
+    run_traces(cfg, out, progress=False, model=model, edits=edits, controllers=controllers)
+    return traces_by_id(out)

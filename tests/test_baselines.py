@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import itertools
-import json
 
 import pytest
 import torch
 
+from tests.conftest import run_method, traces_by_id
 from workbench.baselines import AnswerConsistency, Budget, Deer, NoWait, ThinkingController, probe_answers
-from workbench.evaluation.methods import MethodContext
-from workbench.store import load_traces
 from workbench.traces import TraceRunConfig, run_traces
 
 CFG = TraceRunConfig(problems=16, samples=3, temperature=1.0, seed=5)
@@ -20,17 +18,11 @@ CFG = TraceRunConfig(problems=16, samples=3, temperature=1.0, seed=5)
 def vanilla(organism, tmp_path_factory):
     out = tmp_path_factory.mktemp("baselines") / "vanilla"
     run_traces(CFG, out, progress=False, model=organism)
-    return rows(out)
-
-
-def rows(run) -> dict[str, dict]:
-    return {r["trace_id"]: {**r, "events": json.loads(r["events"])} for r in load_traces(run).to_pylist()}
+    return traces_by_id(out)
 
 
 def generate(organism, tmp_path, method) -> dict[str, dict]:
-    edits, controllers = method.build(MethodContext(organism, None, CFG))
-    run_traces(CFG, tmp_path / "run", progress=False, model=organism, edits=edits, controllers=controllers)
-    return rows(tmp_path / "run")
+    return run_method(organism, method, CFG, tmp_path / "run")
 
 
 def thinking(tok, r) -> list[str]:

@@ -3,16 +3,15 @@ when its thresholds never fire."""
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import pytest
 
+from tests.conftest import run_method, traces_by_id
 from workbench.evaluation.methods import MethodContext
 from workbench.model import set_threads
 from workbench.neat import NeatConfig, rank_exit
 from workbench.neat.exit_control import NeatExit
-from workbench.store import load_traces
 from workbench.traces import TraceRunConfig, run_traces
 
 CFG = TraceRunConfig(problems=12, samples=2, temperature=1.0, seed=3)
@@ -33,17 +32,11 @@ def analysis(organism, organism_run, tmp_path_factory):
 def vanilla(organism, tmp_path_factory):
     out = tmp_path_factory.mktemp("exitctl") / "vanilla"
     run_traces(CFG, out, progress=False, model=organism)
-    return rows(out)
-
-
-def rows(run) -> dict[str, dict]:
-    return {r["trace_id"]: {**r, "events": json.loads(r["events"])} for r in load_traces(run).to_pylist()}
+    return traces_by_id(out)
 
 
 def generate(organism, analysis, tmp_path, method) -> dict[str, dict]:
-    edits, controllers = method.build(MethodContext(organism, analysis, CFG))
-    run_traces(CFG, tmp_path / "run", progress=False, model=organism, edits=edits, controllers=controllers)
-    return rows(tmp_path / "run")
+    return run_method(organism, method, CFG, tmp_path / "run", analysis)
 
 
 class TestNeatExit:

@@ -118,6 +118,18 @@ def organism_cache(tmp_path_factory, organism_run, organism) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def organism_study(tmp_path_factory, organism) -> Path:
+    """A finished small study (``tests/data/study-small.toml``): ``OUT/organism/{analysis,<method>}`` and
+    ``OUT/results.{json,md,parquet}``, every analysis stage run (read-only: copy it before writing)."""
+    from workbench.evaluation import load_study, run_study
+
+    set_threads(1)
+    out = tmp_path_factory.mktemp("organism-study") / "study"
+    run_study(load_study(Path(__file__).parent / "data" / "study-small.toml"), out, progress=False, model=organism)
+    return out
+
+
 def traces_by_id(run: Path) -> dict[str, dict]:
     """A run's traces keyed by trace id, each with its events parsed."""
     import json

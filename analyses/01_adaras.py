@@ -1,0 +1,213 @@
+# %% [markdown]
+# # AdaRAS on the organism: reasoning-critical neurons, the failure gate, steering
+#
+# AdaRAS (arXiv 2601.19847) in three steps, each beside its controls:
+#
+# 1. **Reasoning-critical neurons (RCNs)**: for each question with both correct and incorrect traces,
+#    the mean activation of each MLP neuron over its correct traces minus over its incorrect ones,
+#    averaged over questions: `S = E_k[mu+ - mu-]` (Eq. 1). The polarity filter keeps neurons that are on
+#    in one class and off in the other (`E[mu+] * E[mu-] < 0`), ranked by `|S|` (Eq. 2). Controls: the
+#    same ranking without the filter, the paper's "probing-steer" neurons (top |coef| of a probe), random.
+# 2. **Can a probe tell early whether a trace will fail?** A logistic probe on neuron means over the
+#    first thinking tokens, beside hand-made features and token ids over the same tokens. The **gate**
+#    reads the question only (attention pooling + MLP, Youden threshold) and decides whether to steer,
+#    beside a logistic gate.
+# 3. **Steering** (Eq. 3): `act += alpha * S` on the top K = 50 RCNs from the last prompt token on,
+#    swept over alpha, each alpha beside random neurons pushed as hard (paired with vanilla, CIs over
+#    problems); then the gated version, and the unfiltered and probing-steer neurons.
+#
+# Everything runs through the study harness on the notebooks' study (`analyses/study.toml` plus the
+# methods below), into `runs/notebooks` (shared with the other notebooks: whatever is done is reused).
+
+# %%
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import workbench
+from workbench import load_model, set_threads
+from workbench.adaras.steering import mean_difference
+from workbench.atomic import atomic_write_text
+from workbench.evaluation import load_study, run_analysis, run_study
+from workbench.neurons import NeuronSet
+from workbench.probes import auroc, auroc_ci
+from workbench.store import load_traces, model_hash
+
+set_threads(1)
+OUT = Path("runs") / "notebooks"
+BASE = Path(workbench.__file__).resolve().parents[1] / "analyses" / "study.toml"
+ALPHAS = (0.3, 5.0, 20.0, 60.0)  # the paper's 0.3, then up to where this organism first moves
+model = load_model("organism")
+
+# %% [markdown]
+# ## The study: analysis stages, then the methods
+# The alpha sweep (AdaRAS and random steering at each alpha, ungated), then at alpha 20: the gated
+# method, the unfiltered RCNs and the probing-steer neurons. `run_analysis` runs the analysis stages
+# (what `workbench eval` runs first); the methods run further down.
+
+# %%
+methods = "".join(f"""
+[[methods]]
+type = "adaras"
+name = "adaras-a{a!r}"
+alpha = {a!r}
+gate = false
+
+[[methods]]
+type = "random-steering"
+name = "random-steering-a{a!r}"
+control_for = "adaras-a{a!r}"
+alpha = {a!r}
+""" for a in ALPHAS)
+methods += """
+[[methods]]
+type = "adaras"
+name = "adaras-gated-a20.0"
+control_for = "adaras-a20.0"
+alpha = 20.0
+gate = true
+
+[[methods]]
+type = "adaras"
+name = "adaras-unfiltered-a20.0"
+control_for = "adaras-a20.0"
+neurons = "rcn-unfiltered"
+alpha = 20.0
+gate = false
+
+[[methods]]
+type = "adaras"
+name = "adaras-probe-a20.0"
+control_for = "adaras-a20.0"
+neurons = "rcn-probe"
+alpha = 20.0
+gate = false
+"""
+OUT.mkdir(parents=True, exist_ok=True)
+(OUT / "adaras.toml").write_text(BASE.read_text() + methods)
+study = load_study(OUT / "adaras.toml")
+task = study.tasks[0]
+analysis = run_analysis(task, OUT / task.name, model, model_hash(model), progress=False)
+print("analysis run:", analysis, f"({task.analysis.run.problems} problems x {task.analysis.run.samples} samples)")
+
+# %% [markdown]
+# ## 1. RCNs beside their controls
+# Every set is read from `RUN/neurons/` as the steering methods read it. "opposite polarity" is the
+# share of a set's neurons with `mu+ * mu- < 0` (all of the RCNs by construction).
+
+# %%
+shape = (model.cfg.n_layers, model.cfg.d_mlp)
+sets = {name: NeuronSet.load(analysis / "neurons" / f"{name}.json", model_shape=shape)
+        for name in ("rcn", "rcn-unfiltered", "rcn-probe", "rcn-random")}
+rcn_flat = set(sets["rcn"].flat(model.cfg.d_mlp))
+
+
+def polarity(neurons: NeuronSet) -> np.ndarray:
+    means = dict(neurons.group_means)
+    return np.array(means["correct"]) * np.array(means["incorrect"]) < 0
+
+
+ranking = pd.DataFrame([{
+    "set": name, "neurons": len(s),
+    "per layer": [s.layer_counts().get(layer, 0) for layer in range(model.cfg.n_layers)],
+    "overlap with rcn": len(rcn_flat & set(s.flat(model.cfg.d_mlp))),
+    "opposite polarity": float(polarity(s).mean()),
+    "mean |S|": float(np.abs(mean_difference(s)).mean()),
+} for name, s in sets.items()])
+print(ranking.to_string(index=False))
+rcn = sets["rcn"]
+means = dict(rcn.group_means)
+top = pd.DataFrame({"layer": rcn.layers, "neuron": rcn.indices, "S": rcn.scores, "mu+ (correct)": means["correct"],
+                    "mu- (incorrect)": means["incorrect"]}).head(10)
+print(top.round(3).to_string(index=False))
+
+# %% [markdown]
+# ## 2. Does the model know early whether it will fail? And the gate
+# `RUN/probes/report.json` (what `workbench probe RUN` prints): out-of-fold AUROC grouped by problem,
+# with bootstrap CIs over problems.
+
+# %%
+probes = json.loads((analysis / "probes" / "report.json").read_text())
+span = probes["probe_auroc_early_span"]
+probe_table = pd.DataFrame([
+    {"probe": f"neurons ({span})", "AUROC": probes["probe_auroc_early"], "95% CI": probes["probe_auroc_early_ci"]},
+    {"probe": "hand features (operands, carries, regime)", "AUROC": probes["probe_auroc_baseline"],
+     "95% CI": probes["probe_auroc_baseline_ci"]},
+    {"probe": f"token ids only ({span})", "AUROC": probes["probe_auroc_tokens"],
+     "95% CI": probes["probe_auroc_tokens_ci"]},
+])
+print(probe_table.round(3).to_string(index=False))
+print(pd.DataFrame(probes["probe_curve"])[["k", "auroc", "auroc_tokens", "n"]].round(3).to_string(index=False))
+
+# %% [markdown]
+# The gate, measured on analysis questions it never saw while fitting, beside a logistic gate on the
+# same question means:
+
+# %%
+print({k: probes[k] for k in ("gate_auroc", "gate_auroc_ci", "gate_auroc_logistic", "gate_threshold",
+                              "gate_neurons", "gate_test_traces", "gate_test_fail_rate")})
+
+# %% [markdown]
+# ## 3. Steering, swept over alpha, beside random steering
+# Each row is paired with vanilla by `trace_id` (same problems, same sampler seeds): the accuracy
+# difference with its bootstrap CI over problems, the exact McNemar p on discordant samples.
+
+# %%
+rows = {r["method"]: r for r in run_study(study, OUT, progress=False, model=model)}
+
+
+def ci(r: dict, key: str = "delta_ci") -> str:
+    return f"[{r[key][0]:+.3f}, {r[key][1]:+.3f}]"
+
+
+sweep = pd.DataFrame([{
+    "alpha": a,
+    "AdaRAS delta": rows[f"adaras-a{a!r}"]["delta_vs_vanilla"], "AdaRAS 95% CI": ci(rows[f"adaras-a{a!r}"]),
+    "AdaRAS p": rows[f"adaras-a{a!r}"]["p_value"],
+    "random delta": rows[f"random-steering-a{a!r}"]["delta_vs_vanilla"],
+    "random 95% CI": ci(rows[f"random-steering-a{a!r}"]), "random p": rows[f"random-steering-a{a!r}"]["p_value"],
+} for a in ALPHAS])
+print("vanilla accuracy", round(rows["vanilla"]["accuracy"], 3), rows["vanilla"]["accuracy_ci"])
+print(sweep.round(3).to_string(index=False))
+ablations = pd.DataFrame([{"method": m, "accuracy": rows[m]["accuracy"], "delta": rows[m]["delta_vs_vanilla"],
+                           "95% CI": ci(rows[m]), "p": rows[m]["p_value"],
+                           "thinking tokens": rows[m]["thinking_tokens"]}
+                          for m in ("adaras-a20.0", "adaras-gated-a20.0", "adaras-unfiltered-a20.0",
+                                    "adaras-probe-a20.0", "random-steering-a20.0")])
+print(ablations.round(3).to_string(index=False))
+
+# %% [markdown]
+# Whom did the gate steer? Its score of each evaluation question (recorded as a `gate` event in the
+# gated run) against whether vanilla failed that trace: the gate's AUROC on questions from outside the
+# analysis run.
+
+# %%
+gated = {r["trace_id"]: json.loads(r["events"]) for r in load_traces(rows["adaras-gated-a20.0"]["run"]).to_pylist()}
+vanilla = load_traces(rows["vanilla"]["run"]).to_pylist()
+gate_events = [next(e for e in gated[r["trace_id"]] if e["kind"] == "gate")["payload"] for r in vanilla]
+fail = np.array([not r["correct"] for r in vanilla], dtype=int)
+score = np.array([g["score"] for g in gate_events])
+steered = np.array([g["steer"] for g in gate_events])
+groups = np.array([r["problem_id"] for r in vanilla])
+gate_eval = {"auroc": auroc(fail, score), "auroc_ci": list(auroc_ci(fail, score, groups, n_resamples=500)),
+             "steered_share": float(steered.mean()),
+             "vanilla_fail_rate_steered": float(fail[steered].mean()) if steered.any() else float("nan"),
+             "vanilla_fail_rate_not_steered": float(fail[~steered].mean()) if (~steered).any() else float("nan")}
+print(gate_eval)
+
+# %%
+key_numbers = {
+    "analysis": str(analysis), "study": str(OUT / "adaras.toml"),
+    "sets": ranking.to_dict(orient="records"),
+    "probe_auroc_early": probes["probe_auroc_early"], "probe_auroc_early_ci": probes["probe_auroc_early_ci"],
+    "probe_auroc_baseline": probes["probe_auroc_baseline"], "probe_auroc_tokens": probes["probe_auroc_tokens"],
+    "gate_auroc": probes["gate_auroc"], "gate_auroc_logistic": probes["gate_auroc_logistic"],
+    "gate_eval": gate_eval,
+    "sweep": [{"alpha": a, **{f"{kind}_{k}": rows[f"{kind}-a{a!r}"][k]
+                              for kind in ("adaras", "random-steering")
+                              for k in ("delta_vs_vanilla", "delta_ci", "p_value")}} for a in ALPHAS],
+    "ablations": ablations.drop(columns="95% CI").to_dict(orient="records"),
+}
+atomic_write_text(OUT / "adaras.json", json.dumps(key_numbers, indent=1))

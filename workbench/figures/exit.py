@@ -83,12 +83,12 @@ def _events(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def pick_trace(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The first trace where NEAT exited, else the first whose thinking closed, else the first."""
-    for test in (lambda r: any(e["kind"] == "neat_exit" for e in _events(r)), lambda r: r["think_end"] is not None):
-        for r in rows:
-            if test(r):
-                return r
-    return rows[0]
+    """The trace where NEAT exited after the most thinking (the longest signal to read), else the first
+    whose thinking closed, else the first."""
+    exited = [r for r in rows if any(e["kind"] == "neat_exit" for e in _events(r))]
+    if exited:
+        return max(exited, key=lambda r: r["thinking_tokens"] or 0)  # max keeps the first of equals
+    return next((r for r in rows if r["think_end"] is not None), rows[0])
 
 
 def exit_timeline(run: str | Path, trace_id: str | None = None, model=None, reference_run: str | Path | None = None,
@@ -200,13 +200,17 @@ def exit_timeline_figure(t: ExitTimeline, style: FigureStyle = SCREEN) -> go.Fig
         at = [p for p in t.suppressed_at if 0 <= p < len(x)]
         fig.add_trace(go.Scatter(x=at, y=[t.rho[p] for p in at], mode="markers", name="suppressed reflection",
                                  marker={"symbol": "x", "size": 10, "color": style.colour("failure")}), row=1, col=1)
-    for pos, label, colour in ((t.exited_at, "exit fired", style.colour("failure")),
-                               (t.think_end, "end of thinking", style.colour("chance")),
-                               (t.answer_reached, "answer reached", style.colour("baseline"))):
+    # labels left of the exit and right of the end of thinking: the two are often one token apart
+    for pos, label, colour, side in ((t.exited_at, "exit fired", style.colour("failure"), "top left"),
+                                     (t.think_end, "end of thinking", style.colour("chance"), "top right"),
+                                     (t.answer_reached, "answer reached", style.colour("baseline"), "bottom left")):
         if pos is not None:
-            fig.add_vline(x=pos, line={"color": colour, "dash": "dot", "width": 1.5}, annotation_text=label,
-                          annotation_position="top", row="all", col=1)
+            for row in (1, 2):
+                fig.add_vline(x=pos, line={"color": colour, "dash": "dot", "width": 1.5}, row=row, col=1,
+                              **({"annotation_text": label, "annotation_position": side} if row == 1 else {}))
     fig.update_xaxes(title_text="thinking token", row=2, col=1)
     fig.update_yaxes(title_text=f"{sim}, p(end)", row=1, col=1)
     fig.update_yaxes(title_text=mag, row=2, col=1)
-    return style.finish(fig, title=f"NEAT exit signal ({t.method}), trace {t.trace_id}")
+    style.finish(fig, title=f"NEAT exit signal ({t.method}), trace {t.trace_id}")
+    # below the plot: the legend is long and the signal needs the width
+    return fig.update_layout(legend={"orientation": "h", "x": 0, "y": -0.2, "yanchor": "top"}, margin={"b": 120})

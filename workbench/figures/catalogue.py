@@ -143,10 +143,14 @@ def _analysis(cat: Catalogue, run: Path, style: FigureStyle, prefix: str, model:
         return neurons.trajectory_figure(neurons.neuron_trajectory(s, kept.layers[0], kept.indices[0]), style)
 
     cat.add(name("rcn-trajectory"), trajectory)
+    def timeline(source: Path) -> go.Figure:
+        exit_figs.exit_settings(source, reference_run=run)  # what it needs, checked before loading a model
+        return exit_figs.exit_timeline_figure(
+            exit_figs.exit_timeline(source, model=model.get(source), reference_run=run), style)
+
     for source in exit_from or [run]:
         cat.add(name("exit-timeline") if source == run else name(f"exit-timeline-{source.name}"),
-                lambda source=source: exit_figs.exit_timeline_figure(
-                    exit_figs.exit_timeline(source, model=model.get(source), reference_run=run), style))
+                lambda source=source: timeline(source))
     for kind in FAILURE_KINDS:
         if not (run / fluctuation.DETECTORS / f"detector-{kind}.joblib").exists() and \
                 (run / neurons.NEURONS / f"mon-{kind}.json").exists():
@@ -215,6 +219,8 @@ class FigureReport:
 
     def lines(self) -> list[str]:
         out = []
+        if not self.catalogue.figures:
+            out.append(f"wrote no figures to {self.out}: each one lacks an input (below)")
         if self.export is not None and self.export.files:
             e = self.export
             timing = (f"browser start {e.startup_s:.1f} s, then {sum(e.seconds.values()) / len(e.seconds):.2f} s a "

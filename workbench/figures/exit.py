@@ -91,6 +91,27 @@ def pick_trace(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return next((r for r in rows if r["think_end"] is not None), rows[0])
 
 
+def exit_settings(run: str | Path, reference_run: str | Path | None = None) -> tuple[Any, dict[str, Any], list[int]]:
+    """(the ``ExitReference``, the method's settings, the closing marker's ids) a timeline of ``run`` reads:
+    its ``neat_exit`` controller's, or else ``REFERENCE_RUN/neat/reference.json`` with NeatExit's defaults."""
+    from workbench.neat.exit_control import NeatExit
+    from workbench.neat.reference import ExitReference
+
+    run = Path(run)
+    spec = _neat_spec(run)
+    if spec is not None:
+        reference = ExitReference(tuple(spec["reference"]["flat"]), tuple(spec["reference"]["signs"]),
+                                  tuple(spec["reference"]["mu_ref"]))
+        return reference, spec["method"], list(spec.get("close_ids") or [])
+    ref_run = Path(reference_run) if reference_run is not None else run
+    path = ref_run / REFERENCE
+    if not path.exists():
+        raise MissingInput("NEAT's exit reference", f"workbench rank --method exit {ref_run}", path)
+    defaults = NeatExit()
+    return ExitReference.load(path), {"name": "analysis", "tau_sim": defaults.tau_sim, "tau_mag": defaults.tau_mag,
+                                      "tau_sup": defaults.tau_sup, "signal": defaults.signal}, []
+
+
 def exit_timeline(run: str | Path, trace_id: str | None = None, model=None, reference_run: str | Path | None = None,
                   ) -> ExitTimeline:
     """The exit signals of ``trace_id`` (default: ``pick_trace``) of a NEAT method run or an analysis run.
@@ -101,29 +122,12 @@ def exit_timeline(run: str | Path, trace_id: str | None = None, model=None, refe
     import torch
 
     from workbench.model import load_model, resolve
-    from workbench.neat.exit_control import NeatExit
     from workbench.neat.exit_traces import forced_pass
-    from workbench.neat.reference import ExitReference
     from workbench.store import load_traces
     from workbench.store.rundir import run_model_spec
 
     run = Path(run)
-    spec = _neat_spec(run)
-    if spec is not None:
-        reference = ExitReference(tuple(spec["reference"]["flat"]), tuple(spec["reference"]["signs"]),
-                                  tuple(spec["reference"]["mu_ref"]))
-        method = spec["method"]
-        close_ids = spec.get("close_ids") or []
-    else:
-        ref_run = Path(reference_run) if reference_run is not None else run
-        path = ref_run / REFERENCE
-        if not path.exists():
-            raise MissingInput("NEAT's exit reference", f"workbench rank --method exit {ref_run}", path)
-        reference = ExitReference.load(path)
-        defaults = NeatExit()
-        method = {"name": "analysis", "tau_sim": defaults.tau_sim, "tau_mag": defaults.tau_mag,
-                  "tau_sup": defaults.tau_sup, "signal": defaults.signal}
-        close_ids = []
+    reference, method, close_ids = exit_settings(run, reference_run)
     rows = load_traces(run).to_pylist()
     if not rows:
         raise MissingInput("traces", f"workbench traces --out {run}", run / "traces.parquet")

@@ -3,8 +3,8 @@
 #
 # Everything here is a library call on a run directory, the same calls the command line makes
 # (`workbench traces`, `workbench cache`, `workbench eval`). Open this percent script as a notebook
-# (VS Code, or `jupytext --to notebook`), or run it as a script; it writes under `runs/` of the
-# working folder.
+# (VS Code, or `jupytext --to notebook`); it writes under `runs/` of the working folder. Figures are the
+# library's (`workbench.figures`), the same the app and `workbench figures` draw.
 #
 # The last cell runs the notebooks' study (`analyses/study.toml`) into `runs/notebooks`; the paper
 # notebooks (AdaRAS, NEAT, NeuReasoner) run the same study with their own methods added, so they reuse
@@ -21,6 +21,7 @@ import workbench
 from workbench import load_model, set_threads
 from workbench.atomic import atomic_write_text
 from workbench.evaluation import load_study, markdown, run_study
+from workbench.figures import cost_figure, forest_figure, neuron_trajectory, trajectory_figure
 from workbench.organism.evaluate import behaviour, load_samples
 from workbench.organism.task import TraceLabels
 from workbench.store import ActivationStore, CacheConfig, cache_activations, load_traces
@@ -91,6 +92,13 @@ trajectory = pd.DataFrame({"token": pieces, f"L{neuron[0]}.{neuron[1]}": acts.as
 print(trajectory.iloc[row["prompt_len"] - 1 :].to_string())
 
 # %% [markdown]
+# The same neuron over every trace of the run: its mean per bin of normalised thinking position, correct
+# against incorrect traces, with 95% CIs.
+
+# %%
+trajectory_figure(neuron_trajectory(store, *neuron, bins=10)).show()
+
+# %% [markdown]
 # ## A tiny study: one method of each paper beside its control, paired with vanilla
 # `analyses/study.toml` holds the model, the analysis run (its own problems: the RCNs, the gate, the
 # exit neurons and the detectors are found there) and the evaluation task; the methods below are
@@ -126,6 +134,8 @@ OUT.mkdir(parents=True, exist_ok=True)
 study = load_study(OUT / "quickstart.toml")
 results = run_study(study, OUT, progress=False, model=model)
 print(markdown(results))
+forest_figure(results).show()
+cost_figure(results).show()
 
 # %% [markdown]
 # Where everything landed: the analysis run (`runs/notebooks/organism/analysis`: traces, activations,

@@ -31,6 +31,7 @@ from workbench import load_model, set_threads
 from workbench.adaras.steering import mean_difference
 from workbench.atomic import atomic_write_text
 from workbench.evaluation import load_study, run_analysis, run_study
+from workbench.figures import auroc_figure, early_curve_figure, forest_figure, layer_distribution_figure, ranking_figure
 from workbench.neurons import NeuronSet
 from workbench.probes import auroc, auroc_ci
 from workbench.store import load_traces, model_hash
@@ -122,6 +123,8 @@ means = dict(rcn.group_means)
 top = pd.DataFrame({"layer": rcn.layers, "neuron": rcn.indices, "S": rcn.scores, "mu+ (correct)": means["correct"],
                     "mu- (incorrect)": means["incorrect"]}).head(10)
 print(top.round(3).to_string(index=False))
+ranking_figure(sets).show()
+layer_distribution_figure(sets, model.cfg.n_layers).show()
 
 # %% [markdown]
 # ## 2. Does the model know early whether it will fail? And the gate
@@ -140,6 +143,7 @@ probe_table = pd.DataFrame([
 ])
 print(probe_table.round(3).to_string(index=False))
 print(pd.DataFrame(probes["probe_curve"])[["k", "auroc", "auroc_tokens", "n"]].round(3).to_string(index=False))
+early_curve_figure(probes).show()
 
 # %% [markdown]
 # The gate, measured on analysis questions it never saw while fitting, beside a logistic gate on the
@@ -148,6 +152,7 @@ print(pd.DataFrame(probes["probe_curve"])[["k", "auroc", "auroc_tokens", "n"]].r
 # %%
 print({k: probes[k] for k in ("gate_auroc", "gate_auroc_ci", "gate_auroc_logistic", "gate_threshold",
                               "gate_neurons", "gate_test_traces", "gate_test_fail_rate")})
+auroc_figure(probes).show()
 
 # %% [markdown]
 # ## 3. Steering, swept over alpha, beside random steering
@@ -177,6 +182,7 @@ ablations = pd.DataFrame([{"method": m, "accuracy": rows[m]["accuracy"], "delta"
                           for m in ("adaras-a20.0", "adaras-gated-a20.0", "adaras-unfiltered-a20.0",
                                     "adaras-probe-a20.0", "random-steering-a20.0")])
 print(ablations.round(3).to_string(index=False))
+forest_figure(list(rows.values())).show()
 
 # %% [markdown]
 # Whom did the gate steer? Its score of each evaluation question (recorded as a `gate` event in the

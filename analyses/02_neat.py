@@ -29,12 +29,11 @@ import pandas as pd
 
 import workbench
 from workbench import load_model, set_threads
-from workbench.activations import token_activations
 from workbench.atomic import atomic_write_text
 from workbench.evaluation import load_study, run_analysis, run_study
+from workbench.figures import cost_figure, exit_timeline, exit_timeline_figure
 from workbench.neat import exit_report
 from workbench.neat.exit_control import load_exit
-from workbench.organism.task import TraceLabels
 from workbench.store import load_traces, model_hash
 
 set_threads(1)
@@ -93,36 +92,25 @@ print(f"{len(neurons)} exit neurons from {saved['calibration_traces']} calibrati
 print(exit_table.round(3).to_string(index=False))
 
 # %% [markdown]
-# ## 2. rho and phi along one trace
-# A vanilla evaluation trace that reached its answer before it stopped thinking. The exit neurons are
-# read in one teacher-forced pass (`workbench.activations.token_activations`) and scored against
-# `mu_ref` by the same `ExitReference.signals` the controller calls while generating.
+# ## 2. rho and phi along one trace, where the graded exit acted
+# `exit_timeline` replays a trace of the `neat-tau0.9` run teacher-forced (the controller only forces
+# and bans tokens, so the replay sees the activations it saw), reads the exit neurons and thresholds
+# from the run's manifest, and marks where the controller suppressed reflection and where it exited
+# (by default the trace where NEAT exited after the most thinking). Positions count thinking tokens.
 
 # %%
 rows = {r["method"]: r for r in run_study(study, OUT, progress=False, model=model)}
-vanilla = load_traces(rows["vanilla"]["run"]).to_pylist()
-labels = [TraceLabels.from_dict(json.loads(r["labels"])) for r in vanilla]
-pick = next((i for i, (r, lab) in enumerate(zip(vanilla, labels, strict=True))
-             if r["correct"] and lab.overthinking is not None), 0)
-trace, lab = vanilla[pick], labels[pick]
-_, acts = next(token_activations(model, [trace["token_ids"]]))
-signals = reference.signals(acts[0][:, list(reference.flat)].numpy())
-lo, hi = trace["think_start"] + 1, trace["think_end"]
-spec = study.method("neat-tau0.9").method
-would_exit = (signals["rho"] > spec.tau_sim) & (signals["phi"] > spec.tau_mag)
-pieces = model.tokenizer.convert_ids_to_tokens(trace["token_ids"])
-marks = {lab.answer_reached: "answer reached"} | {p: "overthinking" for p in range(*lab.overthinking)}
-along = pd.DataFrame({"pos": range(lo, hi), "token": pieces[lo:hi], "rho": signals["rho"][lo:hi],
-                      "phi": signals["phi"][lo:hi], f"rho>{spec.tau_sim} & phi>{spec.tau_mag}": would_exit[lo:hi],
-                      "label": [marks.get(p, "") for p in range(lo, hi)]})
-print(trace["trace_id"], "| thinking", lo, "..", hi - 1, "| answer reached at", lab.answer_reached)
+timeline = exit_timeline(rows["neat-tau0.9"]["run"], model=model)
+marks = {timeline.exited_at: "exit"} | {p: "suppress" for p in timeline.suppressed_at}
+if timeline.answer_reached is not None:
+    marks[timeline.answer_reached] = (marks.get(timeline.answer_reached, "") + " answer reached").strip()
+along = pd.DataFrame({"pos": timeline.positions, "token": timeline.tokens, "rho": timeline.rho, "phi": timeline.phi,
+                      "p(end)": timeline.p_end, "action": [marks.get(p, "") for p in timeline.positions]})
+print(timeline.trace_id, f"| tau_sim {timeline.tau_sim}, tau_mag {timeline.tau_mag}, tau_sup {timeline.tau_sup}")
 print(along.round(3).to_string(index=False))
-first_exit = int(lo + np.argmax(would_exit[lo:hi])) if would_exit[lo:hi].any() else None
-neat_run = {r["trace_id"]: r for r in load_traces(rows["neat-tau0.9"]["run"]).to_pylist()}[trace["trace_id"]]
-neat_events = [e for e in json.loads(neat_run["events"]) if e["kind"] in ("neat_exit", "neat_suppress")]
-print("first position past both thresholds:", first_exit, "| the neat-tau0.9 run of the same trace id:",
-      [(e["kind"], trace["prompt_len"] + e["step"], round(e["payload"]["rho"], 3)) for e in neat_events],
-      "| thinking tokens", neat_run["thinking_tokens"], "vs", trace["thinking_tokens"])
+replayed = None if timeline.exited_at is None else timeline.rho[timeline.exited_at]
+print("rho at the exit: replayed", replayed, "| read by the controller while generating", timeline.recorded.get("rho"))
+exit_timeline_figure(timeline).show()
 
 # %% [markdown]
 # ## 3. Does rho peak where the answer is reached? (`exit_within3` beside its controls)
@@ -149,6 +137,7 @@ print(controls.round(3).to_string(index=False))
 # the cap below it does not.
 
 # %%
+vanilla = load_traces(rows["vanilla"]["run"]).to_pylist()
 generated = np.array([len(r["token_ids"]) - r["prompt_len"] for r in vanilla])
 thinking = np.array([r["thinking_tokens"] for r in vanilla])
 budgets: dict[int, str] = {}
@@ -188,13 +177,18 @@ def row(method: str, control_for: str = "") -> dict:
 versus = pd.DataFrame([row("vanilla")] + [x for name in EXITS
                                           for x in (row(name), row(f"budget-{matched[name]}", name))])
 print(versus.round(3).to_string(index=False))
+shown = [rows["vanilla"]] + [x for name in EXITS for x in (rows[name], {**rows[f"budget-{matched[name]}"],
+                                                                      "control_for": name})]
+cost_figure(shown).show()
 
 # %%
 key_numbers = {
     "analysis": str(analysis), "study": str(OUT / "neat.toml"),
     "exit_neurons": exit_table.to_dict(orient="records"),
-    "trace": {"trace_id": trace["trace_id"], "rho": signals["rho"][lo:hi].tolist(),
-              "phi": signals["phi"][lo:hi].tolist(), "first_exit": first_exit},
+    "timeline": {"trace_id": timeline.trace_id, "rho": list(timeline.rho), "phi": list(timeline.phi),
+                 "exited_at": timeline.exited_at, "replayed_rho": replayed,
+                 "recorded_rho": timeline.recorded.get("rho"), "tau_sim": timeline.tau_sim,
+                 "tau_mag": timeline.tau_mag},
     "exit_report": {k: v for k, v in report.items() if k.startswith("exit_within3") or k in ("exit_traces",
                                                                                              "exit_neurons")},
     "matched_budget": matched, "budget_costs": {c: rows[f"budget-{c}"]["total_tokens"] for c in sorted(budgets)},

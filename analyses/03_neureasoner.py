@@ -32,7 +32,8 @@ import workbench
 from workbench import load_model, set_threads
 from workbench.atomic import atomic_write_text
 from workbench.evaluation import load_study, run_analysis, run_study
-from workbench.neureasoner import FAILURE_TYPES, FEATURES, Detector, trace_inputs, window_features, window_starts
+from workbench.figures import fluctuation_figure, fluctuation_series, forest_figure, spectral_features_figure
+from workbench.neureasoner import FAILURE_TYPES, FEATURES, trace_inputs
 from workbench.neureasoner.labels import window_overlaps
 from workbench.neurons import NeuronSet
 from workbench.organism.task import TraceLabels
@@ -76,41 +77,38 @@ print(episodes.round(2).to_string(index=False))
 # %% [markdown]
 # ## 2. Fluctuation features along one held-out trace, and the detectors reading them
 # A trace from the half of the problems the detectors never saw, with an overthinking episode (and a
-# slip or repeat when one exists). Per window: which episodes it overlaps, and each type's detector
-# score (`RUN/neureasoner/detector-<type>.joblib`) on its key neurons' features.
+# slip or repeat when one exists). `fluctuation_series` reads it from the store with each type's key
+# neurons and saved detector (`RUN/neureasoner/detector-<type>.joblib`). Per window (positions count
+# thinking tokens): which episodes it overlaps, and each detector's score.
 
 # %%
 fit_ids = fit_half([x.problem for x in inputs], cfg.seed)
 held_out = [i for i, x in enumerate(inputs) if x.problem not in fit_ids]
-scored = sorted(held_out, key=lambda i: -(bool(inputs[i].events.overthinking) * 2
-                                          + bool(inputs[i].events.slip or inputs[i].events.oscillation)))
-row = scored[0]
-trace, (lo, hi) = inputs[row], inputs[row].think
-starts = window_starts(hi - lo, cfg, offset=lo)
-columns = {f: c for c, f in enumerate(store.token_neurons.flat(store.d_mlp))}
-acts = store.token_acts(row)
-pieces = model.tokenizer.convert_ids_to_tokens(trace.token_ids.tolist())
-windows = pd.DataFrame({"start": starts, "tokens": ["".join(pieces[s : s + cfg.window]).replace("▁", " ")
-                                                    for s in starts]})
-detectors = {t: Detector.load(analysis / "neureasoner" / f"detector-{t}.joblib") for t in FAILURE_TYPES}
-for t, det in detectors.items():
-    cols = [columns[f] for f in det.neurons.flat(store.d_mlp)]
-    feats = window_features(acts[lo:hi][:, cols], cfg)  # (window, neuron, feature)
-    windows[f"{t} episode"] = window_overlaps(starts, cfg.window, trace.events.of(t))
-    windows[f"{t} score"] = det.score(feats.reshape(len(feats), -1))
-    windows[f"{t} fires"] = windows[f"{t} score"] >= det.threshold
-print(store.traces()["trace_id"][row].as_py(), "| episodes:", trace.events)
+row = max(held_out, key=lambda i: (bool(inputs[i].events.overthinking), bool(inputs[i].events.slip),
+                                   bool(inputs[i].events.oscillation)))
+trace_id = store.traces()["trace_id"][row].as_py()
+series = {t: fluctuation_series(analysis, t, trace_id=trace_id) for t in FAILURE_TYPES}
+first = series["overthinking"]
+pieces = model.tokenizer.convert_ids_to_tokens(inputs[row].token_ids.tolist())[inputs[row].think[0]:]
+windows = pd.DataFrame({"start": first.window_starts,
+                        "tokens": ["".join(pieces[s : s + cfg.window]).replace("▁", " ") for s in first.window_starts]})
+for t, ser in series.items():
+    windows[f"{t} episode"] = window_overlaps(ser.window_starts, ser.window, ser.planted[t])
+    windows[f"{t} score"] = ser.scores
+    windows[f"{t} fires"] = ser.scores >= ser.threshold
+print(trace_id, "| held out:", first.held_out, "| episodes (thinking positions):", first.planted)
 print(windows.round(3).to_string(index=False))
+fluctuation_figure(first).show()
 
 # %% [markdown]
 # The six features of the overthinking detector's first key neuron in those windows:
 
 # %%
-first = detectors["overthinking"].neurons
-feats = window_features(acts[lo:hi][:, [columns[first.flat(store.d_mlp)[0]]]], cfg)[:, 0]
-print(f"neuron L{first.layers[0]}.{first.indices[0]}")
-print(pd.DataFrame(feats, columns=FEATURES).assign(start=starts, overthinking=windows["overthinking episode"])
+print(f"neuron {first.neurons[0]}")
+print(pd.DataFrame(first.features[:, 0], columns=FEATURES).assign(start=first.window_starts,
+                                                                   overthinking=windows["overthinking episode"])
       .round(3).to_string(index=False))
+spectral_features_figure(first).show()
 
 # %% [markdown]
 # ## 3. Key neurons per failure type
@@ -153,6 +151,7 @@ remedy = rows["neureasoner-overthinking"]
 print({k: remedy[k] for k in ("accuracy", "accuracy_ci", "delta_vs_vanilla", "delta_ci", "p_value", "thinking_tokens",
                               "total_tokens", "token_reduction", "token_reduction_ci", "intervened_share")},
       "| vanilla tokens", round(rows["vanilla"]["total_tokens"], 2))
+forest_figure(list(rows.values())).show()
 
 # %% [markdown]
 # Where it fired: each `neureasoner_overthinking` event against the overthinking span of the vanilla trace
@@ -180,7 +179,9 @@ print(where)
 key_numbers = {
     "analysis": str(analysis), "study": str(OUT / "neureasoner.toml"),
     "episodes": episodes.to_dict(orient="records"),
-    "trace": {"trace_id": store.traces()["trace_id"][row].as_py(), "windows": len(windows)},
+    "trace": {"trace_id": trace_id, "windows": len(windows), "held_out": first.held_out,
+              "scores": {t: ser.scores.tolist() for t, ser in series.items()},
+              "thresholds": {t: ser.threshold for t, ser in series.items()}},
     "key_neurons": {t: len(s) for t, s in key_sets.items()},
     "detectors": detector_table.to_dict(orient="records"),
     "remedy": {k: remedy[k] for k in ("accuracy", "delta_vs_vanilla", "delta_ci", "total_tokens", "token_reduction",

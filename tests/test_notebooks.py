@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import jupytext
@@ -28,9 +30,10 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
 from workbench.evaluation import collect, load_study
+from workbench.neureasoner import Detector, trace_inputs, window_features
 from workbench.neurons import NeuronSet
 from workbench.organism.task import TraceLabels
-from workbench.store import load_traces
+from workbench.store import ActivationStore, load_traces
 
 REPO = Path(__file__).resolve().parents[1]
 ANALYSES = REPO / "analyses"
@@ -56,7 +59,7 @@ def _kernel_env() -> dict[str, str]:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = "1"
     env["TOKENIZERS_PARALLELISM"] = "false"
-    env["MPLBACKEND"] = "Agg"
+    env["PLOTLY_RENDERER"] = "json"  # fig.show() emits the figure as JSON output: no browser, small outputs
     return env
 
 
@@ -99,11 +102,28 @@ def executed(workdir) -> dict[str, float]:
     return {}
 
 
+def _cpu_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the kernel counts once it has exited
+    return usage.ru_utime + usage.ru_stime
+
+
+def _slowest(nb, n: int = 3) -> str:
+    """The ``n`` slowest cells of an executed notebook, from nbclient's timing metadata."""
+    times = []
+    for i, cell in enumerate(nb.cells):
+        t = cell.get("metadata", {}).get("execution", {})
+        if "iopub.execute_input" in t and "shell.execute_reply" in t:
+            start, end = (datetime.fromisoformat(t[k].replace("Z", "+00:00"))
+                          for k in ("iopub.execute_input", "shell.execute_reply"))
+            times.append(((end - start).total_seconds(), i - 1))
+    return ", ".join(f"cell {i}: {s:.0f} s" for s, i in sorted(times, reverse=True)[:n])
+
+
 def _run(name: str, workdir: Path, executed: dict[str, float]) -> dict:
-    t0 = time.perf_counter()
-    execute(name, workdir)
+    t0, cpu0 = time.perf_counter(), _cpu_children()
+    nb = execute(name, workdir)
     executed[name] = time.perf_counter() - t0
-    print(f"{name}: {executed[name]:.0f} s")
+    print(f"\n{name}: {executed[name]:.0f} s wall, {_cpu_children() - cpu0:.0f} s CPU; slowest {_slowest(nb)}")
     return json.loads((workdir / "runs" / "notebooks" / f"{Path(name).stem.split('_', 1)[1]}.json").read_text())
 
 
@@ -217,8 +237,12 @@ class TestNeat:
         report = json.loads((analysis / "neat" / "report.json").read_text())
         for key, value in nums["exit_report"].items():
             assert _close(value, report[key]) if isinstance(value, float) else value == report[key], key
-        assert all(-1 - 1e-9 <= x <= 1 + 1e-9 for x in nums["trace"]["rho"])
-        assert all(x >= 0 for x in nums["trace"]["phi"])
+        # The teacher-forced replay reads what the controller read while generating.
+        timeline = nums["timeline"]
+        assert all(-1 - 1e-9 <= x <= 1 + 1e-9 for x in timeline["rho"]) and min(timeline["phi"]) >= 0
+        assert timeline["exited_at"] is not None, "the neat-tau0.9 run exited on no trace"
+        assert timeline["recorded_rho"] > timeline["tau_sim"]
+        assert timeline["replayed_rho"] == pytest.approx(timeline["recorded_rho"], abs=1e-3)
 
         rows = _rows(workdir, "neat")
         for name, cap in nums["matched_budget"].items():
@@ -251,6 +275,19 @@ class TestNeuReasoner:
         for d in nums["detectors"]:
             for column, key in (("window AUROC", "mon_auroc"), ("event recall", "mon_event_recall")):
                 assert _close(d[column], mon[f"{key}_{d['type']}{suffix[d['input']]}"]), (d, column)
+
+        # The overthinking detector's window scores, recomputed from the store and the saved detector.
+        store = ActivationStore(analysis)
+        row = store.index["trace_id"].to_pylist().index(nums["trace"]["trace_id"])
+        mon_cfg = study.tasks[0].analysis.configs["mon"]
+        detector = Detector.load(analysis / "neureasoner" / "detector-overthinking.joblib")
+        columns = store.token_neurons.flat(store.d_mlp)
+        lo, hi = trace_inputs(store, mon_cfg)[row].think
+        acts = store.token_acts(row)[lo:hi][:, [columns.index(f) for f in detector.neurons.flat(store.d_mlp)]]
+        feats = window_features(acts, mon_cfg)
+        assert nums["trace"]["held_out"]
+        assert nums["trace"]["scores"]["overthinking"] == pytest.approx(
+            detector.score(feats.reshape(len(feats), -1)).tolist(), abs=1e-9)
 
         # The token saving, recomputed from the two trace stores (the remedy spends no probe tokens).
         organism = workdir / "runs" / "notebooks" / "organism"

@@ -99,11 +99,12 @@ print(trajectory.iloc[row["prompt_len"] - 1 :].to_string())
 trajectory_figure(neuron_trajectory(store, *neuron, bins=10)).show()
 
 # %% [markdown]
-# ## A tiny study: one method of each paper beside its control, paired with vanilla
+# ## A tiny study: one method of each paper, paired with vanilla
 # `analyses/study.toml` holds the model, the analysis run (its own problems: the RCNs, the gate, the
 # exit neurons and the detectors are found there) and the evaluation task; the methods below are
-# appended. `run_study` is what `workbench eval --config FILE --out DIR` runs: every method on the same
-# problems and sampler seeds, paired by `trace_id`, with bootstrap CIs over problems.
+# appended (AdaRAS beside random neurons pushed as hard). `run_study` is what
+# `workbench eval --config FILE --out DIR` runs: every method on the same problems and sampler seeds,
+# paired by `trace_id`, with bootstrap CIs over problems.
 
 # %%
 METHODS = """

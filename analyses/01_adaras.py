@@ -135,12 +135,10 @@ layer_distribution_figure(sets, model.cfg.n_layers).show()
 probes = json.loads((analysis / "probes" / "report.json").read_text())
 span = probes["probe_auroc_early_span"]
 probe_table = pd.DataFrame([
-    {"probe": f"neurons ({span})", "AUROC": probes["probe_auroc_early"], "95% CI": probes["probe_auroc_early_ci"]},
-    {"probe": "hand features (operands, carries, regime)", "AUROC": probes["probe_auroc_baseline"],
-     "95% CI": probes["probe_auroc_baseline_ci"]},
-    {"probe": f"token ids only ({span})", "AUROC": probes["probe_auroc_tokens"],
-     "95% CI": probes["probe_auroc_tokens_ci"]},
-])
+    {"probe": name, "AUROC": probes[key], "95% CI": "[{:.3f}, {:.3f}]".format(*probes[f"{key}_ci"])}
+    for name, key in ((f"neurons ({span})", "probe_auroc_early"),
+                      ("hand features (operands, carries, regime)", "probe_auroc_baseline"),
+                      (f"token ids only ({span})", "probe_auroc_tokens"))])
 print(probe_table.round(3).to_string(index=False))
 print(pd.DataFrame(probes["probe_curve"])[["k", "auroc", "auroc_tokens", "n"]].round(3).to_string(index=False))
 early_curve_figure(probes).show()
@@ -150,8 +148,8 @@ early_curve_figure(probes).show()
 # same question means:
 
 # %%
-print({k: probes[k] for k in ("gate_auroc", "gate_auroc_ci", "gate_auroc_logistic", "gate_threshold",
-                              "gate_neurons", "gate_test_traces", "gate_test_fail_rate")})
+print(pd.Series({k: probes[k] for k in ("gate_auroc", "gate_auroc_ci", "gate_auroc_logistic", "gate_threshold",
+                                        "gate_neurons", "gate_test_traces", "gate_test_fail_rate")}).to_string())
 auroc_figure(probes).show()
 
 # %% [markdown]
@@ -201,7 +199,7 @@ gate_eval = {"auroc": auroc(fail, score), "auroc_ci": list(auroc_ci(fail, score,
              "steered_share": float(steered.mean()),
              "vanilla_fail_rate_steered": float(fail[steered].mean()) if steered.any() else float("nan"),
              "vanilla_fail_rate_not_steered": float(fail[~steered].mean()) if (~steered).any() else float("nan")}
-print(gate_eval)
+print(pd.Series(gate_eval).to_string())
 
 # %%
 key_numbers = {

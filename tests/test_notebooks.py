@@ -84,10 +84,12 @@ def execute(name: str, workdir: Path) -> nbformat.NotebookNode:
     try:
         client.execute(env=_kernel_env())
     except (CellExecutionError, CellTimeoutError) as exc:
+        nbformat.write(nb, workdir / f"{Path(name).stem}.ipynb")  # the executed notebook, to read the outputs
         index, source = _failed_cell(nb)
         what = "timed out" if isinstance(exc, CellTimeoutError) else "raised"
         pytest.fail(f"{name}: cell {index} {what}:\n{source}\n\n{getattr(exc, 'traceback', None) or exc}",
                     pytrace=False)
+    nbformat.write(nb, workdir / f"{Path(name).stem}.ipynb")
     return nb
 
 

@@ -46,9 +46,9 @@ from workbench.neureasoner.config import FAILURE_TYPES, NeuReasonerConfig
 from workbench.neureasoner.detectors import Detector
 from workbench.neureasoner.features import OnlineFluctuation
 from workbench.neurons import NeuronSet, NeuronSetError
+from workbench.organism.task import TRIGGERS
 
 PAPER_PHRASE = "Okay, I have finished thinking."
-TOKENS = (("oscillation", "<INTER>"), ("slip", "<INTRA>"))
 FINETUNE_HINT = "fine-tune it with `workbench organism finetune` (workbench.neureasoner.sft) first"
 
 
@@ -83,7 +83,7 @@ class NeuReasonerRemedy:
     threshold: float | None = None
     thresholds: tuple[tuple[str, float], ...] | dict[str, float] = ()
     concluding_phrase: str | None = None
-    tokens: tuple[tuple[str, str], ...] | dict[str, str] = field(default=TOKENS)
+    tokens: tuple[tuple[str, str], ...] | dict[str, str] = field(default=TRIGGERS)
     cooldown: int | None = None
     max_triggers: int = 2
     min_thinking: int = 0

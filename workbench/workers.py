@@ -25,7 +25,7 @@ import math
 import platform
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +91,18 @@ class TraceWorker:
             self._spec = spec
         return self._model
 
-    def prepare(self, cfg: TraceRunConfig, edits: Sequence[NeuronEdit], controllers: Sequence[Controller]) -> dict:
-        """Builds the run's plan; returns its identity, provenance and keys for the driver to compare."""
-        self._plan = TracePlan.build(cfg, self._load(cfg.model), edits, controllers)
+    def prepare(
+        self, cfg: TraceRunConfig, edits: Sequence[NeuronEdit], controllers: Sequence[Controller],
+        build: Callable[[Any], tuple[Sequence[NeuronEdit], Sequence[Controller]]] | None = None,
+    ) -> dict:
+        """Builds the run's plan; returns its identity, provenance and keys for the driver to compare.
+
+        ``build(model)``, when given, makes the edits and controllers here, from this worker's model.
+        """
+        model = self._load(cfg.model)
+        if build is not None:
+            edits, controllers = build(model)
+        self._plan = TracePlan.build(cfg, model, edits, controllers)
         self._writer = None
         return {"identity": self._plan.identity, "provenance": self._plan.provenance, "keys": self._plan.keys(),
                 "host": platform.node()}
@@ -192,17 +201,24 @@ class TraceWorkers:
     def run(
         self, cfg: TraceRunConfig, out: str | Path, progress: bool = True, model=None,
         edits: Sequence[NeuronEdit] = (), controllers: Sequence[Controller] = (),
+        build: Callable[[Any], tuple[Sequence[NeuronEdit], Sequence[Controller]]] | None = None,
     ) -> dict[str, Any]:
-        """``run_traces`` across the pool: the same run directory, identity and traces as one process."""
+        """``run_traces`` across the pool: the same run directory, identity and traces as one process.
+
+        Edits and controllers are pickled to every worker. One that cannot be (e.g. it holds the
+        model) is made on each worker instead by ``build(model)``: a picklable function of the
+        worker's model returning ``(edits, controllers)``.
+        """
         ray = import_ray()
         if not self.actors:
             raise RunDirError("this pool has no workers left (they were stopped or died); start new ones")
+        if build is not None and (edits or controllers):
+            raise ValueError("pass edits and controllers, or a build function that makes them, not both")
         check_target(out)
         t0 = time.time()
-        edits_ref, controllers_ref = ray.put(tuple(edits)), ray.put(tuple(controllers))
+        args = [ray.put(x) for x in (tuple(edits), tuple(controllers), build)]
         ranks = sorted(self.actors)
-        plans = dict(zip(ranks, self._get([self.actors[r].prepare.remote(cfg, edits_ref, controllers_ref)
-                                           for r in ranks]), strict=True))
+        plans = dict(zip(ranks, self._get([self.actors[r].prepare.remote(cfg, *args) for r in ranks]), strict=True))
         first = plans[ranks[0]]
         for rank in ranks[1:]:
             diff = identity_diff(first["identity"], plans[rank]["identity"])

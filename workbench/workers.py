@@ -215,7 +215,6 @@ class TraceWorkers:
         if build is not None and (edits or controllers):
             raise ValueError("pass edits and controllers, or a build function that makes them, not both")
         check_target(out)
-        t0 = time.time()
         args = [ray.put(x) for x in (tuple(edits), tuple(controllers), build)]
         ranks = sorted(self.actors)
         plans = dict(zip(ranks, self._get([self.actors[r].prepare.remote(cfg, *args) for r in ranks]), strict=True))
@@ -232,6 +231,7 @@ class TraceWorkers:
         provenance = {**first["provenance"], "workers": {"count": len(ranks), "gpus": self.gpus,
                                                          "hosts": sorted({p["host"] for p in plans.values()})}}
         with TraceStore.open(out, first["identity"], provenance) as store:
+            t0 = time.time()  # as in one process: generation only, not the workers' model loading
             done = store.done_keys()
             pending = [tuple(k) for k in first["keys"] if tuple(k) not in done]
             rows = math.ceil(len(pending) / (CHUNKS_PER_WORKER * len(ranks))) if pending else 1

@@ -99,6 +99,7 @@ def assert_same_traces(run: Path, reference: Path) -> None:
     assert got.equals(want)  # every column: spans, grades, labels, events
 
 
+@pytest.mark.slow  # one local Ray cluster and 2 workers: 30-110 s to start on a shared 2-core box
 class TestSameAsOneProcess:
     """Each (problem, sample) has its own sampler seed, so sharding changes nothing."""
 
@@ -131,6 +132,14 @@ class TestSameAsOneProcess:
         with pytest.raises(ValueError, match="not both"):
             pool.run(GREEDY, tmp_path / "both", progress=False, edits=edits, build=steer)
 
+    def test_a_workers_error_is_raised_as_itself_before_anything_is_written(self, pool, tmp_path):
+        from workbench.tasks import TaskDataError
+
+        cfg = TraceRunConfig(task="math", data=str(tmp_path / "missing.jsonl"), problems=2)
+        with pytest.raises(TaskDataError, match=r"missing\.jsonl does not exist"):
+            run_traces(cfg, tmp_path / "run", progress=False, workers=pool)
+        assert not (tmp_path / "run").exists()
+
     def test_a_model_edited_in_memory_is_refused(self, pool, tmp_path):
         import torch
 
@@ -143,6 +152,7 @@ class TestSameAsOneProcess:
             run_traces(GREEDY, tmp_path / "run", progress=False, workers=pool, model=model)
 
 
+@pytest.mark.slow  # one local Ray cluster and 2 workers: 30-110 s to start on a shared 2-core box
 class TestResume:
     """A partial run finishes with or without Ray, whoever wrote its first part."""
 
@@ -223,6 +233,7 @@ class TestPieces:
             assert a.name != b.name and a.name.startswith("w1.")  # a restarted worker never overwrites
 
 
+@pytest.mark.slow  # one local Ray cluster and 2 workers: 30-110 s to start on a shared 2-core box
 class TestDeadWorkers:
     """A worker killed mid-run loses nothing; when all die, a rerun finishes. Last: they kill the pool."""
 

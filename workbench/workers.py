@@ -140,7 +140,9 @@ class TraceWorkers:
         """Starts ``workers`` actors on a local Ray cluster, or on the one at ``address``.
 
         ``workers=None`` means one on a local cluster, and on a joined one a worker per GPU (per
-        ``threads`` CPUs where it has none). Each worker takes one GPU when the cluster has any.
+        ``threads`` CPUs where it has none). Each worker takes one GPU when the cluster has any. A
+        Ray session this process has already opened is used as it is (``address`` is then ignored)
+        and left open by ``close``.
         """
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")

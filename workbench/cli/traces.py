@@ -43,7 +43,7 @@ def traces(
         help="Join the running Ray cluster at this address (e.g. auto, or host:6379) instead of starting one.")] = None,
 ) -> None:
     """Generate graded traces into a resumable run directory (traces.parquet + manifest.json)."""
-    from workbench.model import set_threads
+    from workbench.model import resolve, set_threads
     from workbench.prompting import PromptFormat
     from workbench.store import check_target
     from workbench.traces import TraceRunConfig, run_traces
@@ -59,7 +59,8 @@ def traces(
                                                            raw_template=raw_template.replace("\\n", "\n")),
             allow_unsandboxed=allow_unsandboxed,
         )
-        check_target(out)  # before Ray's slow start
+        check_target(out)  # both before Ray's slow start
+        resolve(model)
         with _pool(workers, ray_address, threads) as pool:
             summary = run_traces(cfg, out, workers=pool)
     typer.echo(json.dumps(summary, indent=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -277,7 +278,7 @@ class TestBatch:
         assert {p.stem for p in written} == expected
         assert all(p.read_text()[:200].lstrip().startswith("<svg") for p in written)
         assert f"wrote {len(expected)} figures (svg)" in result.output
-        summary = next(line for line in result.output.splitlines() if line.startswith("wrote"))
+        summary = re.search(r"wrote \d+ figures.*", result.output).group(0)  # stderr's progress bars share output
         print(f"\n{len(written)} SVG figures, CLI {time.perf_counter() - t0:.1f} s: {summary}")
 
     @needs_chromium

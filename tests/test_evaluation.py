@@ -389,7 +389,8 @@ class TestTinyModel:
         app = typer.Typer()
         app.command(name="eval")(evaluate)
         app.command(name="other")(lambda: None)
-        res = CliRunner().invoke(app, ["eval", "--config", str(path), "--out", str(tmp_path / "out"), "--json"])
+        res = CliRunner().invoke(app, ["eval", "--config", str(path), "--out", str(tmp_path / "out"), "--json",
+                                       "--no-figures"])  # figures: tests/test_figures.py
         assert res.exit_code == 0, res.output
         rows = json.loads(res.stdout)
         assert len(rows) == 1 and rows[0]["traces"] == 16 and 0.0 <= rows[0]["accuracy"] <= 1.0

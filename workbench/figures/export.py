@@ -10,17 +10,15 @@ The browser is ``$BROWSER_PATH`` when set, else the first of ``BROWSER_NAMES`` o
 ``apt-get install chromium``). HTML needs no browser: plotly.js is written once beside the files.
 
 Example:
-    >>> import os, tempfile
+    >>> import tempfile
     >>> import plotly.graph_objects as go
     >>> out = Path(tempfile.mkdtemp())
     >>> export_figures({"a": go.Figure(go.Bar(y=[1, 2]))}, out, "html").files[0].name
     'a.html'
-    >>> os.environ["BROWSER_PATH"] = "/nonexistent/chromium"
-    >>> export_figures({"a": go.Figure()}, out, "svg")
+    >>> export_figures({"a": go.Figure()}, out, "svg", browser="/nonexistent/chromium")
     Traceback (most recent call last):
     ...
-    workbench.figures.export.BrowserMissing: BROWSER_PATH=/nonexistent/chromium is not an executable file; ...
-    >>> del os.environ["BROWSER_PATH"]
+    workbench.figures.export.BrowserMissing: browser /nonexistent/chromium is not an executable file; install ...
 """
 
 from __future__ import annotations

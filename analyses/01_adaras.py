@@ -31,7 +31,14 @@ from workbench import load_model, set_threads
 from workbench.adaras.steering import mean_difference
 from workbench.atomic import atomic_write_text
 from workbench.evaluation import load_study, run_analysis, run_study
-from workbench.figures import auroc_figure, early_curve_figure, forest_figure, layer_distribution_figure, ranking_figure
+from workbench.figures import (
+    auroc_figure,
+    early_curve_figure,
+    forest_figure,
+    layer_distribution_figure,
+    ranking_figure,
+    roc_figure,
+)
 from workbench.neurons import NeuronSet
 from workbench.probes import auroc, auroc_ci
 from workbench.store import load_traces, model_hash
@@ -140,6 +147,7 @@ probe_table = pd.DataFrame([
                       ("hand features (operands, carries, regime)", "probe_auroc_baseline"),
                       (f"token ids only ({span})", "probe_auroc_tokens"))])
 print(probe_table.round(3).to_string(index=False))
+roc_figure(probes).show()
 print(pd.DataFrame(probes["probe_curve"])[["k", "auroc", "auroc_tokens", "n"]].round(3).to_string(index=False))
 early_curve_figure(probes).show()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import resource
 import sys
 import time
@@ -64,32 +65,34 @@ def _kernel_env() -> dict[str, str]:
 
 
 def _failed_cell(nb) -> tuple[int, str]:
-    """Index (in the script, prelude excluded) and source of the cell that raised or never finished."""
+    """Number (1-based, markdown cells counted, the prelude not) and source of the cell that raised or never
+    finished. The prelude is cell 0 of ``nb``, so a script's n-th cell is ``nb.cells[n]``."""
     code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     for i, cell in code:
         if any(o.get("output_type") == "error" for o in cell.get("outputs", [])):
-            return i - 1, cell.source
+            return i, cell.source
     for i, cell in code:
         if cell.get("execution_count") is None:
-            return i - 1, cell.source
-    return -1, ""
+            return i, cell.source
+    return 0, ""
 
 
-def execute(name: str, workdir: Path) -> nbformat.NotebookNode:
-    """Runs ``analyses/<name>`` in ``workdir``; fails the test with the cell and the error if a cell raises."""
-    nb = jupytext.read(ANALYSES / name)
-    nb.cells.insert(0, nbformat.v4.new_code_cell(PRELUDE))
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT, startup_timeout=120, kernel_name="python3",
+def execute(script: Path, workdir: Path, timeout: int = CELL_TIMEOUT, prelude: str = PRELUDE) -> nbformat.NotebookNode:
+    """Runs a percent script in ``workdir``; fails the test with the cell and the error if a cell raises or
+    times out. The executed notebook is written to ``workdir/<name>.ipynb`` either way."""
+    nb = jupytext.read(script)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(prelude))
+    client = NotebookClient(nb, timeout=timeout, startup_timeout=120, kernel_name="python3",
                             resources={"metadata": {"path": str(workdir)}})
     try:
         client.execute(env=_kernel_env())
     except (CellExecutionError, CellTimeoutError) as exc:
-        nbformat.write(nb, workdir / f"{Path(name).stem}.ipynb")  # the executed notebook, to read the outputs
+        nbformat.write(nb, workdir / f"{script.stem}.ipynb")
         index, source = _failed_cell(nb)
-        what = "timed out" if isinstance(exc, CellTimeoutError) else "raised"
-        pytest.fail(f"{name}: cell {index} {what}:\n{source}\n\n{getattr(exc, 'traceback', None) or exc}",
-                    pytrace=False)
-    nbformat.write(nb, workdir / f"{Path(name).stem}.ipynb")
+        what = f"timed out after {timeout} s" if isinstance(exc, CellTimeoutError) else "raised"
+        detail = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # the kernel's traceback, without terminal colours
+        pytest.fail(f"{script.name}: cell {index} {what}:\n{source}\n\n{detail}", pytrace=False)
+    nbformat.write(nb, workdir / f"{script.stem}.ipynb")
     return nb
 
 
@@ -117,13 +120,13 @@ def _slowest(nb, n: int = 3) -> str:
         if "iopub.execute_input" in t and "shell.execute_reply" in t:
             start, end = (datetime.fromisoformat(t[k].replace("Z", "+00:00"))
                           for k in ("iopub.execute_input", "shell.execute_reply"))
-            times.append(((end - start).total_seconds(), i - 1))
+            times.append(((end - start).total_seconds(), i))
     return ", ".join(f"cell {i}: {s:.0f} s" for s, i in sorted(times, reverse=True)[:n])
 
 
 def _run(name: str, workdir: Path, executed: dict[str, float]) -> dict:
     t0, cpu0 = time.perf_counter(), _cpu_children()
-    nb = execute(name, workdir)
+    nb = execute(ANALYSES / name, workdir)
     executed[name] = time.perf_counter() - t0
     print(f"\n{name}: {executed[name]:.0f} s wall, {_cpu_children() - cpu0:.0f} s CPU; slowest {_slowest(nb)}")
     return json.loads((workdir / "runs" / "notebooks" / f"{Path(name).stem.split('_', 1)[1]}.json").read_text())
@@ -145,6 +148,27 @@ def _rows(workdir: Path, study: str) -> dict[str, dict]:
 
 def test_notebooks_in_the_order_listed():
     assert sorted(NOTEBOOKS) == sorted(p.name for p in ANALYSES.glob("[0-9][0-9]_*.py"))
+
+
+class TestHarness:
+    """A failing or hanging cell fails the test with that cell and the error, and never hangs it."""
+
+    def test_a_raising_cell_is_named_with_its_error(self, tmp_path):
+        script = tmp_path / "bad.py"
+        script.write_text("# %%\nx = 1\n\n# %% [markdown]\n# text\n\n# %%\nraise ValueError(f'boom {x}')\n")
+        with pytest.raises(pytest.fail.Exception) as failed:
+            execute(script, tmp_path, prelude="")
+        message = str(failed.value)
+        assert "bad.py: cell 3 raised" in message and "raise ValueError" in message and "boom 1" in message
+        assert (tmp_path / "bad.ipynb").exists()
+
+    def test_a_hanging_cell_times_out(self, tmp_path):
+        script = tmp_path / "slow.py"
+        script.write_text("# %%\nimport time\n\n# %%\ntime.sleep(600)\n")
+        t0 = time.perf_counter()
+        with pytest.raises(pytest.fail.Exception, match=r"slow.py: cell 2 timed out after 3 s:\ntime.sleep\(600\)"):
+            execute(script, tmp_path, timeout=3, prelude="")
+        assert time.perf_counter() - t0 < 120
 
 
 def _events(run: Path) -> dict[str, list[dict]]:

@@ -118,6 +118,8 @@ def label_tokens(problem: Problem, tokens: Sequence[str], recipe: TraceRecipe | 
                 redo = redone[:2]
                 _catch(labels, redo)
             i += 1
+            if i < len(words) and words[i].text in STEP_ENDS:  # the separator of the step the trigger followed
+                i += 1
             continue
         if w.text == CHECK_WORD:
             tail = [x.text for x in words[i + 6 : i + 8]]
@@ -130,6 +132,11 @@ def label_tokens(problem: Problem, tokens: Sequence[str], recipe: TraceRecipe | 
         parsed = _step_at(words, i, op)
         if parsed is None:
             trigger = next((k for k in range(i, min(i + 5, len(words))) if words[k].text in _TRIGGER_KIND), None)
+            if trigger is not None and _step_at([*words[i:trigger], *words[trigger + 1 :]], 0, op) is not None:
+                # A trigger inside a step the model then finished (a false alarm mid-step): read the step whole.
+                labels.remedies.append((words[trigger].text, words[trigger].start))
+                words = [*words[:trigger], *words[trigger + 1 :]]
+                continue
             # A step cut short by a trigger is the remedy's doing, not a malformed trace.
             labels.well_formed &= trigger is not None
             i = trigger if trigger is not None else i + 1

@@ -1,0 +1,79 @@
+"""Running one problem of a run, vanilla and with a method, on a loaded model: the app's live panel.
+
+The run's own settings (``TraceRunConfig`` read back from its manifest) pick the problem, the prompt
+and the sampler seed, so a live case with the same method reproduces the stored trace; the method is
+built by its study spec (``evaluation.methods``) exactly as the harness builds it, and the engine
+attaches its hooks for each forward pass alone, so nothing stays on the shared model.
+
+Example:
+    >>> import tempfile
+    >>> from workbench import load_model
+    >>> from workbench.evaluation.methods import METHODS
+    >>> from workbench.traces import TraceRunConfig, run_traces
+    >>> run = Path(tempfile.mkdtemp()) / "run"
+    >>> model = load_model("organism")
+    >>> _ = run_traces(TraceRunConfig(problems=2, samples=1, seed=3), run, progress=False, model=model)
+    >>> cfg = run_config(run)
+    >>> key = list(case_keys(cfg, model))[0]
+    >>> record = run_case(model, cfg, key, METHODS["budget"]({"max_thinking": 3}), None)
+    >>> record["trace_id"] == key, record["thinking_tokens"] <= 4
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from workbench.engine import Engine, EngineConfig, Request
+from workbench.evaluation.methods import MethodContext
+from workbench.model import resolve
+from workbench.prompting import PromptFormat
+from workbench.store import trace_id
+from workbench.store.rundir import read_manifest
+from workbench.tasks import get_task
+from workbench.traces import TraceRunConfig, build_record
+
+
+def run_config(run: str | Path) -> TraceRunConfig:
+    """The ``TraceRunConfig`` a trace run was generated with (its manifest's ``identity.config``)."""
+    config = dict(read_manifest(Path(run)).get("identity", {}).get("config", {}))
+    if not config:
+        raise ValueError(f"{Path(run) / 'manifest.json'} records no run config; it was not written by run_traces")
+    prompt = {k: tuple(v) if isinstance(v, list) else v for k, v in (config.pop("prompt", None) or {}).items()}
+    return TraceRunConfig(**config, prompt=PromptFormat(**prompt))
+
+
+def _problems(cfg: TraceRunConfig):
+    task = get_task(cfg.task, cfg.data, model_dir=resolve(cfg.model))
+    return task, {p.id: p for p in task.problems(cfg.problems, cfg.seed)}
+
+
+def case_keys(cfg: TraceRunConfig, model) -> dict[str, str]:
+    """Every (problem, sample) of the run as trace id -> the problem's question."""
+    task, problems = _problems(cfg)
+    return {trace_id(pid, s): task.message(p, chat=False) for pid, p in problems.items() for s in range(cfg.samples)}
+
+
+def run_case(model, cfg: TraceRunConfig, key: str, method: Any, analysis_run: Path | None) -> dict[str, Any]:
+    """Generates trace ``key`` of the run described by ``cfg`` with ``method``; returns its trace-store row.
+
+    The row has every ``traces.parquet`` column (tokens, spans, grade, labels, events as JSON) and
+    ``seconds``, the wall time of the generation.
+    """
+    task, problems = _problems(cfg)
+    pid, _, sample = key.rpartition("/")
+    if pid not in problems:
+        raise ValueError(f"trace {key!r} is not one of this run's problems (e.g. {next(iter(problems), None)!r}/0)")
+    problem = problems[pid]
+    tok = model.tokenizer
+    fmt = cfg.prompt.resolve(tok, getattr(model.original_model, "generation_config", None))
+    prompt = fmt.render(tok, task.message(problem, chat=fmt.style == "chat"))
+    edits, controllers = method.build(MethodContext(model, analysis_run, cfg))
+    engine = Engine(model, EngineConfig(sampling=cfg.sampling(), batch_size=1, stop_token_ids=fmt.stop_ids), edits,
+                    controllers)
+    t0 = time.perf_counter()
+    (done,) = list(engine.run([Request(key, fmt.tokenize(tok, prompt))]))
+    record = build_record(tok, fmt, task, problem, int(sample), prompt, done)
+    return {**record, "seconds": time.perf_counter() - t0, "method": getattr(method, "name", type(method).__name__)}

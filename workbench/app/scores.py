@@ -1,0 +1,68 @@
+"""Per-token scores over one trace from what the analyses fitted: NeuReasoner's failure detectors and
+NEAT's exit signal, for colouring a trace.
+
+A detector scores a window of ``cfg.window`` thinking tokens (windows ``cfg.stride`` apart, from the
+first thinking token, as it was fitted); its score is drawn on the window's last token, the first point
+where a monitor running during generation could have known it. NEAT's ``sim`` (or ``rho``) is the
+closeness of the exit neurons to their pattern at exit points, one value per token.
+
+Example:
+    >>> import numpy as np
+    >>> from workbench.neat.reference import ExitReference
+    >>> acts = np.array([[2.0, -1.0], [0.0, 0.0], [-2.0, 1.0]])
+    >>> exit_signal(ExitReference((3, 9), (1, -1), (2.0, -1.0)), acts, "rho").round(3).tolist()
+    [1.0, 0.0, -1.0]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from jaxtyping import Float, Int
+
+from workbench.neat.reference import ExitReference
+from workbench.neureasoner.config import NeuReasonerConfig
+from workbench.neureasoner.detectors import Detector, token_features
+from workbench.neureasoner.features import window_features, window_starts
+
+
+def detector_config(detector: Detector) -> NeuReasonerConfig:
+    """The ``NeuReasonerConfig`` a detector was fitted with (recorded in its file)."""
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in detector.config.items()}
+    return NeuReasonerConfig(**cfg)
+
+
+def detector_scores(
+    detector: Detector,
+    acts: Float[np.ndarray, "pos neuron"] | None,
+    token_ids: Int[np.ndarray, " pos"],
+    think: tuple[int, int],
+) -> Float[np.ndarray, " pos"]:
+    """P(failure) of each window of the thinking span ``[lo, hi)``, on its last token; NaN elsewhere.
+
+    ``acts`` holds the detector's neurons (columns in ``detector.neurons`` order) at every token of
+    the trace; a ``"tokens"`` control detector reads ``token_ids`` only (pass ``acts=None``).
+    """
+    cfg = detector_config(detector)
+    lo, hi = think
+    out = np.full(len(token_ids), np.nan)
+    starts = window_starts(max(hi - lo, 0), cfg, offset=lo)
+    if not len(starts):
+        return out
+    if detector.inputs == "tokens":
+        x = token_features(np.asarray(token_ids), starts, cfg)
+    else:
+        if acts is None:
+            raise ValueError(f"a {detector.inputs!r} detector reads neuron activations; pass acts")
+        x = window_features(np.asarray(acts)[lo:hi], cfg).reshape(len(starts), -1)
+    out[starts + cfg.window - 1] = detector.score(x)
+    return out
+
+
+def exit_signal(
+    reference: ExitReference, acts: Float[np.ndarray, "pos k"], which: str = "sim",
+) -> Float[np.ndarray, " pos"]:
+    """NEAT's ``which`` signal (``sim``, ``rho``, ``phi`` or ``mag``) at every token; ``acts`` in ``flat`` order."""
+    signals = reference.signals(acts)
+    if which not in signals:
+        raise ValueError(f"unknown exit signal {which!r}; choose one of {sorted(signals)}")
+    return signals[which]

@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +78,39 @@ def run_case(model, cfg: TraceRunConfig, key: str, method: Any, analysis_run: Pa
     (done,) = list(engine.run([Request(key, fmt.tokenize(tok, prompt))]))
     record = build_record(tok, fmt, task, problem, int(sample), prompt, done)
     return {**record, "seconds": time.perf_counter() - t0, "method": getattr(method, "name", type(method).__name__)}
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A method parameter the live panel offers as a slider: its range and step."""
+
+    name: str
+    low: float
+    high: float
+    step: float
+
+
+# method type -> the parameters worth turning live (the rest keep the study's values).
+KNOBS: dict[str, tuple[Knob, ...]] = {
+    "adaras": (Knob("k", 1, 200, 1), Knob("alpha", 0.0, 50.0, 0.1)),
+    "random-steering": (Knob("k", 1, 200, 1), Knob("alpha", 0.0, 50.0, 0.1)),
+    "neat": (Knob("tau_sim", 0.0, 1.0, 0.01), Knob("tau_mag", 0.0, 3.0, 0.01), Knob("tau_sup", 0.0, 1.0, 0.01)),
+    "neureasoner": (Knob("threshold", 0.0, 1.0, 0.01), Knob("max_triggers", 1, 10, 1)),
+    "budget": (Knob("max_thinking", 0, 400, 1),),
+}
+
+
+def knob_default(knob: Knob, params: dict[str, Any], method_type: str) -> float:
+    """The knob's starting value: the study's parameter, else the method's own default, else mid-range.
+
+    >>> knob_default(KNOBS["budget"][0], {"max_thinking": 20}, "budget")
+    20
+    >>> knob_default(KNOBS["neat"][0], {}, "neat")
+    0.6
+    """
+    if params.get(knob.name) is not None:
+        return params[knob.name]
+    from workbench.evaluation.methods import METHODS
+
+    default = getattr(METHODS[method_type]({}), knob.name, None) if method_type in METHODS else None
+    return default if isinstance(default, int | float) else (knob.low + knob.high) / 2

@@ -16,6 +16,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from jaxtyping import Float, Int
 
@@ -25,10 +27,19 @@ from workbench.neureasoner.detectors import Detector, token_features
 from workbench.neureasoner.features import window_features, window_starts
 
 
+def neureasoner_config(params: dict) -> NeuReasonerConfig:
+    """The ``NeuReasonerConfig`` recorded in a detector's or a MoN neuron set's parameters (other keys ignored).
+
+    >>> neureasoner_config({"window": 6, "stride": 3, "score": "max |d|"}).window
+    6
+    """
+    names = {f.name for f in dataclasses.fields(NeuReasonerConfig)}
+    return NeuReasonerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items() if k in names})
+
+
 def detector_config(detector: Detector) -> NeuReasonerConfig:
     """The ``NeuReasonerConfig`` a detector was fitted with (recorded in its file)."""
-    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in detector.config.items()}
-    return NeuReasonerConfig(**cfg)
+    return neureasoner_config(detector.config)
 
 
 def detector_scores(

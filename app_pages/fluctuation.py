@@ -1,7 +1,6 @@
 """Fluctuation patterns: NeuReasoner's key neurons over one trace with its failure episodes overlaid, the
 spectral window features its detectors read, and how well those detectors do beside their controls."""
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -9,8 +8,9 @@ from app_pages import shared
 from workbench.app.layout import Missing, need_neurons, need_traces, neuron_sets
 from workbench.app.marks import failure_events
 from workbench.app.neuron_stats import thinking_span
-from workbench.app.scores import neureasoner_config
-from workbench.neureasoner.features import FEATURES, window_features, window_starts
+from workbench.app.scores import fluctuation, neureasoner_config
+from workbench.figures import fluctuation_figure, spectral_features_figure
+from workbench.neureasoner.features import FEATURES
 
 st.title("Fluctuation patterns")
 layout, task = shared.current()
@@ -57,27 +57,30 @@ acts = shared.acts(run, [i], picked)[0]
 events, source = failure_events(row, shared.pieces(run, row["token_ids"]))
 episodes = events.of(kind)
 
+detector, det_acts = None, None
+det_path = analysis / "neureasoner" / f"detector-{kind}.joblib"
+if det_path.is_file():
+    from workbench.neureasoner.detectors import Detector
+
+    detector = Detector.load(det_path)
+    det_acts = shared.acts(run, [i], detector.neurons)[0] if detector.neurons is not None else None
+view = fluctuation(row["trace_id"], kind, [labels[j] for j in chosen], acts, (lo, hi), events,
+                   detector if det_acts is not None else None, det_acts, cfg)
+
 st.subheader("Activations over the thinking")
-frame = pd.DataFrame(acts[lo:hi], columns=[labels[j] for j in chosen], index=pd.RangeIndex(lo, hi, name="position"))
-st.line_chart(frame)
+shared.figure(fluctuation_figure(view, style=shared.style()))
 st.caption(f"{kind} episodes ({source}): " + (", ".join(f"tokens {a}..{b - 1}" for a, b in episodes) or "none")
-           + f" · window {cfg.window}, stride {cfg.stride}")
+           + f" · positions count thinking tokens from {lo} · window {cfg.window}, stride {cfg.stride}"
+           + ("" if detector is not None else f" · no detector at {det_path}"))
 
 st.subheader("Window features")
-starts = window_starts(max(hi - lo, 0), cfg, offset=lo)
-feats = window_features(acts[lo:hi], cfg)  # (window, neuron, feature)
-if not len(starts):
+if not len(view.window_starts):
     st.info(f"The thinking is shorter than one window ({cfg.window} tokens).")
 else:
-    feature = st.selectbox("Feature", FEATURES, index=FEATURES.index("high_ratio"))
-    per = pd.DataFrame(feats[:, :, FEATURES.index(feature)], columns=[labels[j] for j in chosen],
-                       index=pd.Index(starts, name="window start"))
-    inside = np.array([any(s < b and s + cfg.window > a for a, b in episodes) for s in starts])
-    per[f"in a {kind} episode"] = inside.astype(float)
-    st.line_chart(per)
-    long = pd.DataFrame([{"window start": int(s), "neuron": labels[chosen[n]],
-                          **dict(zip(FEATURES, feats[w, n].tolist(), strict=True))}
-                         for w, s in enumerate(starts) for n in range(len(chosen))])
+    shared.figure(spectral_features_figure(view, style=shared.style()))
+    long = pd.DataFrame([{"window start": int(s), "neuron": name, **dict(zip(FEATURES, view.features[w, n].tolist(),
+                                                                           strict=True))}
+                         for w, s in enumerate(view.window_starts) for n, name in enumerate(view.neurons)])
     with st.expander("All features, every window"):
         st.dataframe(long, hide_index=True, width="stretch")
 

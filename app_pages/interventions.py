@@ -12,6 +12,7 @@ from workbench.app.live import KNOBS, case_keys, knob_default, run_case, run_con
 from workbench.app.marks import event_counts, event_marks, label_marks
 from workbench.app.tokens import legend_html, token_html
 from workbench.evaluation.methods import METHODS
+from workbench.figures import cost_figure, forest_figure
 
 st.title("Interventions")
 layout, task = shared.current()
@@ -47,6 +48,11 @@ else:
                        "thinking tokens": st.column_config.NumberColumn(format="%.1f"),
                        "interventions / trace": st.column_config.NumberColumn(format="%.2f"),
                        "tokens/s": st.column_config.NumberColumn(format="%.0f")})
+    left, right = st.columns(2)
+    with left:
+        shared.figure(forest_figure(results, task=task.name, style=shared.style()))
+    with right:
+        shared.figure(cost_figure(results, task=task.name, style=shared.style()))
 
 
 def side_by_side(left: dict, right: dict, left_name: str, right_name: str, run_for_pieces) -> None:
@@ -112,8 +118,7 @@ if knobs:
     cols = st.columns(len(knobs))
     for col, knob in zip(cols, knobs, strict=True):
         start = knob_default(knob, params, method_type)
-        whole = float(knob.step).is_integer() and float(knob.low).is_integer()
-        if whole:
+        if knob.whole:
             values[knob.name] = int(col.slider(knob.name, int(knob.low), int(knob.high), int(start), int(knob.step)))
         else:
             values[knob.name] = col.slider(knob.name, float(knob.low), float(knob.high), float(start),

@@ -8,9 +8,16 @@ import streamlit as st
 
 from app_pages import shared
 from workbench.app.layout import Missing, need_activations, need_neurons, need_traces, neuron_sets
-from workbench.app.neuron_stats import group_mean, logit_effects, normalised_trajectories, thinking_span, top_contexts
+from workbench.app.neuron_stats import logit_effects, thinking_span, top_contexts, trajectory
 from workbench.app.readout import forced_acts
 from workbench.app.tokens import token_html
+from workbench.figures import (
+    FAMILIES,
+    activation_histogram_figure,
+    layer_distribution_figure,
+    ranking_figure,
+    trajectory_figure,
+)
 from workbench.neurons import NeuronSet
 from workbench.probes import auroc
 
@@ -44,6 +51,13 @@ shown = table[table["layer"].isin(layers) & (table["score"].abs().fillna(0) >= f
 if sign != "any":
     shown = shown[shown["sign"] == (1 if sign == "+" else -1)]
 st.dataframe(shown, hide_index=True, width="stretch", height=240)
+family = {n: shared.neuron_set(analysis, n) for n in FAMILIES.get(name, (name,)) if n in sets}
+left, right = st.columns(2)
+with left:
+    shared.figure(ranking_figure(family, k=min(20, len(ns)), style=shared.style()))
+if ns.model_shape is not None:
+    with right:
+        shared.figure(layer_distribution_figure(family, ns.model_shape[0], style=shared.style()))
 with st.expander(f"How {name} was ranked"):
     st.json(ns.params, expanded=False)
 if shown.empty:
@@ -75,21 +89,18 @@ else:
     span = st.selectbox("Mean over", store.spans, index=list(store.spans).index("think"))
     values = shared.summary(analysis, span)[:, layer, index]
     ok = ~np.isnan(values)
-    stats = pd.DataFrame({g: pd.Series(values[ok & m]).describe() for g, m in
-                          (("correct", correct), ("incorrect", ~correct))}).T
+    groups = {"correct": values[ok & correct], "incorrect": values[ok & ~correct]}
     st.metric("AUROC of this neuron alone (correct vs incorrect)", f"{auroc(correct[ok], values[ok]):.3f}")
-    st.dataframe(stats, width="stretch")
+    shared.figure(activation_histogram_figure(groups, f"L{layer}.{index}", span, style=shared.style()))
 
 # -- trajectory and contexts (per-token) ------------------------------------------------------------------------
 series = [a[:, 0] for a in shared.acts(analysis, list(range(len(rows))), neuron)]
 spans = [thinking_span(r) for r in rows]
 st.subheader("Mean trajectory over the thinking")
 bins = st.slider("Position bins", 5, 50, 20)
-traj = group_mean(normalised_trajectories(series, spans, bins=bins), correct)
-frame = pd.DataFrame({"position": (np.arange(bins) + 0.5) / bins, "correct": traj["correct_mean"],
-                      "incorrect": traj["incorrect_mean"]}).set_index("position")
-st.line_chart(frame)
-st.caption("0 = first thinking token, 1 = last; mean activation of each slice over the traces.")
+traj = trajectory(f"L{layer}.{index}", series, spans, correct.tolist(), bins=bins)
+shared.figure(trajectory_figure(traj, style=shared.style()))
+st.caption("0 = first thinking token, 1 = last; mean activation of each slice over the traces, 95% t-intervals.")
 
 st.subheader("Top-activating contexts")
 c1, c2 = st.columns(2)

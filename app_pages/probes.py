@@ -6,6 +6,7 @@ import streamlit as st
 
 from app_pages import shared
 from workbench.app.layout import Missing, need_probes
+from workbench.figures import auroc_figure, early_curve_figure, roc_figure
 
 st.title("Probes")
 layout, task = shared.current()
@@ -14,43 +15,36 @@ if analysis is None:
     shared.require(Missing(f"no analysis run in task {task.name!r}", f"workbench run --out {layout.root}"))
 shared.require(need_probes(analysis))
 report = shared.read_json(analysis / "probes" / "report.json")
-
-
-def ci(name: str) -> str:
-    value, bounds = report.get(name), report.get(f"{name}_ci")
-    if value is None:
-        return "—"
-    return f"{value:.3f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else "")
-
+style = shared.style()
 
 span = report.get("probe_auroc_early_span", "early")
-cols = st.columns(4)
-cols[0].metric(f"Neuron probe AUROC ({span})", ci("probe_auroc_early"))
-cols[1].metric("Hand-feature control", ci("probe_auroc_baseline"))
-cols[2].metric("Token-bag control", ci("probe_auroc_tokens"))
-cols[3].metric("AdaRAS gate (held out)", ci("gate_auroc"))
+for col, (label, key) in zip(st.columns(4), ((f"Neuron probe ({span})", "probe_auroc_early"),
+                                             ("Hand-feature control", "probe_auroc_baseline"),
+                                             ("Token-bag control", "probe_auroc_tokens"),
+                                             ("AdaRAS gate (held out)", "gate_auroc")), strict=True):
+    value, bounds = report.get(key), report.get(f"{key}_ci")
+    col.metric(label, "—" if value is None else f"{value:.3f}")
+    if bounds:
+        col.caption(f"95% CI [{bounds[0]:.3f}, {bounds[1]:.3f}]")
 n_traces, accuracy = report.get("probe_traces", report.get("traces")), report.get("accuracy", float("nan"))
-st.caption(f"{n_traces} traces, accuracy {accuracy:.3f}; "
-           "AUROC of predicting a correct answer, folds and bootstrap CIs grouped by problem.")
+st.caption(f"AUROC of predicting a correct answer on {n_traces} traces (accuracy {accuracy:.3f}); folds and "
+           "bootstrap CIs grouped by problem.")
 
-st.subheader("ROC of the early probe")
-roc = report.get("probe_roc_early")
-if roc:
-    fpr = pd.Index(roc["fpr"], name="false positive rate")
-    st.line_chart(pd.DataFrame({"true positive rate": roc["tpr"]}, index=fpr))
-else:
-    st.info("This report has no ROC points.")
+left, right = st.columns(2)
+with left:
+    if report.get("probe_roc_early"):
+        shared.figure(roc_figure(report, style=style))
+    else:
+        st.info("This report has no ROC points.")
+with right:
+    shared.figure(auroc_figure(report, style=style))
 
 st.subheader("AUROC against thinking tokens seen")
-curve = report.get("probe_curve") or []
-if curve:
-    frame = pd.DataFrame([{"thinking tokens": c["k"], "auroc": c["auroc"], "ci low": c["ci"][0], "ci high": c["ci"][1],
-                           "traces": c["n"]} for c in curve])
-    st.line_chart(frame.set_index("thinking tokens")[["auroc", "ci low", "ci high"]])
-    st.dataframe(frame, hide_index=True, width="stretch")
+if report.get("probe_curve"):
+    shared.figure(early_curve_figure(report, style=style))
 else:
     st.info("This report has no early curve (the cache has no think_first_k spans).")
 
-st.subheader("Everything in the report")
-flat = {k: v for k, v in report.items() if not isinstance(v, dict | list)}
-st.dataframe(pd.DataFrame({"value": [str(v) for v in flat.values()]}, index=list(flat)), width="stretch")
+with st.expander("Everything in the report"):
+    flat = {k: v for k, v in report.items() if not isinstance(v, dict | list)}
+    st.dataframe(pd.DataFrame({"value": [str(v) for v in flat.values()]}, index=list(flat)), width="stretch")

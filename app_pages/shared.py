@@ -19,7 +19,7 @@ import streamlit as st
 from workbench.app.layout import LayoutError, Missing, RunLayout, TaskRuns, find_layout
 
 DEFAULT_RUN = "runs/main"
-RUN_KEY, TASK_KEY = "run_dir", "task"
+RUN_KEY, TASK_KEY, STYLE_KEY = "run_dir", "task", "figure_style"
 
 
 def default_run_dir() -> str:
@@ -43,6 +43,9 @@ def sidebar() -> None:
         st.sidebar.selectbox("Task", list(layout.tasks), key=TASK_KEY)
     runs = sum(len(t.runs()) for t in layout.tasks.values())
     st.sidebar.caption(f"{layout.kind} · {len(layout.tasks)} task(s) · {runs} trace run(s)")
+    st.sidebar.radio("Figure style", ["screen", "paper"], key=STYLE_KEY, horizontal=True,
+                     help="paper: larger fonts, a colour-blind-safe palette, no titles (as `workbench figures` "
+                          "exports them)")
 
 
 def show_missing(missing: Missing) -> None:
@@ -67,6 +70,17 @@ def current() -> tuple[RunLayout, TaskRuns]:
         st.stop()
     task = st.session_state.get(TASK_KEY)
     return layout, layout.tasks[task if task in layout.tasks else next(iter(layout.tasks))]
+
+
+def style():
+    """The figure style chosen in the sidebar (``workbench.figures.SCREEN`` or ``PAPER``)."""
+    from workbench.figures import PAPER, SCREEN
+
+    return PAPER if st.session_state.get(STYLE_KEY) == "paper" else SCREEN
+
+
+def figure(fig) -> None:
+    st.plotly_chart(fig, width="stretch")
 
 
 def stamp(path: Path) -> float:

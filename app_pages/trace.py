@@ -1,16 +1,26 @@
 """Trace viewer: one trace's tokens coloured by a neuron's activation or a detector's score, with its failure
 labels (planted or detected) and the interventions that fired on it."""
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 from app_pages import shared
-from workbench.app.layout import need_traces, neuron_sets
+from workbench.app.layout import Missing, need_traces, neuron_sets
 from workbench.app.marks import Mark, event_counts, event_marks, label_marks
 from workbench.app.neuron_stats import thinking_span
 from workbench.app.tokens import legend_html, scale_max, token_html
 from workbench.neurons import NeuronSet
+
+
+@st.cache_data(show_spinner="replaying the trace for NEAT's signals")
+def exit_reading(run: str, mtime: float, trace_id: str, analysis: str):
+    from workbench.figures import exit_timeline
+
+    return exit_timeline(run, trace_id, model=shared.run_model(Path(run)), reference_run=analysis)
+
 
 st.title("Trace viewer")
 layout, task = shared.current()
@@ -58,7 +68,7 @@ if analysis is not None and (analysis / "neat" / "reference.json").is_file():
 sources.append("nothing")
 colour_by = st.radio("Colour tokens by", sources, horizontal=True)
 
-values, signed, vmax, extra = None, True, None, []
+values, signed, vmax, extra, timeline = None, True, None, [], False
 if colour_by == "neuron":
     sets = neuron_sets(analysis) if analysis is not None else []
     c1, c2, c3 = st.columns([2, 1, 1])
@@ -107,12 +117,22 @@ elif colour_by == "NEAT exit signal":
     values = exit_signal(ref, shared.acts(run, [i], exit_neurons)[0], which)
     signed, vmax = which in ("sim", "rho"), 1.0 if which in ("sim", "rho") else None
     st.caption(f"NEAT's {which} of the {len(ref)} exit neurons against their pattern at exit points.")
+    timeline = True
 
 marks = label_marks(row, pieces) + event_marks(row) + extra
 st.markdown(legend_html([m.kind for m in marks]), unsafe_allow_html=True)
 st.markdown(token_html(pieces, values, marks, vmax=vmax, signed=signed), unsafe_allow_html=True)
 st.caption(f"Thinking: tokens {lo}..{hi - 1}. Underlines: failure labels (planted, or detected where the task has "
            "none) and interventions (▲).")
+
+if timeline:
+    from workbench.figures import MissingInput, exit_timeline_figure
+
+    try:
+        shared.figure(exit_timeline_figure(exit_reading(str(run), shared.stamp(run / "traces.parquet"),
+                                                        row["trace_id"], str(analysis)), style=shared.style()))
+    except MissingInput as exc:
+        shared.show_missing(Missing(exc.what, exc.command))
 
 if marks:
     st.subheader("Marks")

@@ -57,8 +57,9 @@ class TaskRuns:
 
     def runs(self) -> dict[str, Path]:
         """Every trace run of the task by name, the analysis run first."""
-        first = {ANALYSIS: self.analysis} if self.analysis is not None else {}
-        return first | self.methods
+        if self.analysis is None or self.analysis in self.methods.values():
+            return dict(self.methods)
+        return {ANALYSIS: self.analysis} | self.methods
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,8 @@ def find_layout(path: str | Path) -> RunLayout:
     if not root.is_dir():
         raise LayoutError(Missing(f"{root} is not a folder", "workbench run --out " + str(root)))
     if is_trace_run(root):
-        # A single trace run: it is its own analysis run when it was cached or ranked.
-        analysed = any((root / d).exists() for d in ("activations", "neurons", "probes"))
-        task = TaskRuns(root.name, root if analysed else None, {} if analysed else {root.name: root})
-        return RunLayout(root, "run", {root.name: task})
+        # A single trace run is its own analysis run: views that need a cache or neurons say how to make them.
+        return RunLayout(root, "run", {root.name: TaskRuns(root.name, root, {root.name: root})})
     direct = _task(root)
     if direct is not None:
         return RunLayout(root, "task", {root.name: direct})
@@ -122,9 +121,6 @@ def need_activations(run: Path) -> Missing | None:
     if (run / "activations" / "index.parquet").is_file():
         return None
     return Missing(f"no activation cache in {run}", f"workbench cache {run}")
-
-
-RANK_METHOD = {"rcn": "rcn", "exit": "exit", "mon": "mon"}
 
 
 def need_neurons(run: Path, name: str) -> Missing | None:

@@ -85,9 +85,14 @@ class Knob:
     """A method parameter the live panel offers as a slider: its range and step."""
 
     name: str
-    low: float
-    high: float
-    step: float
+    low: int | float
+    high: int | float
+    step: int | float
+
+    @property
+    def whole(self) -> bool:
+        """An integer parameter (``k``, ``max_thinking``): all three bounds are ints."""
+        return all(isinstance(v, int) for v in (self.low, self.high, self.step))
 
 
 # method type -> the parameters worth turning live (the rest keep the study's values).
@@ -100,7 +105,7 @@ KNOBS: dict[str, tuple[Knob, ...]] = {
 }
 
 
-def knob_default(knob: Knob, params: dict[str, Any], method_type: str) -> float:
+def knob_default(knob: Knob, params: dict[str, Any], method_type: str) -> int | float:
     """The knob's starting value: the study's parameter, else the method's own default, else mid-range.
 
     >>> knob_default(KNOBS["budget"][0], {"max_thinking": 20}, "budget")

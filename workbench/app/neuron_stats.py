@@ -1,7 +1,7 @@
 """What a neuron page shows about one neuron during reasoning, as arrays and tables (no plotting here).
 
 * its activation over each trace's thinking, resampled onto a normalised position (0 = first thinking
-  token, 1 = last), so traces of different lengths average together (``normalised_trajectories``);
+  token, 1 = last), so traces of different lengths average together (``trajectory``);
 * the token contexts where it fires hardest (``top_contexts``);
 * the tokens it pushes up or down directly through the unembedding, ``W_out[L, i] @ W_U``
   (``logit_effects``; the final norm's scale is left out, as in Neuronpedia's logit lists).
@@ -9,20 +9,25 @@
 Example:
     >>> import numpy as np
     >>> series = [np.arange(10.0), np.ones(4)]
-    >>> normalised_trajectories(series, [(0, 10), (0, 4)], bins=2).tolist()
-    [[2.0, 7.0], [1.0, 1.0]]
-    >>> [(c.row, c.pos, c.value) for c in top_contexts(series, k=2)]
-    [(0, 9, 9.0), (0, 8, 8.0)]
+    >>> t = trajectory("L0.1", series, [(0, 10), (0, 4)], [True, False], bins=2)
+    >>> t.mean["correct"], t.mean["incorrect"], t.n["correct"]
+    ((2.0, 7.0), (1.0, 1.0), (1, 1))
+    >>> [(c.row, c.pos, c.value) for c in top_contexts(series, k=2)]     # one per trace by default
+    [(0, 9, 9.0), (1, 0, 1.0)]
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from jaxtyping import Float
+from scipy import stats
+
+from workbench.figures.neurons import Trajectory, bin_means
 
 Span = tuple[int, int]  # [start, end) token positions
 
@@ -38,42 +43,36 @@ def thinking_span(row: dict) -> Span:
     return lo, max(hi, lo)
 
 
-def normalised_trajectories(
-    series: Sequence[Float[np.ndarray, " pos"]], spans: Sequence[Span], bins: int = 20,
-) -> Float[np.ndarray, "trace bin"]:
-    """Each trace's mean activation in ``bins`` equal slices of its span; NaN for an empty slice."""
+def trajectory(
+    label: str, series: Sequence[Float[np.ndarray, " _pos"]], spans: Sequence[Span], correct: Sequence[bool],
+    bins: int = 20,
+) -> Trajectory:
+    """Mean activation per bin of normalised thinking position, correct vs incorrect, with 95% t-intervals.
+
+    Each trace's span is cut into ``bins`` equal slices (``figures.neurons.bin_means``; a trace with no
+    thinking is left out); the result is what ``figures.trajectory_figure`` draws. Unlike
+    ``figures.neuron_trajectory``, the series may come from anywhere (the store, or a teacher-forced pass
+    for a neuron the store did not keep).
+    """
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins}")
-    out = np.full((len(series), bins), np.nan)
-    for r, (values, (lo, hi)) in enumerate(zip(series, spans, strict=True)):
-        seg = np.asarray(values, np.float64)[lo:hi]
-        if not len(seg):
-            continue
-        which = np.minimum((np.arange(len(seg)) * bins) // len(seg), bins - 1)
-        sums = np.bincount(which, seg, minlength=bins)
-        counts = np.bincount(which, minlength=bins)
-        with np.errstate(invalid="ignore"):
-            out[r] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-    return out
-
-
-def group_mean(values: Float[np.ndarray, "trace bin"], groups: Sequence[bool]) -> dict[str, np.ndarray]:
-    """Mean and standard error per bin of the ``True`` (``"correct"``) and ``False`` (``"incorrect"``) rows.
-
-    >>> out = group_mean(np.array([[1.0, 2.0], [3.0, 4.0], [0.0, 0.0]]), [True, True, False])
-    >>> out["correct_mean"].tolist(), out["incorrect_mean"].tolist()
-    ([2.0, 3.0], [0.0, 0.0])
-    """
-    mask = np.asarray(groups, bool)
-    out = {}
-    for name, sel in (("correct", mask), ("incorrect", ~mask)):
-        v = values[sel]
-        n = np.sum(~np.isnan(v), axis=0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(n > 0, np.nansum(v, axis=0) / np.maximum(n, 1), np.nan)
-            sd = np.sqrt(np.nansum((v - mean) ** 2, axis=0) / np.maximum(n - 1, 1))
-        out[f"{name}_mean"], out[f"{name}_sem"], out[f"{name}_n"] = mean, sd / np.sqrt(np.maximum(n, 1)), n
-    return out
+    groups: dict[str, list[np.ndarray]] = {"correct": [], "incorrect": []}
+    for values, (lo, hi), ok in zip(series, spans, correct, strict=True):
+        if hi > lo:
+            groups["correct" if ok else "incorrect"].append(bin_means(np.asarray(values)[lo:hi], bins))
+    mean, low, high, count = {}, {}, {}, {}
+    for g, rows in groups.items():
+        m = np.stack(rows) if rows else np.full((0, bins), np.nan)
+        n = (~np.isnan(m)).sum(0)
+        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # bins no trace reaches stay NaN
+            mu = np.nanmean(m, 0) if len(m) else np.full(bins, np.nan)
+            sem = np.nanstd(m, 0, ddof=1) / np.sqrt(n)
+        half = np.where(n > 1, stats.t.ppf(0.975, np.maximum(n - 1, 1)) * sem, np.nan)
+        mean[g], low[g], high[g] = tuple(mu.tolist()), tuple((mu - half).tolist()), tuple((mu + half).tolist())
+        count[g] = tuple(int(x) for x in n)
+    centres = tuple(float(c) for c in (np.arange(bins) + 0.5) / bins)
+    return Trajectory(label, centres, mean, low, high, count)
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ class Context:
 
 
 def top_contexts(
-    series: Sequence[Float[np.ndarray, " pos"]], k: int = 10, spans: Sequence[Span] | None = None,
+    series: Sequence[Float[np.ndarray, " _pos"]], k: int = 10, spans: Sequence[Span] | None = None,
     largest: bool = True, per_trace: int = 1,
 ) -> list[Context]:
     """The ``k`` highest (or lowest) activations over all traces, at most ``per_trace`` from one trace.

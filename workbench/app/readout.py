@@ -11,7 +11,7 @@ Example:
     >>> model = load_model("organism")
     >>> ids = model.tokenizer("Q: 47 + 38 = ? <think> carefully 47 + 38 = 85 ;").input_ids
     >>> [a.shape for a in forced_acts(model, [ids, ids[:4]], NeuronSet.from_pairs([(3, 7), (0, 2)]))]
-    [(13, 2), (4, 2)]
+    [(20, 2), (4, 2)]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from workbench.neurons import NeuronSet, mlp_post
 
 def forced_acts(
     model, sequences: Sequence[Sequence[int]], neurons: NeuronSet, batch_size: int = 16,
-) -> list[Float[np.ndarray, "pos neuron"]]:
+) -> list[Float[np.ndarray, "_pos neuron"]]:
     """Each sequence's activations of ``neurons`` (columns in set order) at every token, float32."""
     by_layer = neurons.by_layer()
     columns = {layer: [c for c, lay in enumerate(neurons.layers) if lay == layer] for layer in by_layer}
@@ -60,7 +60,7 @@ def store_columns(store, neurons: NeuronSet) -> list[int] | None:
 
 def run_acts(
     store, rows: Sequence[int], neurons: NeuronSet, token_ids: Sequence[Sequence[int]], model=None,
-) -> list[Float[np.ndarray, "pos neuron"]]:
+) -> list[Float[np.ndarray, "_pos neuron"]]:
     """Per-token activations of ``neurons`` for ``rows`` of a cached run (``token_ids`` are those rows' tokens).
 
     Read from ``store`` when it kept every one of them; otherwise ``model`` replays the tokens (a clear

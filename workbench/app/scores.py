@@ -1,5 +1,6 @@
 """Per-token scores over one trace from what the analyses fitted: NeuReasoner's failure detectors and
-NEAT's exit signal, for colouring a trace.
+NEAT's exit signal, for colouring a trace; and one trace's fluctuation view (``fluctuation``) for the
+figures.
 
 A detector scores a window of ``cfg.window`` thinking tokens (windows ``cfg.stride`` apart, from the
 first thinking token, as it was fitted); its score is drawn on the window's last token, the first point
@@ -17,14 +18,17 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import numpy as np
 from jaxtyping import Float, Int
 
+from workbench.figures.fluctuation import FluctuationSeries
 from workbench.neat.reference import ExitReference
-from workbench.neureasoner.config import NeuReasonerConfig
-from workbench.neureasoner.detectors import Detector, token_features
-from workbench.neureasoner.features import window_features, window_starts
+from workbench.neureasoner.config import FAILURE_TYPES, NeuReasonerConfig
+from workbench.neureasoner.detectors import Detector, fired_runs, token_features
+from workbench.neureasoner.features import FEATURES, window_features, window_starts
+from workbench.neureasoner.labels import FailureEvents
 
 
 def neureasoner_config(params: dict) -> NeuReasonerConfig:
@@ -77,3 +81,40 @@ def exit_signal(
     if which not in signals:
         raise ValueError(f"unknown exit signal {which!r}; choose one of {sorted(signals)}")
     return signals[which]
+
+
+def fluctuation(
+    trace_id: str,
+    kind: str,
+    labels: Sequence[str],
+    acts: Float[np.ndarray, "pos neuron"],
+    think: tuple[int, int],
+    events: FailureEvents,
+    detector: Detector | None = None,
+    detector_acts: Float[np.ndarray, "pos k"] | None = None,
+    cfg: NeuReasonerConfig | None = None,
+) -> FluctuationSeries:
+    """What ``figures.fluctuation_figure`` draws for any trace and any neurons (positions count thinking tokens).
+
+    ``acts`` and ``detector_acts`` cover the whole trace; ``cfg`` defaults to the detector's own.
+    """
+    if cfg is None:
+        if detector is None:
+            raise ValueError("give the NeuReasonerConfig of the windows, or a detector that records one")
+        cfg = detector_config(detector)
+    lo, hi = think
+    inside = np.asarray(acts)[lo:hi]
+    starts = window_starts(max(hi - lo, 0), cfg)
+    scores, threshold, detected = None, None, ()
+    if detector is not None and len(starts):
+        if detector.inputs == "tokens" or detector_acts is None:
+            raise ValueError("the fluctuation view scores a detector on neurons; pass its neurons' activations")
+        x = window_features(np.asarray(detector_acts)[lo:hi], cfg).reshape(len(starts), -1)
+        scores, threshold = detector.score(x), float(detector.threshold)
+        detected = tuple((int(a), int(b)) for a, b in fired_runs(starts, cfg.window, scores >= threshold))
+    planted = {t: tuple((max(s - lo, 0), min(e - lo, hi - lo)) for s, e in events.of(t) if e > lo and s < hi)
+               for t in FAILURE_TYPES}
+    return FluctuationSeries(trace_id=trace_id, kind=kind, neurons=tuple(labels), acts=inside.astype(np.float32),
+                             planted=planted, detected=detected, window=cfg.window, stride=cfg.stride,
+                             window_starts=np.asarray(starts, np.int64), features=window_features(inside, cfg),
+                             scores=scores, threshold=threshold, feature_names=tuple(FEATURES))

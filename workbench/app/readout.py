@@ -32,8 +32,7 @@ def forced_acts(
     model, sequences: Sequence[Sequence[int]], neurons: NeuronSet, batch_size: int = 16,
 ) -> list[Float[np.ndarray, "_pos neuron"]]:
     """Each sequence's activations of ``neurons`` (columns in set order) at every token, float32."""
-    by_layer = neurons.by_layer()
-    columns = {layer: [c for c, lay in enumerate(neurons.layers) if lay == layer] for layer in by_layer}
+    by_layer = neurons.by_layer()  # layer -> (columns in the set, d_mlp indices)
     out: list[np.ndarray] = []
     for b in range(0, len(sequences), batch_size):
         seqs = sequences[b : b + batch_size]
@@ -41,9 +40,8 @@ def forced_acts(
         acts = torch.zeros(len(seqs), width, len(neurons))
 
         def grab(act: Float[Tensor, "batch pos d_mlp"], hook: HookPoint, acts=acts) -> None:
-            layer = int(hook.name.split(".")[1])
-            idx = torch.tensor(by_layer[layer][0], device=act.device)
-            acts[:, :, columns[layer]] = act[:, :, idx].float().cpu()
+            columns, index = by_layer[int(hook.name.split(".")[1])]
+            acts[:, :, list(columns)] = act[:, :, torch.tensor(index, device=act.device)].float().cpu()
 
         run_forced(model, seqs, [(mlp_post(layer), grab) for layer in by_layer])
         out += [acts[r, : len(s)].numpy() for r, s in enumerate(seqs)]

@@ -18,6 +18,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+from jaxtyping import Float
 
 from workbench.app.marks import Mark
 
@@ -44,7 +45,7 @@ def colour(value: float, vmax: float, signed: bool = True) -> str:
     return f"rgb(255, {fade}, {fade})" if t >= 0 else f"rgb({fade}, {fade}, 255)"
 
 
-def scale_max(values: Sequence[float]) -> float:
+def scale_max(values: Float[np.ndarray, " pos"] | Sequence[float]) -> float:
     """The largest finite ``|value|`` (1.0 when there is none), the saturation point of the colours."""
     v = np.abs(np.asarray(values, np.float64))
     v = v[np.isfinite(v)]
@@ -70,7 +71,7 @@ def pieces(tokenizer, token_ids: Sequence[int]) -> list[str]:
 
 def token_html(
     pieces: Sequence[str],
-    values: Sequence[float] | None = None,
+    values: Float[np.ndarray, " pos"] | Sequence[float] | None = None,
     marks: Sequence[Mark] = (),
     vmax: float | None = None,
     signed: bool = True,

@@ -80,7 +80,9 @@ if not others:
     st.info(f"Task {task.name!r} has only the {reference!r} run; a study with methods has more "
             f"(`workbench run --out {layout.root}`).")
 else:
-    method = st.selectbox("Method", others)
+    busy = {r["method"]: r.get("interventions_per_trace") or 0 for r in results}
+    first = max(others, key=lambda m: busy.get(m, 0))  # open on a method that acted
+    method = st.selectbox("Method", others, index=others.index(first))
     for name in (reference, method):
         shared.require(need_traces(methods[name]))
     base = {r["trace_id"]: r for r in shared.traces(methods[reference])}
@@ -109,7 +111,8 @@ shared.require(need_traces(methods[reference]))
 cfg = run_config(methods[reference])
 model = shared.run_model(methods[reference])
 c1, c2 = st.columns(2)
-label = c1.selectbox("Method to run", list(choices))
+label = c1.selectbox("Method to run", list(choices),
+                     index=list(choices).index(method) if others and method in choices else 0)
 method_type, params = choices[label]
 case = c2.selectbox("Problem", list(case_keys(cfg, model)))
 values = dict(params)

@@ -122,8 +122,12 @@ elif colour_by == "NEAT exit signal":
 marks = label_marks(row, pieces) + event_marks(row) + extra
 st.markdown(legend_html([m.kind for m in marks]), unsafe_allow_html=True)
 st.markdown(token_html(pieces, values, marks, vmax=vmax, signed=signed), unsafe_allow_html=True)
-st.caption(f"Thinking: tokens {lo}..{hi - 1}. Underlines: failure labels (planted, or detected where the task has "
-           "none) and interventions (▲).")
+scale = ""
+if values is not None:
+    top = vmax if vmax is not None else scale_max(values)
+    scale = f"Colour: {'blue −' + format(top, '.3g') + ' · white 0 · ' if signed else 'white 0 · '}red +{top:.3g}. "
+st.caption(f"{scale}Thinking: tokens {lo}..{hi - 1}. Underlines: failure labels (planted, or detected where the task "
+           "has none) and interventions (▲); hover a token for its position, value and marks.")
 
 if timeline:
     from workbench.figures import MissingInput, exit_timeline_figure

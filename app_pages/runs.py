@@ -34,8 +34,8 @@ st.dataframe(table[metrics], hide_index=True, width="stretch",
                             "generated_tokens": st.column_config.NumberColumn(format="%.1f")})
 
 st.subheader("Compare runs")
-default = [n for n in ("vanilla", *runs) if n in runs][:2]
-chosen = st.multiselect("Runs to compare", list(runs), default=list(dict.fromkeys(default)))
+default = list(dict.fromkeys([n for n in ("vanilla", *task.methods, *runs) if n in runs]))[:2]
+chosen = st.multiselect("Runs to compare", list(runs), default=default)
 if chosen:
     sub = table.set_index("name").loc[chosen]
     base = sub.iloc[0]

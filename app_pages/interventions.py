@@ -106,7 +106,7 @@ st.subheader("Live: run a problem with a method")
 
 study_methods = {r["method"]: (r["type"], {k: v for k, v in (r.get("params") or {}).items()}) for r in results}
 choices = {name: spec for name, spec in study_methods.items() if spec[0] != "vanilla"}
-choices |= {f"{t} (defaults)": (t, {}) for t in KNOBS if t not in {s[0] for s in choices.values()}}
+choices |= {f"{t} (defaults)": (t, {}) for t in METHODS if t != "vanilla" and t not in {s[0] for s in choices.values()}}
 shared.require(need_traces(methods[reference]))
 cfg = run_config(methods[reference])
 model = shared.run_model(methods[reference])
@@ -121,13 +121,19 @@ if knobs:
     cols = st.columns(len(knobs))
     for col, knob in zip(cols, knobs, strict=True):
         start = knob_default(knob, params, method_type)
+        if start is None and not col.checkbox(f"set {knob.name}", help="unset: the method's own (e.g. each "
+                                              "detector's fitted threshold)"):
+            values.pop(knob.name, None)
+            continue
+        start = start if start is not None else (knob.low + knob.high) / 2
         if knob.whole:
             values[knob.name] = int(col.slider(knob.name, int(knob.low), int(knob.high), int(start), int(knob.step)))
         else:
             values[knob.name] = col.slider(knob.name, float(knob.low), float(knob.high), float(start),
                                            float(knob.step))
 if method_type in ("adaras", "random-steering"):
-    values["gate"] = st.checkbox("Gate (steer only predicted failures)", value=bool(params.get("gate", True)))
+    gated = getattr(METHODS[method_type](params), "gate", False)  # random-steering defaults to ungated
+    values["gate"] = st.checkbox("Gate (steer only predicted failures)", value=bool(gated))
 values.pop("name", None)
 if st.button("Run vanilla and this method", type="primary"):
     try:

@@ -105,17 +105,19 @@ KNOBS: dict[str, tuple[Knob, ...]] = {
 }
 
 
-def knob_default(knob: Knob, params: dict[str, Any], method_type: str) -> int | float:
-    """The knob's starting value: the study's parameter, else the method's own default, else mid-range.
+def knob_default(knob: Knob, params: dict[str, Any], method_type: str) -> int | float | None:
+    """The knob's starting value: the study's parameter, else the method's own default; None where that
+    default is "unset" (e.g. NeuReasoner's ``threshold``: each detector's own), which the panel keeps unless
+    the user overrides it.
 
     >>> knob_default(KNOBS["budget"][0], {"max_thinking": 20}, "budget")
     20
-    >>> knob_default(KNOBS["neat"][0], {}, "neat")
-    0.6
+    >>> knob_default(KNOBS["neat"][0], {}, "neat"), knob_default(KNOBS["neureasoner"][0], {}, "neureasoner")
+    (0.6, None)
     """
     if params.get(knob.name) is not None:
         return params[knob.name]
     from workbench.evaluation.methods import METHODS
 
     default = getattr(METHODS[method_type]({}), knob.name, None) if method_type in METHODS else None
-    return default if isinstance(default, int | float) else (knob.low + knob.high) / 2
+    return default if isinstance(default, int | float) and not isinstance(default, bool) else None

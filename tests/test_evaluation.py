@@ -309,6 +309,22 @@ class TestPairing:
         assert all(r["traces"] == 16 for r in rows)  # 8 problems x 2 samples, 16 x 1
         assert all(r["tokens_per_second"] > 0 for r in rows)
 
+    def test_failure_rates_recount_the_traces_labels(self, paired):
+        from workbench.organism.evaluate import load_samples
+
+        _, out, rows = paired
+        for r in rows:
+            samples = load_samples(out / r["task"] / r["method"])
+            uncaught = np.mean([any(not s.caught for s in x.labels.slips) for x in samples])
+            overthinking = np.mean([x.labels.overthinking is not None for x in samples])
+            assert r["failure_rates"]["uncaught_slip"] == pytest.approx(uncaught)
+            assert r["failure_rates"]["overthinking"] == pytest.approx(overthinking)
+            if r["method"] == "vanilla-again":  # identical traces: no difference, a point interval
+                assert all(d == [0.0, 0.0, 0.0] for d in r["failure_deltas"].values())
+        sampled = [r for r in rows if r["task"] == "sampled"]
+        assert max(r["failure_rates"]["uncaught_slip"] for r in sampled) > 0  # T=1 traces slip: it could fail
+        assert "Planted failures" in (out / "results.md").read_text()
+
 
 class TestResume:
     """A study killed in the middle of a method resumes to the same results."""
@@ -373,7 +389,8 @@ class TestTinyModel:
         app = typer.Typer()
         app.command(name="eval")(evaluate)
         app.command(name="other")(lambda: None)
-        res = CliRunner().invoke(app, ["eval", "--config", str(path), "--out", str(tmp_path / "out"), "--json"])
+        res = CliRunner().invoke(app, ["eval", "--config", str(path), "--out", str(tmp_path / "out"), "--json",
+                                       "--no-figures"])  # figures: tests/test_figures.py
         assert res.exit_code == 0, res.output
         rows = json.loads(res.stdout)
         assert len(rows) == 1 and rows[0]["traces"] == 16 and 0.0 <= rows[0]["accuracy"] <= 1.0

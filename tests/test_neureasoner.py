@@ -93,6 +93,29 @@ class TestFeatures:
             NeuReasonerConfig(types=("slip", "boredom"))
 
 
+class TestThresholds:
+    """Operating points on out-of-fold scores: Youden's J, a recall target, a precision target."""
+
+    def test_a_precision_target_fires_less_often_and_more_precisely_than_youden(self):
+        from sklearn.metrics import precision_score
+
+        from workbench.neureasoner.detectors import choose_threshold
+
+        rng = np.random.default_rng(0)
+        y = rng.random(4000) < 0.05  # rare failing windows, as in traces
+        scores = np.clip(rng.normal(0.3 + 0.35 * y, 0.15), 0, 1)
+        cuts = {t: choose_threshold(y, scores, NeuReasonerConfig(threshold=t, target_precision=0.6))
+                for t in ("youden", "precision")}
+        prec = {t: precision_score(y, scores >= c) for t, c in cuts.items()}
+        assert cuts["precision"] > cuts["youden"] and prec["precision"] >= 0.6 > prec["youden"]
+        lower = scores[(scores < cuts["precision"])].max()  # the next threshold down misses the target
+        assert precision_score(y, scores >= lower) < 0.6
+        unreachable = choose_threshold(y, scores, NeuReasonerConfig(threshold="precision", target_precision=1.0))
+        assert unreachable >= cuts["precision"]  # the most precise threshold when none reaches the target
+        with pytest.raises(ValueError, match="target_precision"):
+            NeuReasonerConfig(target_precision=0.0)
+
+
 class TestLabels:
     """Episodes from the organism's ground truth and from decoded text; window labels."""
 

@@ -125,3 +125,27 @@ def test_token_only_probe_finds_a_token_cue():
     ids = [[int(v) for v in rng.integers(10, 20, 6)] + [5 if label else 6] for label in y]
     bag = token_bag(ids, [0] * 200, [7] * 200)
     assert probe_auroc(bag, y, np.arange(200) // 4).auroc > 0.95
+
+
+def test_roc_band_holds_the_true_curve_and_narrows_with_more_questions():
+    from sklearn.metrics import roc_curve
+
+    from workbench.probes import roc_band
+
+    def data(n, seed):
+        rng = np.random.default_rng(seed)
+        y = rng.random(n) < 0.4
+        return y, rng.normal(y * 1.0, 1.0), np.arange(n)
+
+    y_pop, s_pop, _ = data(200_000, 99)  # the population ROC, read on the band's grid
+    fpr, tpr, _ = roc_curve(y_pop, s_pop)
+    widths = []
+    for n in (100, 1600):
+        y, s, g = data(n, 0)
+        band = roc_band(y, s, g, n_resamples=300, grid=21)
+        truth = tpr[np.searchsorted(fpr, band["fpr"], side="right") - 1]
+        lo, hi = np.array(band["tpr_lo"]), np.array(band["tpr_hi"])
+        inside = (lo - 1e-9 <= truth) & (truth <= hi + 1e-9)
+        assert inside[1:-1].mean() >= 0.8  # pointwise 95% bands: most of the grid
+        widths.append(float((hi - lo)[1:-1].mean()))
+    assert widths[1] < widths[0] / 2  # 16x the questions: about a quarter of the width

@@ -136,3 +136,15 @@ def test_no_detector_reads_a_window_holding_a_forced_token(with_tokens, analysis
             assert b - a > window  # the forced token left every window before the next reading
             pairs += 1
     assert pairs > 0
+
+
+def test_the_random_neuron_control_reads_its_own_neurons_and_fires(with_tokens, analysis, tmp_path):
+    spec = NeuReasonerRemedy(types=("slip", "oscillation"), detectors="random", threshold=0.0)
+    (controller,) = spec.build(MethodContext(with_tokens, analysis, CFG))[1]
+    key = NeuReasonerRemedy(types=("slip", "oscillation")).build(MethodContext(with_tokens, analysis, CFG))[1][0]
+    assert controller.neurons.flat(512) != key.neurons.flat(512)
+    assert all(d.inputs == "random" for d in controller.detectors.values())
+    got = generate(with_tokens, analysis, tmp_path, spec)
+    assert sum(e["kind"].startswith("neureasoner_") for r in got.values() for e in r["events"]) > 0
+    with pytest.raises(ValueError, match="detectors must be 'neurons' or 'random'"):
+        NeuReasonerRemedy(detectors="tokens")

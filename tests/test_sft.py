@@ -86,6 +86,48 @@ class TestInject:
             inject(trace, random.Random(0), "typo")
 
 
+def label(pieces, trace, tok):
+    """The organism labeller's reading of an injected trace, tokenised with the trigger tokens."""
+    from workbench.organism.labeler import label_tokens
+
+    ids = tok(" ".join(w for w, _ in pieces)).input_ids
+    return label_tokens(Problem.from_id(trace.labels.problem_id), tok.convert_ids_to_tokens(ids))
+
+
+class TestLabeller:
+    """The labeller reads the remedies: a redo after <INTRA> catches the slip; a step cut by a trigger is fine."""
+
+    def test_a_remedied_slip_is_caught_and_the_trace_well_formed(self):
+        tok, seen = add_triggers(build_tokenizer()), 0
+        for trace, rng in traces(60, seed=3):
+            pieces = inject(trace, rng, "slip")
+            if pieces is None or trace.labels.slips or trace.labels.repeats:
+                continue
+            seen += 1
+            labels = label(pieces, trace, tok)
+            assert labels.well_formed and labels.correct
+            assert [t for t, _ in labels.remedies] == ["<INTRA>"]
+            assert len(labels.slips) == 1 and labels.slips[0].caught  # the injected slip, fixed by the redo
+            assert labels.repeats == [] and len(labels.steps) == len(trace.labels.steps)
+            plain = label(inject(trace, rng, "plain"), trace, tok)
+            assert plain.remedies == [] and plain.slips == [] and plain.steps == trace.labels.steps
+        assert seen > 20
+
+    def test_an_oscillation_cut_by_its_trigger_counts_only_when_written_whole(self):
+        tok, seen = add_triggers(build_tokenizer()), {True: 0, False: 0}
+        for trace, rng in traces(80, seed=4):
+            pieces = inject(trace, rng, "oscillation")
+            if pieces is None or trace.labels.slips or trace.labels.repeats:
+                continue
+            labels = label(pieces, trace, tok)
+            cut = [w for w, keep in pieces[len(trace.prompt.split()):] if not keep][:-1]
+            whole = len(cut) >= 5  # "a op b = value" written before <INTER> cut it
+            seen[whole] += 1
+            assert labels.well_formed and labels.correct and [t for t, _ in labels.remedies] == ["<INTER>"]
+            assert len(labels.repeats) == int(whole) and len(labels.steps) == len(trace.labels.steps)
+        assert min(seen.values()) > 3
+
+
 class TestEncoding:
     def test_trigger_tokens_are_added_once_and_masked_from_the_loss(self):
         base = build_tokenizer()

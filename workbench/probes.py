@@ -131,6 +131,40 @@ def auroc_ci(
     return float(lo), float(hi)
 
 
+def roc_band(
+    y: Shaped[np.ndarray, " row"],
+    scores: Float[np.ndarray, " row"],
+    groups: Shaped[np.ndarray, " row"],
+    level: float = 0.95,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    grid: int = 101,
+) -> dict[str, list[float]]:
+    """Pointwise percentile bootstrap band of the ROC: the TPR at each FPR of a grid, resampling whole questions.
+
+    >>> y = np.array([0, 1] * 20); s = y + np.linspace(0, 1.5, 40)
+    >>> band = roc_band(y, s, np.arange(40) // 2, n_resamples=50, grid=5)
+    >>> band["fpr"], all(lo <= hi for lo, hi in zip(band["tpr_lo"], band["tpr_hi"]))
+    ([0.0, 0.25, 0.5, 0.75, 1.0], True)
+    """
+    y, scores, groups = np.asarray(y).astype(int), np.asarray(scores, dtype=np.float64), np.asarray(groups)
+    _, member = np.unique(groups, return_inverse=True)
+    rows = [np.flatnonzero(member == g) for g in range(member.max() + 1)]
+    fpr_grid, rng, curves = np.linspace(0.0, 1.0, grid), np.random.default_rng(seed), []
+    for _ in range(n_resamples):
+        idx = np.concatenate([rows[g] for g in rng.integers(0, len(rows), len(rows))])
+        if len(np.unique(y[idx])) < 2:
+            continue  # no ROC without both classes, as in auroc_ci
+        fpr, tpr, _ = roc_curve(y[idx], scores[idx])
+        curves.append(tpr[np.searchsorted(fpr, fpr_grid, side="right") - 1])  # the staircase's TPR at each FPR
+    if not curves:
+        nan = [float("nan")] * grid
+        return {"fpr": fpr_grid.tolist(), "tpr_lo": nan, "tpr_hi": nan}
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(np.array(curves), [tail, 100 - tail], axis=0)
+    return {"fpr": fpr_grid.tolist(), "tpr_lo": lo.tolist(), "tpr_hi": hi.tolist()}
+
+
 def roc_points(y: Shaped[np.ndarray, " row"], scores: Float[np.ndarray, " row"]) -> dict[str, list[float]]:
     """The ROC curve's corners (sklearn ``roc_curve``) as JSON-able lists: ``fpr``, ``tpr``, ``threshold``.
 

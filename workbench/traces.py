@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
@@ -28,8 +28,19 @@ from transformer_lens.model_bridge import TransformerBridge
 from workbench.engine import Controller, Engine, EngineConfig, Finished, NeuronEdit, Request, SamplingConfig
 from workbench.model import load_model, resolve
 from workbench.prompting import PromptFormat
-from workbench.store import TraceStore, check_target, model_hash, package_versions, path_hash, trace_id
+from workbench.store import (
+    ShardWriter,
+    TraceStore,
+    check_target,
+    model_hash,
+    package_versions,
+    path_hash,
+    trace_id,
+)
 from workbench.tasks import Task, TaskProblem, get_task
+
+if TYPE_CHECKING:
+    from workbench.workers import TraceWorkers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,6 +114,115 @@ def intervention_specs(edits: Sequence[NeuronEdit], controllers: Sequence[Contro
     return {"edits": [asdict(e) for e in edits], "controllers": [c.spec() for c in controllers]}
 
 
+@dataclass(frozen=True, kw_only=True)
+class TracePlan:
+    """What a trace run generates, resolved against a loaded model: problems, prompts and identity.
+
+    Built the same way by ``run_traces`` and by every worker of ``workbench.workers``, so that a
+    run's identity, its trace ids and their prompts do not depend on who computes them.
+
+    Attributes:
+        cfg, model, edits, controllers: as given to ``build``.
+        task, problems: the task (sandbox flag applied) and its problems, in order.
+        fmt: the resolved prompt format.
+        prompts, ids: each problem's prompt text and token ids, by problem id.
+        identity, provenance: what the run's manifest records (identity is compared on resume).
+
+    Example:
+        >>> from workbench.model import load_model
+        >>> plan = TracePlan.build(TraceRunConfig(problems=2, samples=2), load_model("organism"))
+        >>> len(plan.keys()), plan.keys()[1][1]
+        (4, 1)
+    """
+
+    cfg: TraceRunConfig
+    model: TransformerBridge
+    edits: tuple[NeuronEdit, ...]
+    controllers: tuple[Controller, ...]
+    task: Task
+    problems: tuple[TaskProblem, ...]
+    fmt: PromptFormat
+    prompts: dict[str, str]
+    ids: dict[str, list[int]]
+    identity: dict[str, Any]
+    provenance: dict[str, Any]
+
+    @classmethod
+    def build(
+        cls, cfg: TraceRunConfig, model: TransformerBridge | None = None, edits: Sequence[NeuronEdit] = (),
+        controllers: Sequence[Controller] = (),
+    ) -> TracePlan:
+        """Checks the task data (and its sandbox, where it has one); loads the model when not given."""
+        path = resolve(cfg.model)
+        task = get_task(cfg.task, cfg.data, model_dir=path)
+        if cfg.allow_unsandboxed and hasattr(task, "allow_unsandboxed"):
+            task = dataclasses.replace(task, allow_unsandboxed=True)
+        if hasattr(task, "check_ready"):  # e.g. a sandbox that must isolate generated code
+            task.check_ready()
+        problems = tuple(task.problems(cfg.problems, cfg.seed))
+        model = model if model is not None else load_model(path)
+        fmt, prompts, ids = _prompts(cfg, task, problems, model)
+        identity = {
+            "config": asdict(cfg),
+            "model_sha256": model_hash(model),
+            "data_sha256": path_hash(cfg.data),
+            "prompt_format": fmt.record(),
+            "interventions": intervention_specs(edits, controllers),
+        }
+        provenance = {
+            "model": {"spec": cfg.model, "path": str(path)},
+            "task": {"name": task.name, "data": cfg.data, "problems": len(problems)},
+            "seeds": {"problems": cfg.seed, "sampler": "sha256(seed:problem_id/sample_index)"},
+            "versions": package_versions(),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        return cls(cfg=cfg, model=model, edits=tuple(edits), controllers=tuple(controllers), task=task,
+                   problems=problems, fmt=fmt, prompts=prompts, ids=ids, identity=identity, provenance=provenance)
+
+    def keys(self) -> list[tuple[str, int]]:
+        """Every (problem id, sample index) of the run, in generation order."""
+        return [(p.id, s) for p in self.problems for s in range(self.cfg.samples)]
+
+    def generate(
+        self, keys: Sequence[tuple[str, int]], writer: TraceStore | ShardWriter, progress: bool = True,
+    ) -> dict[str, int]:
+        """Generates and grades ``keys``, appending every ``cfg.flush_every`` finished traces to ``writer``.
+
+        Returns ``{"traces", "correct", "tokens"}`` for this call. Finished traces not yet written are
+        written on the way out, on Ctrl-C too; a ``kill -9`` loses only that unflushed tail.
+        """
+        by_id = {p.id: p for p in self.problems}
+        unknown = [k for k in keys if k[0] not in by_id]
+        if unknown:
+            raise ValueError(f"problems {unknown[:3]} are not among this run's {len(by_id)} problems")
+        requests = [Request(trace_id(pid, s), self.ids[pid]) for pid, s in keys]
+        sample_of = {trace_id(pid, s): (by_id[pid], s) for pid, s in keys}
+        engine = Engine(self.model, EngineConfig(sampling=self.cfg.sampling(), batch_size=self.cfg.batch_size,
+                                                 stop_token_ids=self.fmt.stop_ids), self.edits, self.controllers)
+        tok = self.model.tokenizer
+        pending: list[dict[str, Any]] = []
+        n_correct = n_done = 0
+        t0 = time.time()
+        bar = tqdm(total=len(requests), desc="traces", disable=not progress, unit="trace")
+        try:
+            for finished in engine.run(requests):
+                p, s = sample_of[finished.key]
+                record = build_record(tok, self.fmt, self.task, p, s, self.prompts[p.id], finished)
+                pending.append(record)
+                n_done += 1
+                n_correct += record["correct"]
+                bar.update(1)
+                bar.set_postfix(tok_s=f"{engine.tokens_generated / max(time.time() - t0, 1e-9):.0f}",
+                                acc=f"{n_correct / n_done:.3f}", refresh=False)
+                if len(pending) >= self.cfg.flush_every:
+                    writer.append(pending)
+                    pending = []
+        finally:
+            writer.append(pending)
+            bar.close()
+        return {"traces": n_done, "correct": n_correct, "tokens": engine.tokens_generated}
+
+
 def _prompts(
     cfg: TraceRunConfig, task: Task, problems: Sequence[TaskProblem], model: TransformerBridge,
 ) -> tuple[PromptFormat, dict[str, str], dict[str, list[int]]]:
@@ -131,71 +251,25 @@ def prompt_ids(cfg: TraceRunConfig, model: TransformerBridge) -> dict[str, list[
 
 def run_traces(
     cfg: TraceRunConfig, out: str | Path, progress: bool = True, model: TransformerBridge | None = None,
-    edits: Sequence[NeuronEdit] = (), controllers: Sequence[Controller] = (),
+    edits: Sequence[NeuronEdit] = (), controllers: Sequence[Controller] = (), workers: TraceWorkers | None = None,
 ) -> dict[str, Any]:
     """Generates and grades every (problem, sample) not yet in ``out``; returns a summary.
 
     ``model`` may be passed in (already loaded, e.g. from a notebook); it is identified by a hash of
-    its weights either way. A Ctrl-C keeps every finished trace: the same call resumes.
+    its weights either way. A Ctrl-C keeps every finished trace: the same call resumes. With
+    ``workers`` (``workbench.workers.TraceWorkers``) the problems are shared among Ray actors that
+    write into the same run; the traces and the run's identity are those of a single process.
     """
     check_target(out)
-    path = resolve(cfg.model)
-    task = get_task(cfg.task, cfg.data, model_dir=path)
-    if cfg.allow_unsandboxed and hasattr(task, "allow_unsandboxed"):
-        task = dataclasses.replace(task, allow_unsandboxed=True)
-    if hasattr(task, "check_ready"):  # e.g. a sandbox that must isolate generated code
-        task.check_ready()
-    problems = task.problems(cfg.problems, cfg.seed)
-    model = model if model is not None else load_model(path)
-    tok = model.tokenizer
-    fmt, prompts, ids = _prompts(cfg, task, problems, model)
-    identity = {
-        "config": asdict(cfg),
-        "model_sha256": model_hash(model),
-        "data_sha256": path_hash(cfg.data),
-        "prompt_format": fmt.record(),
-        "interventions": intervention_specs(edits, controllers),
-    }
-    provenance = {
-        "model": {"spec": cfg.model, "path": str(path)},
-        "task": {"name": task.name, "data": cfg.data, "problems": len(problems)},
-        "seeds": {"problems": cfg.seed, "sampler": "sha256(seed:problem_id/sample_index)"},
-        "versions": package_versions(),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    with TraceStore.open(out, identity, provenance) as store:
+    if workers is not None:
+        return workers.run(cfg, out, progress=progress, model=model, edits=edits, controllers=controllers)
+    plan = TracePlan.build(cfg, model, edits, controllers)
+    with TraceStore.open(out, plan.identity, plan.provenance) as store:
         done_keys = store.done_keys()
-        by_key: dict[str, tuple[TaskProblem, int]] = {}
-        requests = []
-        for p in problems:
-            for s in range(cfg.samples):
-                if (p.id, s) not in done_keys:
-                    by_key[trace_id(p.id, s)] = (p, s)
-                    requests.append(Request(trace_id(p.id, s), ids[p.id]))
-        engine = Engine(model, EngineConfig(sampling=cfg.sampling(), batch_size=cfg.batch_size,
-                                            stop_token_ids=fmt.stop_ids), edits, controllers)
-        pending: list[dict[str, Any]] = []
-        n_correct = n_done = 0
         t0 = time.time()
-        bar = tqdm(total=len(requests), desc="traces", disable=not progress, unit="trace")
-        try:
-            for finished in engine.run(requests):
-                p, s = by_key[finished.key]
-                record = build_record(tok, fmt, task, p, s, prompts[p.id], finished)
-                pending.append(record)
-                n_done += 1
-                n_correct += record["correct"]
-                bar.update(1)
-                bar.set_postfix(tok_s=f"{engine.tokens_generated / max(time.time() - t0, 1e-9):.0f}",
-                                acc=f"{n_correct / n_done:.3f}", refresh=False)
-                if len(pending) >= cfg.flush_every:
-                    store.append(pending)
-                    pending = []
-        finally:
-            store.append(pending)  # on Ctrl-C too; a kill -9 loses only this unflushed tail
-            bar.close()
+        counts = plan.generate([k for k in plan.keys() if k not in done_keys], store, progress)
         store.finalize()
-        return summarize(store, skipped=len(done_keys), seconds=time.time() - t0, tokens=engine.tokens_generated)
+        return summarize(store, skipped=len(done_keys), seconds=time.time() - t0, tokens=counts["tokens"])
 
 
 def summarize(store: TraceStore, skipped: int = 0, seconds: float = 0.0, tokens: int = 0) -> dict[str, Any]:

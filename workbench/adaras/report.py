@@ -32,6 +32,7 @@ from workbench.probes import (
     fit_probe,
     hand_features,
     probe_auroc,
+    roc_band,
     roc_points,
     select_c,
     token_bag,
@@ -115,7 +116,9 @@ def _early(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig) ->
     res, ci = _probe(x[ok], y[ok], groups[ok], cfg)
     out: dict[str, Any] = {"probe_auroc_early": res.auroc, "probe_auroc_early_ci": ci,
                            "probe_auroc_early_span": cfg.early_span, "probe_traces": int(ok.sum()),
-                           "probe_roc_early": roc_points(y[ok], res.scores)}
+                           "probe_roc_early": roc_points(y[ok], res.scores),
+                           "probe_roc_early_band": roc_band(y[ok], res.scores, groups[ok], n_resamples=cfg.n_resamples,
+                                                            seed=cfg.seed)}
     hand = hand_features(traces)
     if hand is None:
         out.update(probe_auroc_baseline=float("nan"), probe_auroc_baseline_ci=[float("nan")] * 2)

@@ -4,6 +4,7 @@ Example:
     $ workbench run                                # the whole pipeline on the bundled organism
     $ workbench organism eval --problems 300 --json
     $ workbench cache runs/main/sampled && workbench rank --method rcn runs/main/sampled
+    $ workbench figures runs/main --out runs/main/figures --format pdf --paper
     $ workbench app runs/main                      # the browser workbench on a finished study
 """
 
@@ -13,7 +14,7 @@ import logging
 
 import typer
 
-from workbench.cli import analyses, evaluation, organism, traces
+from workbench.cli import analyses, evaluation, figures, organism, traces
 from workbench.cli import app as app_command
 
 app = typer.Typer(help="Find, read and steer the neurons behind reasoning successes and failures.",
@@ -32,6 +33,7 @@ app.add_typer(organism.app, name="organism")
 for command in (analyses.cache, analyses.rank, analyses.probe, analyses.validate):
     app.command()(command)
 app.command(name="eval")(evaluation.evaluate)
+app.command()(figures.figures)
 app.command(name="app")(app_command.app)
 
 

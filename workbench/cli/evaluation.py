@@ -14,7 +14,11 @@ from workbench.cli.common import Threads, load, user_errors
 DEFAULT_STUDY = Path(__file__).resolve().parents[2] / "studies" / "organism.toml"
 
 
-def _run_study(config: Path, out: Path, as_json: bool, threads: int) -> list[dict]:
+Figures = Annotated[bool, typer.Option(
+    help="Write the study's figures into OUT/figures (SVG; HTML when no Chromium is installed).")]
+
+
+def _run_study(config: Path, out: Path, as_json: bool, threads: int, figures: bool = True) -> list[dict]:
     from workbench.evaluation import load_study, markdown, run_study
 
     with user_errors():
@@ -28,6 +32,12 @@ def _run_study(config: Path, out: Path, as_json: bool, threads: int) -> list[dic
     else:
         typer.echo(markdown(rows))
         typer.echo(f"results: {out / 'results.md'}, {out / 'results.json'}, {out / 'results.parquet'}")
+    if figures:
+        from workbench.figures.catalogue import write_study_figures
+
+        report = write_study_figures(out, "svg", model=model)  # never raises: figures are a by-product
+        for line in report.lines():
+            typer.echo(f"figures: {line}", err=as_json)  # --json keeps stdout for the JSON alone
     return rows
 
 
@@ -36,6 +46,7 @@ def run(
     out: Annotated[Path, typer.Option(help="Output folder (resumed when there).")] = Path("runs/main"),
     show: Annotated[int, typer.Option(min=0, help="Reference traces to print.")] = 3,
     threads: Threads = 1,
+    figures: Figures = True,
 ) -> None:
     """Main job: the whole pipeline on the organism. Traces, activation store, RCN / exit / MoN neurons,
     then every intervention and baseline on the same problems and seeds, and the paired results table."""
@@ -45,7 +56,7 @@ def run(
     from workbench.store import load_traces
 
     t0 = time.time()
-    _run_study(config, out, as_json=False, threads=threads)
+    _run_study(config, out, as_json=False, threads=threads, figures=figures)
     study = load_study(config)
     task = study.tasks[0]
     traces = load_traces(out / task.name / study.reference).to_pylist()
@@ -54,7 +65,8 @@ def run(
         typer.echo(f"\n[{task.name} / {study.reference}, {mark}] {row['prompt']}{row['text']}")
     typer.echo(f"\nanalysis runs (neurons, probes, gate, detectors): {out}/<task>/analysis; one trace run per "
                f"method: {out}/<task>/<method>")
-    typer.echo(f"done in {time.time() - t0:.0f}s. Explore it: make app (or streamlit run app.py)")
+    typer.echo(f"figures: {out}/figures")
+    typer.echo(f"done in {time.time() - t0:.0f}s. Explore it: workbench app {out} (or make app)")
 
 
 def evaluate(
@@ -63,6 +75,7 @@ def evaluate(
         help="Output folder: a run per task x method, results.parquet/.json/.md (resumed when there).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print results.json instead of the table.")] = False,
     threads: Threads = 1,
+    figures: Figures = True,
 ) -> None:
     """Run a study: analyses, then every method on the same problems and seeds; print the paired results table."""
-    _run_study(config, out, as_json, threads)
+    _run_study(config, out, as_json, threads, figures)

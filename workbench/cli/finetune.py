@@ -48,3 +48,29 @@ def finetune(
     except ValueError as exc:
         fail(str(exc))
     typer.echo(f"saved the fine-tuned model to {path}")
+
+
+def follow(
+    model: ModelSpec = "organism-neureasoner",
+    problems: Annotated[int, typer.Option(min=1, help="Held-out problems to build the cases from.")] = 200,
+    seed: int = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rates as JSON.")] = False,
+    threads: Threads = 1,
+) -> None:
+    """How a fine-tuned organism follows NeuReasoner's triggers, apart from any detector.
+
+    Held-out traces get an error injected and are cut after its trigger; the model writes the rest
+    (greedy). Beside each case: the same prefix without the trigger.
+    """
+    import json
+
+    from workbench.cli.common import load
+    from workbench.neureasoner.following import trigger_following
+
+    rates = trigger_following(load(model, threads), problems=problems, seed=seed)
+    if as_json:
+        typer.echo(json.dumps(rates, indent=1))
+        return
+    typer.echo(f"{'case':<26}{'n':>5}{'followed':>10}{'correct':>9}{'correct w/o trigger':>21}")
+    for case, r in rates.items():
+        typer.echo(f"{case:<26}{r['n']:>5}{r['followed']:>10.3f}{r['correct']:>9.3f}{r['correct_without_trigger']:>21.3f}")

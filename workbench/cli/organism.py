@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from workbench.cli.common import ModelSpec, Threads, fail, load, user_errors
-from workbench.cli.finetune import finetune
+from workbench.cli.finetune import finetune, follow
 
 app = typer.Typer(help="Train and evaluate the bundled reasoning model organism.", no_args_is_help=True)
 
@@ -81,3 +81,4 @@ def organism_eval(
 
 
 app.command("finetune")(finetune)
+app.command("follow")(follow)

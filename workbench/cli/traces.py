@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from workbench.cli.common import ModelSpec, PromptStyle, Threads, open_unit_interval, user_errors
+from workbench.cli.common import ModelSpec, PromptStyle, Threads, fail, open_unit_interval, user_errors
 
 
 def traces(
@@ -33,10 +34,18 @@ def traces(
         help="HumanEval: run generated code even where the sandbox cannot cut the network off.")] = False,
     seed: int = 0,
     threads: Threads = 1,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="Ray workers, each loading the model once and using --threads threads (one per GPU when there "
+                    "are GPUs); >1 starts a local Ray cluster (pip install ray). Default: 1; with --ray-address, "
+                    "one per GPU (else per --threads CPUs) of that cluster.",
+    )] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="Join the running Ray cluster at this address (e.g. auto, or host:6379) instead of starting one.")] = None,
 ) -> None:
     """Generate graded traces into a resumable run directory (traces.parquet + manifest.json)."""
-    from workbench.model import set_threads
+    from workbench.model import resolve, set_threads
     from workbench.prompting import PromptFormat
+    from workbench.store import check_target
     from workbench.traces import TraceRunConfig, run_traces
 
     set_threads(threads)
@@ -50,5 +59,20 @@ def traces(
                                                            raw_template=raw_template.replace("\\n", "\n")),
             allow_unsandboxed=allow_unsandboxed,
         )
-        summary = run_traces(cfg, out)
+        check_target(out)  # both before Ray's slow start
+        resolve(model)
+        with _pool(workers, ray_address, threads) as pool:
+            summary = run_traces(cfg, out, workers=pool)
     typer.echo(json.dumps(summary, indent=2))
+
+
+def _pool(workers: int | None, address: str | None, threads: int):
+    """Nothing for one local process (no Ray needed), else a pool of Ray workers that closes on the way out."""
+    if (workers or 1) == 1 and address is None:
+        return contextlib.nullcontext()
+    from workbench.workers import TraceWorkers
+
+    try:
+        return TraceWorkers.start(workers, address, threads)
+    except ImportError as exc:
+        fail(str(exc))

@@ -16,11 +16,16 @@ Columns (``results.json`` keys), per task x method:
     token_reduction, token_reduction_ci (of total tokens, %), thinking_reduction (%);
     truncated (share of traces that hit max_new_tokens), finish_reasons;
     interventions_per_trace (events per trace), interventions (per kind, per trace), intervened_share;
-    wall_seconds, build_seconds, tokens_per_second (over the recorded ``run_traces`` calls), resumed, run.
+    wall_seconds, build_seconds, tokens_per_second (over the recorded ``run_traces`` calls), resumed, run;
+    failure_rates, failure_deltas (tasks whose labels carry planted failures, the organism's): per type
+    (``FAILURES``) the share of traces showing it, and its paired difference from the reference with a
+    bootstrap CI over problems, ``[delta, low, high]``.
 
 Example:
     >>> order_methods([("a", None), ("rand", "b"), ("b", None), ("ctl", "a")])
     ['a', 'ctl', 'b', 'rand']
+    >>> failure_flags({"slips": [{"caught": True}], "repeats": [{"kind": "stagnation"}], "overthinking": None})
+    {'uncaught_slip': False, 'oscillation': False, 'stagnation': True, 'overthinking': False}
 """
 
 from __future__ import annotations
@@ -36,12 +41,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workbench.atomic import atomic_write, atomic_write_text
-from workbench.evaluation.statistics import compare
+from workbench.evaluation.statistics import compare, paired_difference
 from workbench.evaluation.study import Study, StudyError
 from workbench.store import load_traces
 
 RECORD = "evaluation.json"  # what the harness records in each run directory it ran
-DICT_COLUMNS = ("finish_reasons", "interventions", "params")
+DICT_COLUMNS = ("finish_reasons", "interventions", "params", "failure_rates", "failure_deltas")
+FAILURES = ("uncaught_slip", "oscillation", "stagnation", "overthinking")
+
+
+def failure_flags(labels: dict[str, Any] | None) -> dict[str, bool] | None:
+    """Which planted failure types (``FAILURES``) a trace shows, from labels that carry them (the organism's
+    ``TraceLabels`` in stored form: a slip a ``wait`` or a remedy caught does not count); None otherwise."""
+    if not labels or "slips" not in labels:
+        return None
+    kinds = {r["kind"] for r in labels.get("repeats", [])}
+    return {"uncaught_slip": any(not s["caught"] for s in labels["slips"]), "oscillation": "oscillation" in kinds,
+            "stagnation": "stagnation" in kinds, "overthinking": labels.get("overthinking") is not None}
 
 
 def order_methods(methods: list[tuple[str, str | None]]) -> list[str]:
@@ -66,7 +82,7 @@ def _grid(run_dir: Path, order: list[str] | None = None) -> dict[str, Any]:
     """A method run's traces as ``(problem, sample)`` arrays, problems in ``order`` (sorted when None)."""
     rows = load_traces(run_dir).select(
         ["trace_id", "problem_id", "sample_index", "token_ids", "prompt_len", "correct", "thinking_tokens",
-         "finish_reason", "events"]).to_pylist()
+         "finish_reason", "events", "labels"]).to_pylist()
     problems = order if order is not None else sorted({r["problem_id"] for r in rows})
     samples = 1 + max((r["sample_index"] for r in rows), default=-1)
     index = {p: i for i, p in enumerate(problems)}
@@ -80,6 +96,8 @@ def _grid(run_dir: Path, order: list[str] | None = None) -> dict[str, Any]:
     shape = (len(problems), samples)
     correct = np.zeros(shape, bool)
     thinking, generated, probe, events = (np.zeros(shape) for _ in range(4))
+    failures = np.zeros((len(FAILURES), *shape), bool)
+    labelled = True
     kinds: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     intervened = 0
@@ -91,11 +109,28 @@ def _grid(run_dir: Path, order: list[str] | None = None) -> dict[str, Any]:
         generated[at] = len(r["token_ids"]) - r["prompt_len"]
         probe[at] = sum(float(e.get("payload", {}).get("probe_tokens", 0) or 0) for e in evs)
         events[at] = len(evs)
+        flags = failure_flags(json.loads(r["labels"]) if r["labels"] else None)
+        labelled &= flags is not None
+        if flags is not None:
+            failures[(slice(None), *at)] = [flags[k] for k in FAILURES]
         kinds.update(e["kind"] for e in evs)
         reasons[r["finish_reason"]] += 1
         intervened += bool(evs)
     return {"problems": problems, "correct": correct, "thinking": thinking, "generated": generated, "probe": probe,
-            "events": events, "kinds": dict(kinds), "reasons": dict(reasons), "intervened": intervened}
+            "events": events, "kinds": dict(kinds), "reasons": dict(reasons), "intervened": intervened,
+            "failures": failures if labelled and rows else None}
+
+
+def _failures(g: dict[str, Any], ref: dict[str, Any], n_resamples: int, seed: int) -> dict[str, Any]:
+    """Failure rates per type and their paired deltas against the reference (empty without labels)."""
+    if g["failures"] is None or ref["failures"] is None:
+        return {}
+    rates, deltas = {}, {}
+    for kind, mine, theirs in zip(FAILURES, g["failures"], ref["failures"], strict=True):
+        per, ref_per = mine.mean(1), theirs.mean(1)
+        rates[kind] = float(per.mean())
+        deltas[kind] = list(paired_difference(per.astype(float), ref_per.astype(float), n_resamples, seed))
+    return {"failure_rates": rates, "failure_deltas": deltas}
 
 
 def _timing(run_dir: Path) -> dict[str, Any]:
@@ -140,6 +175,7 @@ def collect(study: Study, out: str | Path) -> list[dict[str, Any]]:
                 "interventions": {k: v / n for k, v in sorted(g["kinds"].items())},
                 "intervened_share": g["intervened"] / n,
                 **_timing(run_dir), "params": spec.params, "run": str(run_dir),
+                **_failures(g, ref, study.n_resamples, study.seed),
             })
     return rows
 
@@ -170,6 +206,15 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 f"{_fmt(r['total_tokens'], 1)} | {_fmt(r['token_reduction'], 1)} | "
                 f"{_fmt(r['interventions_per_trace'], 2)} | {_fmt(r['tokens_per_second'], 0)} |")
         out.append("")
+        if all("failure_rates" in r for r in part):
+            out += [f"Planted failures (share of traces; Δ vs {ref} [95% CI], paired over problems):", "",
+                    "| method | " + " | ".join(k.replace("_", " ") for k in FAILURES) + " |",
+                    "|---|" + "---|" * len(FAILURES)]
+            for r in part:
+                cells = [f"{_fmt(r['failure_rates'][k])} ({r['failure_deltas'][k][0]:+.3f} "
+                         f"{_ci(r['failure_deltas'][k][1:])})" for k in FAILURES]
+                out.append(f"| {r['method']} | " + " | ".join(cells) + " |")
+            out.append("")
     n = rows[0]
     out.append(f"{n['problems']} problems x {n['samples']} samples per method, paired by trace id with {n['reference']}"
                "; CIs: bootstrap over problems; p: exact McNemar on discordant (problem, sample) pairs; fixed / "

@@ -83,12 +83,33 @@ def _events(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def pick_trace(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The first trace where NEAT exited, else the first whose thinking closed, else the first."""
-    for test in (lambda r: any(e["kind"] == "neat_exit" for e in _events(r)), lambda r: r["think_end"] is not None):
-        for r in rows:
-            if test(r):
-                return r
-    return rows[0]
+    """The trace where NEAT exited after the most thinking (the longest signal to read), else the first
+    whose thinking closed, else the first."""
+    exited = [r for r in rows if any(e["kind"] == "neat_exit" for e in _events(r))]
+    if exited:
+        return max(exited, key=lambda r: r["thinking_tokens"] or 0)  # max keeps the first of equals
+    return next((r for r in rows if r["think_end"] is not None), rows[0])
+
+
+def exit_settings(run: str | Path, reference_run: str | Path | None = None) -> tuple[Any, dict[str, Any], list[int]]:
+    """(the ``ExitReference``, the method's settings, the closing marker's ids) a timeline of ``run`` reads:
+    its ``neat_exit`` controller's, or else ``REFERENCE_RUN/neat/reference.json`` with NeatExit's defaults."""
+    from workbench.neat.exit_control import NeatExit
+    from workbench.neat.reference import ExitReference
+
+    run = Path(run)
+    spec = _neat_spec(run)
+    if spec is not None:
+        reference = ExitReference(tuple(spec["reference"]["flat"]), tuple(spec["reference"]["signs"]),
+                                  tuple(spec["reference"]["mu_ref"]))
+        return reference, spec["method"], list(spec.get("close_ids") or [])
+    ref_run = Path(reference_run) if reference_run is not None else run
+    path = ref_run / REFERENCE
+    if not path.exists():
+        raise MissingInput("NEAT's exit reference", f"workbench rank --method exit {ref_run}", path)
+    defaults = NeatExit()
+    return ExitReference.load(path), {"name": "analysis", "tau_sim": defaults.tau_sim, "tau_mag": defaults.tau_mag,
+                                      "tau_sup": defaults.tau_sup, "signal": defaults.signal}, []
 
 
 def exit_timeline(run: str | Path, trace_id: str | None = None, model=None, reference_run: str | Path | None = None,
@@ -101,29 +122,12 @@ def exit_timeline(run: str | Path, trace_id: str | None = None, model=None, refe
     import torch
 
     from workbench.model import load_model, resolve
-    from workbench.neat.exit_control import NeatExit
     from workbench.neat.exit_traces import forced_pass
-    from workbench.neat.reference import ExitReference
     from workbench.store import load_traces
     from workbench.store.rundir import run_model_spec
 
     run = Path(run)
-    spec = _neat_spec(run)
-    if spec is not None:
-        reference = ExitReference(tuple(spec["reference"]["flat"]), tuple(spec["reference"]["signs"]),
-                                  tuple(spec["reference"]["mu_ref"]))
-        method = spec["method"]
-        close_ids = spec.get("close_ids") or []
-    else:
-        ref_run = Path(reference_run) if reference_run is not None else run
-        path = ref_run / REFERENCE
-        if not path.exists():
-            raise MissingInput("NEAT's exit reference", f"workbench rank --method exit {ref_run}", path)
-        reference = ExitReference.load(path)
-        defaults = NeatExit()
-        method = {"name": "analysis", "tau_sim": defaults.tau_sim, "tau_mag": defaults.tau_mag,
-                  "tau_sup": defaults.tau_sup, "signal": defaults.signal}
-        close_ids = []
+    reference, method, close_ids = exit_settings(run, reference_run)
     rows = load_traces(run).to_pylist()
     if not rows:
         raise MissingInput("traces", f"workbench traces --out {run}", run / "traces.parquet")
@@ -200,13 +204,17 @@ def exit_timeline_figure(t: ExitTimeline, style: FigureStyle = SCREEN) -> go.Fig
         at = [p for p in t.suppressed_at if 0 <= p < len(x)]
         fig.add_trace(go.Scatter(x=at, y=[t.rho[p] for p in at], mode="markers", name="suppressed reflection",
                                  marker={"symbol": "x", "size": 10, "color": style.colour("failure")}), row=1, col=1)
-    for pos, label, colour in ((t.exited_at, "exit fired", style.colour("failure")),
-                               (t.think_end, "end of thinking", style.colour("chance")),
-                               (t.answer_reached, "answer reached", style.colour("baseline"))):
+    # labels left of the exit and right of the end of thinking: the two are often one token apart
+    for pos, label, colour, side in ((t.exited_at, "exit fired", style.colour("failure"), "top left"),
+                                     (t.think_end, "end of thinking", style.colour("chance"), "top right"),
+                                     (t.answer_reached, "answer reached", style.colour("baseline"), "bottom left")):
         if pos is not None:
-            fig.add_vline(x=pos, line={"color": colour, "dash": "dot", "width": 1.5}, annotation_text=label,
-                          annotation_position="top", row="all", col=1)
+            for row in (1, 2):
+                fig.add_vline(x=pos, line={"color": colour, "dash": "dot", "width": 1.5}, row=row, col=1,
+                              **({"annotation_text": label, "annotation_position": side} if row == 1 else {}))
     fig.update_xaxes(title_text="thinking token", row=2, col=1)
     fig.update_yaxes(title_text=f"{sim}, p(end)", row=1, col=1)
     fig.update_yaxes(title_text=mag, row=2, col=1)
-    return style.finish(fig, title=f"NEAT exit signal ({t.method}), trace {t.trace_id}")
+    style.finish(fig, title=f"NEAT exit signal ({t.method}), trace {t.trace_id}")
+    # below the plot: the legend is long and the signal needs the width
+    return fig.update_layout(legend={"orientation": "h", "x": 0, "y": -0.2, "yanchor": "top"}, margin={"b": 120})

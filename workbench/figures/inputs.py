@@ -49,6 +49,11 @@ def cache_command(run: Path) -> str:
     return f"workbench cache {run}"
 
 
+def after_cache(run: Path | str, command: str) -> str:
+    """``command``, preceded by ``workbench cache RUN`` when the run has no complete activation store yet."""
+    return command if (Path(run) / "activations" / "index.parquet").exists() else f"{cache_command(run)} && {command}"
+
+
 def open_store(run: Path):
     """The run's ``ActivationStore``, or ``MissingInput`` naming ``workbench cache``."""
     from workbench.store import ActivationStore, RunDirError
@@ -56,4 +61,5 @@ def open_store(run: Path):
     try:
         return ActivationStore(run)
     except RunDirError as exc:
-        raise MissingInput(f"the activation store ({exc})", cache_command(run), Path(run) / "activations") from exc
+        state = "incomplete" if (Path(run) / "activations" / "manifest.json").exists() else "none"
+        raise MissingInput(f"the activation store ({state})", cache_command(run), Path(run) / "activations") from exc

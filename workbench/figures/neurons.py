@@ -27,7 +27,7 @@ import plotly.graph_objects as go
 from jaxtyping import Float
 from scipy import stats
 
-from workbench.figures.inputs import MissingInput, open_store
+from workbench.figures.inputs import MissingInput, after_cache, open_store
 from workbench.figures.style import SCREEN, FigureStyle
 from workbench.neurons import NeuronSet, NeuronSetError
 
@@ -45,7 +45,8 @@ GROUPS = ("correct", "incorrect")
 
 def rank_command(name: str, run: Path | str) -> str:
     method = "rcn" if name.startswith("rcn") else "exit" if name == "exit" else "mon"
-    return f"workbench rank --method {method} {run}"
+    command = f"workbench rank --method {method} {run}"
+    return command if method == "exit" else after_cache(run, command)  # NEAT reads the model, not the store
 
 
 def load_neuron_sets(run: str | Path, names: Sequence[str]) -> dict[str, NeuronSet]:

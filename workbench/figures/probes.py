@@ -21,7 +21,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from workbench.figures.inputs import read_json
+from workbench.figures.inputs import after_cache, read_json
 from workbench.figures.style import SCREEN, FigureStyle
 
 REPORT = Path("probes") / "report.json"
@@ -37,7 +37,7 @@ AUROCS: tuple[tuple[str, str], ...] = (
 
 def load_probe_report(run: str | Path) -> dict[str, Any]:
     """``RUN/probes/report.json``, or ``MissingInput`` naming ``workbench probe RUN``."""
-    return read_json(Path(run) / REPORT, "the probe report", f"workbench probe {run}")
+    return read_json(Path(run) / REPORT, "the probe report", after_cache(run, f"workbench probe {run}"))
 
 
 def _ci_text(value: float, ci: list[float] | None) -> str:

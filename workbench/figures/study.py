@@ -2,7 +2,8 @@
 method's paired accuracy change against the reference with its CI, and accuracy against token cost.
 
 Controls sit right below the method they control for (``workbench.evaluation.results.order_methods``),
-indented and drawn in grey with open markers, so a method is never read without its control.
+indented, in their method's colour with open markers (joined to it by a dotted line in the cost plot),
+so a method is never read without its control.
 
 Example:
     >>> rows = [{"method": "vanilla", "task": "t", "control_for": None, "reference": "vanilla", "accuracy": 0.7,
@@ -89,7 +90,7 @@ def forest_figure(rows: list[dict[str, Any]], task: str | None = None, style: Fi
         control = bool(r.get("control_for"))
         lo, hi = (r.get("delta_ci") or [float("nan")] * 2)
         d = r["delta_vs_vanilla"]
-        colour = style.colour("control") if control else style.colour(family[r["method"]])
+        colour = style.colour(family[r["method"]])
         p = r.get("p_value")
         hover = f"{r['method']}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}]" + (f", p={p:.3g}" if _finite(p) else "")
         fig.add_trace(go.Scatter(
@@ -109,10 +110,19 @@ def forest_figure(rows: list[dict[str, Any]], task: str | None = None, style: Fi
 
 def cost_figure(rows: list[dict[str, Any]], task: str | None = None, style: FigureStyle = SCREEN) -> go.Figure:
     """Accuracy (with its 95% CI) against mean thinking tokens per trace, one point per method of ``task``;
-    controls in grey with open markers, the reference as a star."""
+    controls in their method's colour with open markers, joined to it by a dotted line; the reference a star."""
     task, rows = _task_rows(rows, task)
     family = _families(rows)
     fig = go.Figure()
+    by_name = {r["method"]: r for r in rows}
+    for r in rows:
+        parent = by_name.get(r.get("control_for") or "")
+        if parent is not None and _finite(r["accuracy"], r["thinking_tokens"], parent["accuracy"],
+                                          parent["thinking_tokens"]):
+            fig.add_trace(go.Scatter(x=[parent["thinking_tokens"], r["thinking_tokens"]],
+                                     y=[parent["accuracy"], r["accuracy"]], mode="lines", showlegend=False,
+                                     hoverinfo="skip", line={"color": style.colour(family[r["method"]]), "width": 1,
+                                                             "dash": "dot"}))
     for r in rows:
         if not _finite(r["accuracy"], r["thinking_tokens"]):
             continue
@@ -120,11 +130,10 @@ def cost_figure(rows: list[dict[str, Any]], task: str | None = None, style: Figu
         extra = f"control for {r['control_for']}" if control else ""
         reference = r["method"] == r.get("reference")
         lo, hi = r.get("accuracy_ci") or [float("nan")] * 2
-        colour = style.colour("control") if control else style.colour(family[r["method"]])
+        colour = style.colour(family[r["method"]])
         symbol = "star" if reference else "circle-open" if control else "circle"
         fig.add_trace(go.Scatter(
-            x=[r["thinking_tokens"]], y=[r["accuracy"]], mode="markers+text", text=[r["method"]],
-            textposition="top center", name=r["method"], showlegend=False,
+            x=[r["thinking_tokens"]], y=[r["accuracy"]], mode="markers", name=_label(r),
             marker={"color": colour, "size": 12 if reference else 10, "symbol": symbol,
                     "line": {"width": 2, "color": colour}},
             error_y={"type": "data", "array": [hi - r["accuracy"]] if _finite(hi) else [0.0],

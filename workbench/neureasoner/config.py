@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 FAILURE_TYPES: tuple[str, ...] = ("slip", "oscillation", "overthinking")
-THRESHOLDS = ("youden", "recall")
+THRESHOLDS = ("youden", "recall", "precision")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,9 +37,13 @@ class NeuReasonerConfig:
         hidden: hidden layer sizes of each detector's MLP.
         alpha: the MLP's L2 penalty.
         max_iter: MLP training epochs (Adam).
-        threshold: ``"youden"`` (maximise TPR - FPR) or ``"recall"`` (the highest threshold whose
-            window recall reaches ``target_recall``), chosen on out-of-fold scores of the fitting half.
+        threshold: ``"youden"`` (maximise TPR - FPR), ``"recall"`` (the highest threshold whose
+            window recall reaches ``target_recall``) or ``"precision"`` (the lowest threshold whose window
+            precision reaches ``target_precision``: for remedies, where a false alarm costs a trigger the
+            model did not need), chosen on out-of-fold scores of the fitting half.
         target_recall: the window recall ``threshold="recall"`` aims for.
+        target_precision: the window precision ``threshold="precision"`` aims for (the most precise
+            threshold when no threshold reaches it).
         folds: grouped folds (by problem) on the fitting half for the out-of-fold threshold scores.
         token_buckets: width of the token-only control's bag of token ids (ids are taken modulo it).
         labeller: ``"truth"`` reads the task's own labels (the organism's), ``"auto"`` labels decoded text.
@@ -57,6 +61,7 @@ class NeuReasonerConfig:
     max_iter: int = 300
     threshold: str = "youden"
     target_recall: float = 0.9
+    target_precision: float = 0.5
     folds: int = 3
     token_buckets: int = 256
     labeller: str = "truth"
@@ -81,6 +86,8 @@ class NeuReasonerConfig:
             raise bad("threshold", f"one of {THRESHOLDS}")
         if not 0.0 < self.target_recall <= 1.0:
             raise bad("target_recall", "in (0, 1]")
+        if not 0.0 < self.target_precision <= 1.0:
+            raise bad("target_precision", "in (0, 1]")
         if self.folds < 2:
             raise bad("folds", ">= 2")
         if self.labeller not in ("truth", "auto"):

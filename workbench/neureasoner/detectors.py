@@ -35,7 +35,7 @@ import joblib
 import numpy as np
 from jaxtyping import Bool, Float, Int
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import roc_curve
+from sklearn.metrics import precision_recall_curve, roc_curve
 from sklearn.model_selection import GroupKFold
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -78,7 +78,12 @@ def choose_threshold(y: np.ndarray, scores: np.ndarray, cfg: NeuReasonerConfig) 
     thr = np.minimum(thr, 1.0)  # roc_curve's first threshold is +inf
     if cfg.threshold == "youden":
         return float(thr[int(np.argmax(tpr - fpr))])
-    return float(thr[int(np.argmax(tpr >= cfg.target_recall))])
+    if cfg.threshold == "recall":
+        return float(thr[int(np.argmax(tpr >= cfg.target_recall))])
+    precision, _, cuts = precision_recall_curve(y, scores)  # cuts ascending; precision[i] at cuts[i]
+    precision = precision[:-1]
+    reached = np.flatnonzero(precision >= cfg.target_precision)
+    return float(cuts[reached[0]] if len(reached) else cuts[int(np.argmax(precision))])
 
 
 @dataclass

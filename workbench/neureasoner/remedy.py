@@ -46,9 +46,9 @@ from workbench.neureasoner.config import FAILURE_TYPES, NeuReasonerConfig
 from workbench.neureasoner.detectors import Detector
 from workbench.neureasoner.features import OnlineFluctuation
 from workbench.neurons import NeuronSet, NeuronSetError
+from workbench.organism.task import TRIGGERS
 
 PAPER_PHRASE = "Okay, I have finished thinking."
-TOKENS = (("oscillation", "<INTER>"), ("slip", "<INTRA>"))
 FINETUNE_HINT = "fine-tune it with `workbench organism finetune` (workbench.neureasoner.sft) first"
 
 
@@ -76,6 +76,9 @@ class NeuReasonerRemedy:
         cooldown: tokens after a firing before that type may fire again (None: the detector's window).
         max_triggers: firings per type and sequence at most.
         min_thinking: no action before this many thinking tokens.
+        detectors: ``"neurons"``: the detectors on each type's key neurons; ``"random"``: the analysis's
+            control detectors on as many random neurons (``detector-<type>_random``), which fire at their
+            own rate where the key neurons say nothing: the remedy's random-neuron control.
     """
 
     name: str = "neureasoner"
@@ -83,10 +86,11 @@ class NeuReasonerRemedy:
     threshold: float | None = None
     thresholds: tuple[tuple[str, float], ...] | dict[str, float] = ()
     concluding_phrase: str | None = None
-    tokens: tuple[tuple[str, str], ...] | dict[str, str] = field(default=TOKENS)
+    tokens: tuple[tuple[str, str], ...] | dict[str, str] = field(default=TRIGGERS)
     cooldown: int | None = None
     max_triggers: int = 2
     min_thinking: int = 0
+    detectors: str = "neurons"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "types", tuple(self.types))
@@ -108,6 +112,8 @@ class NeuReasonerRemedy:
                              f"{self.threshold}")
         if self.cooldown is not None and self.cooldown < 1:
             raise ValueError(f"NeuReasonerRemedy.cooldown must be >= 1 or None, got {self.cooldown}")
+        if self.detectors not in ("neurons", "random"):
+            raise ValueError(f"NeuReasonerRemedy.detectors must be 'neurons' or 'random', got {self.detectors!r}")
         if self.max_triggers < 1 or self.min_thinking < 0:
             raise ValueError(f"NeuReasonerRemedy: max_triggers must be >= 1 and min_thinking >= 0 (got "
                              f"{self.max_triggers}, {self.min_thinking})")
@@ -119,7 +125,7 @@ class NeuReasonerRemedy:
             raise ValueError("NeuReasonerRemedy needs an analysis run with detectors; none was given (run `workbench "
                              "rank --method mon RUN` on a cached run and pass it)")
         model_shape = (ctx.model.cfg.n_layers, ctx.model.cfg.d_mlp)
-        detectors = load_detectors(Path(run), self.types, model_shape)
+        detectors = load_detectors(Path(run), self.types, model_shape, random=self.detectors == "random")
         tok = ctx.model.tokenizer
         trigger_ids = {t: trigger_id(tok, s) for t, s in self.tokens if t in self.types and t != "overthinking"}
         think_open, think_close, _ = run_settings(ctx)
@@ -135,11 +141,15 @@ def trigger_id(tokenizer, token: str) -> int:
     return int(tid)
 
 
-def load_detectors(run: Path, types: tuple[str, ...], model_shape: tuple[int, int]) -> dict[str, Detector]:
-    """Each type's neuron detector, checked against ``RUN/neurons/mon-<type>.json`` and the model."""
+def load_detectors(
+    run: Path, types: tuple[str, ...], model_shape: tuple[int, int], random: bool = False,
+) -> dict[str, Detector]:
+    """Each type's neuron detector (its random-neuron control when ``random``), checked against
+    ``RUN/neurons/mon-<type>.json`` and the model."""
     out = {}
     for t in types:
-        det_path, set_path = run / "neureasoner" / f"detector-{t}.joblib", run / "neurons" / f"mon-{t}.json"
+        det_path = run / "neureasoner" / f"detector-{t}{'_random' if random else ''}.joblib"
+        set_path = run / "neurons" / f"mon-{t}.json"
         missing = [str(p) for p in (det_path, set_path) if not p.exists()]
         if missing:
             raise ValueError(f"NeuReasonerRemedy: {', '.join(missing)} missing; run `workbench rank --method mon "
@@ -149,9 +159,12 @@ def load_detectors(run: Path, types: tuple[str, ...], model_shape: tuple[int, in
             mon = NeuronSet.load(set_path, model_shape=model_shape)
         except NeuronSetError as exc:
             raise ValueError(f"NeuReasonerRemedy: {exc}; fit the detectors with this model") from exc
-        if det.inputs != "neurons" or det.neurons is None:
-            raise ValueError(f"{det_path}: a {det.inputs!r} control detector, not one on key neurons")
-        if det.neurons.flat(model_shape[1]) != mon.flat(model_shape[1]):
+        if det.inputs != ("random" if random else "neurons") or det.neurons is None:
+            raise ValueError(f"{det_path}: a {det.inputs!r} detector, not one on {'random' if random else 'key'} "
+                             "neurons")
+        if det.neurons.model_shape and tuple(det.neurons.model_shape) != tuple(model_shape):
+            raise ValueError(f"{det_path}: fitted on a model of shape {det.neurons.model_shape}, not {model_shape}")
+        if not random and det.neurons.flat(model_shape[1]) != mon.flat(model_shape[1]):
             raise ValueError(f"NeuReasonerRemedy: {det_path} and {set_path} name different neurons; run "
                              f"`workbench rank --method mon {run}` again")
         out[t] = det

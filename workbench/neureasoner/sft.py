@@ -54,6 +54,7 @@ from workbench.organism.task import (
     RECIPE_V2,
     REFLECTION_WORD,
     STEP_ENDS,
+    TRIGGERS,
     TraceRecipe,
     apply,
     is_held_out,
@@ -63,7 +64,6 @@ from workbench.organism.task import (
 )
 from workbench.organism.train import warmup_cosine
 
-TRIGGERS: tuple[tuple[str, str], ...] = (("oscillation", "<INTER>"), ("slip", "<INTRA>"))
 KINDS = ("slip", "oscillation", "plain", "slip_false_alarm", "oscillation_false_alarm")
 STATE_FILE = "sft_state.pt"
 SFT_FILE = "sft.json"

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ from workbench.organism.task import (
     STEP_ENDS,
     THINK_CLOSE,
     THINK_OPEN,
+    TRIGGERS,
     Problem,
     Repeat,
     Slip,
@@ -47,6 +49,7 @@ from workbench.organism.task import (
 from workbench.organism.tokenizer import SPACE
 
 _SPECIAL = {"<bos>", "<eos>", "<pad>", "<unk>"}
+_TRIGGER_KIND = {token: kind for kind, token in TRIGGERS}
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,14 @@ def label_tokens(problem: Problem, tokens: Sequence[str], recipe: TraceRecipe | 
             labels.think_end = w.start
             labels.answer = words[i + 1].number if i + 1 < len(words) else None
             break
+        if w.text in _TRIGGER_KIND:  # a NeuReasoner remedy the controller forced
+            labels.remedies.append((w.text, w.start))
+            redone = _step_at(words, i + 1, op) if _TRIGGER_KIND[w.text] == "slip" else None
+            if redone is not None:  # <INTRA> then the step written again: a redo, not a repeat
+                redo = redone[:2]
+                _catch(labels, redo)
+            i += 1
+            continue
         if w.text == CHECK_WORD:
             tail = [x.text for x in words[i + 6 : i + 8]]
             labels.well_formed &= _step_at(words, i + 1, op) is not None and len(tail) == 2 and \
@@ -118,8 +129,10 @@ def label_tokens(problem: Problem, tokens: Sequence[str], recipe: TraceRecipe | 
             continue
         parsed = _step_at(words, i, op)
         if parsed is None:
-            labels.well_formed = False
-            i += 1
+            trigger = next((k for k in range(i, min(i + 5, len(words))) if words[k].text in _TRIGGER_KIND), None)
+            # A step cut short by a trigger is the remedy's doing, not a malformed trace.
+            labels.well_formed &= trigger is not None
+            i = trigger if trigger is not None else i + 1
             continue
         a, b, r = parsed
         value = r.number
@@ -154,6 +167,13 @@ def label_tokens(problem: Problem, tokens: Sequence[str], recipe: TraceRecipe | 
             (p for s, v, p in results if s == last_step and v == labels.answer), None
         )
     return labels
+
+
+def _catch(labels: TraceLabels, operands: tuple[int, int]) -> None:
+    """Marks the uncaught slips of the step with these operands caught (by a remedy's redo)."""
+    steps = {s.step for s in labels.steps if (s.a, s.b) == operands}
+    labels.slips = [dataclasses.replace(s, caught=True) if s.step in steps and not s.caught else s
+                    for s in labels.slips]
 
 
 def _add_repeat(

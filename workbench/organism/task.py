@@ -47,6 +47,9 @@ STEP_END, ALT_STEP_END = ";", ","
 STEP_ENDS = (STEP_END, ALT_STEP_END)
 OPS = ("+", "-")
 SLIP_KINDS = {"+": "dropped_carry", "-": "dropped_borrow"}
+# NeuReasoner's trigger tokens (the paper's, for any model): after <INTRA> a fine-tuned model redoes the step,
+# after <INTER> it moves on. `workbench organism finetune` teaches them; the labeller reads them.
+TRIGGERS: tuple[tuple[str, str], ...] = (("oscillation", "<INTER>"), ("slip", "<INTRA>"))
 
 
 @dataclass(frozen=True)
@@ -317,6 +320,7 @@ class TraceLabels:
     answer: int | None = None
     well_formed: bool = True
     latent: str | None = None  # the regime a rendered trace was drawn in (None when read from tokens)
+    remedies: list[tuple[str, int]] = field(default_factory=list)  # (trigger token, position) NeuReasoner forced
 
     @property
     def correct(self) -> bool:
@@ -331,6 +335,7 @@ class TraceLabels:
         d["repeats"] = [Repeat(**x) for x in d.get("repeats", [])]
         if d.get("overthinking") is not None:
             d["overthinking"] = tuple(d["overthinking"])
+        d["remedies"] = [tuple(x) for x in d.get("remedies", [])]
         return cls(**d)
 
 

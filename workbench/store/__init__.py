@@ -15,7 +15,15 @@ from workbench.store.rundir import (
     path_hash,
     run_model_spec,
 )
-from workbench.store.trace_store import SCHEMA, TRACES, TraceStore, check_target, load_traces, trace_id
+from workbench.store.trace_store import (
+    SCHEMA,
+    TRACES,
+    ShardWriter,
+    TraceStore,
+    check_target,
+    load_traces,
+    trace_id,
+)
 
 __all__ = [
     "MANIFEST",
@@ -25,6 +33,7 @@ __all__ = [
     "CacheConfig",
     "RunDirError",
     "RunLock",
+    "ShardWriter",
     "TraceStore",
     "cache_activations",
     "check_target",

@@ -9,7 +9,9 @@ Layout::
       traces.parquet     # all traces, (re)written atomically when a run completes
 
 Every trace has a stable ``trace_id`` (``problem_id/sample_index``) that later stores, such as the
-activation store, join on. Shard names carry a per-writer tag, so writers never collide on a name.
+activation store, join on. Shard names carry a per-writer tag, so writers never collide on a name:
+the process holding the lock may hand ``ShardWriter``s to workers (``workbench.workers``), which then
+write their shards into the same run on its behalf.
 A ``kill -9`` leaves whole shards only; a shard that is nevertheless unreadable (a disk that filled
 up, a copy cut short) is named, set aside into ``shards-corrupt/`` on resume and its traces are
 recomputed.
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import platform
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -92,14 +95,48 @@ def _read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
         ) from exc
 
 
+class ShardWriter:
+    """Writes one writer's shards, ``part-<name>-<n>.parquet``, into an existing run directory.
+
+    Takes no lock: it writes on behalf of the process that holds the run's lock (a ``TraceStore``
+    opened for writing, or the driver of ``workbench.workers``). ``name`` gets a random suffix, so
+    a writer restarted under the same name never replaces an earlier shard.
+
+    Example:
+        >>> import tempfile
+        >>> with TraceStore.open(tempfile.mkdtemp() + "/run", {"config": {}}) as store:
+        ...     ShardWriter(store.root, "w1").name.startswith("w1.")
+        True
+    """
+
+    def __init__(self, root: str | Path, name: str | None = None) -> None:
+        self.root = Path(root)
+        if not (self.root / SHARDS).is_dir():
+            raise RunDirError(f"{self.root} has no {SHARDS}/ folder on host {platform.node()}: a shard writer writes "
+                              "into a run opened with TraceStore.open, on storage that every worker can reach")
+        if name is not None and ("-" in name or "/" in name):
+            raise ValueError(f"writer name {name!r} must not contain '-' or '/' (they delimit shard names)")
+        suffix = uuid.uuid4().hex[:8]
+        self.name = suffix if name is None else f"{name}.{suffix}"
+        self.written = 0
+
+    def append(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Writes ``rows`` as one new shard, atomically."""
+        if not rows:
+            return
+        table = pa.Table.from_pylist(list(rows), schema=SCHEMA)
+        shard = f"part-{self.name}-{self.written:06d}.parquet"
+        atomic_write(self.root / SHARDS / shard, lambda tmp: pq.write_table(table, tmp))
+        self.written += 1
+
+
 class TraceStore:
     """A run directory; see the module docstring. ``open`` it to write, construct it to read."""
 
     def __init__(self, root: str | Path, lock: RunLock | None = None) -> None:
         self.root = Path(root)
         self._lock = lock
-        self._writer = uuid.uuid4().hex[:8]
-        self._written = 0
+        self._writer: ShardWriter | None = None
         self.set_aside: list[Path] = []
 
     @classmethod
@@ -167,10 +204,9 @@ class TraceStore:
             return
         if self._lock is None:
             raise RunDirError(f"{self.root} was opened for reading; use TraceStore.open to write")
-        table = pa.Table.from_pylist(list(rows), schema=SCHEMA)
-        name = f"part-{self._writer}-{self._written:06d}.parquet"
-        atomic_write(self.root / SHARDS / name, lambda tmp: pq.write_table(table, tmp))
-        self._written += 1
+        if self._writer is None:
+            self._writer = ShardWriter(self.root)
+        self._writer.append(rows)
 
     def read(self) -> pa.Table:
         """Every trace written so far, each ``trace_id`` once, sorted by (problem, sample)."""

@@ -9,7 +9,7 @@ import streamlit as st
 from app_pages import shared
 from workbench.app.layout import Missing, need_activations, need_neurons, need_traces, neuron_sets
 from workbench.app.neuron_stats import logit_effects, thinking_span, top_contexts, trajectory
-from workbench.app.readout import forced_acts
+from workbench.app.readout import forced_acts, store_columns
 from workbench.app.tokens import token_html
 from workbench.figures import (
     FAMILIES,
@@ -94,11 +94,21 @@ else:
     shared.figure(activation_histogram_figure(groups, f"L{layer}.{index}", span, style=shared.style()))
 
 # -- trajectory and contexts (per-token) ------------------------------------------------------------------------
-series = [a[:, 0] for a in shared.acts(analysis, list(range(len(rows))), neuron)]
-spans = [thinking_span(r) for r in rows]
 st.subheader("Mean trajectory over the thinking")
+kept = missing is None and store_columns(shared.store(analysis), neuron) is not None
+if kept:
+    read = list(range(len(rows)))
+    st.caption(f"Per-token activations of all {len(rows)} traces from the activation cache.")
+else:  # a teacher-forced pass per trace: a big model on CPU wants a sample
+    n = int(st.number_input("Traces to replay", 1, len(rows), min(len(rows), 400),
+                            help="This neuron was not kept per token in the activation cache; its activations "
+                                 "come from a teacher-forced pass of the model over an evenly spaced sample"))
+    read = sorted({int(x) for x in np.linspace(0, len(rows) - 1, n)})
+    st.caption(f"Per-token activations of {len(read)} of {len(rows)} traces from a teacher-forced pass.")
+series = [a[:, 0] for a in shared.acts(analysis, read, neuron)]
+spans = [thinking_span(rows[r]) for r in read]
 bins = st.slider("Position bins", 5, 50, 20)
-traj = trajectory(f"L{layer}.{index}", series, spans, correct.tolist(), bins=bins)
+traj = trajectory(f"L{layer}.{index}", series, spans, correct[read].tolist(), bins=bins)
 shared.figure(trajectory_figure(traj, style=shared.style()))
 st.caption("0 = first thinking token, 1 = last; mean activation of each slice over the traces, 95% t-intervals.")
 
@@ -109,7 +119,7 @@ k = c2.slider("How many", 1, 20, 8)
 vmax = max((float(np.nanmax(np.abs(s[lo:hi]))) for s, (lo, hi) in zip(series, spans, strict=True) if hi > lo),
            default=1.0)
 for ctx in top_contexts(series, k=k, spans=spans, largest=largest):
-    r = rows[ctx.row]
+    r = rows[read[ctx.row]]
     a, b = max(ctx.pos - 12, 0), min(ctx.pos + 5, len(r["token_ids"]))
     pieces = shared.pieces(analysis, r["token_ids"][a:b])
     st.markdown(f"`{r['trace_id']}` {'✓' if r['correct'] else '✗'} pos {ctx.pos}: **{ctx.value:+.3f}**")

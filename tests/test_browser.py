@@ -104,12 +104,15 @@ def page(chromium) -> Iterator[Page]:
             browser.close()
 
 
-def settle(page: Page) -> None:
-    """Waits until the app's script run (started by a load or a widget) has finished."""
-    try:  # a rerun shows the status widget shortly after the event (a fast one may come and go unseen)
-        page.wait_for_selector(BUSY, state="attached", timeout=2_000)
-    except PlaywrightTimeout:
-        pass
+def settle(page: Page, started: bool = False) -> None:
+    """Waits until the app's script run has finished; ``started``: it is known to have begun (the page shows
+    what it drew), else give a widget's rerun a moment to show the status widget (a fast one may come and go
+    unseen)."""
+    if not started:
+        try:
+            page.wait_for_selector(BUSY, state="attached", timeout=1_000)
+        except PlaywrightTimeout:
+            pass
     page.wait_for_selector(BUSY, state="detached", timeout=90_000)
 
 
@@ -122,7 +125,7 @@ def screenshot(page: Page, name: str) -> None:
     """The whole page: Streamlit scrolls inside its main section, so the viewport grows to fit it first."""
     height = page.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
     page.set_viewport_size({"width": 1400, "height": min(int(height) + 40, 8000)})
-    page.wait_for_timeout(800)  # charts and tables re-layout
+    page.wait_for_timeout(500)  # charts and tables re-layout
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
     page.set_viewport_size({"width": 1400, "height": 1000})
 
@@ -177,7 +180,7 @@ VIEWS: list[tuple[str, str, str, Callable[[Page], None]]] = [
 def test_view_in_a_real_browser(server, page, name, path, title, act):
     page.goto(f"{server}/{path}")
     page.locator("h1", has_text=title).wait_for(timeout=90_000)
-    settle(page)
+    settle(page, started=True)
     assert_no_errors(page, f"{name} on load")
     act(page)
     settle(page)

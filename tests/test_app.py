@@ -248,6 +248,7 @@ class TestLibrary:
         # the same actions at the same steps (readings in payloads agree to float error only: batch of 1 here)
         assert [(e["step"], e["kind"]) for e in json.loads(live["events"])] == [
             (e["step"], e["kind"]) for e in json.loads(stored["events"])]
+        assert not any(hp.fwd_hooks for hp in organism.hook_dict.values())  # nothing left on the shared model
 
     def test_event_marks_sit_on_the_tokens_the_controller_forced(self, organism_study):
         checked = 0

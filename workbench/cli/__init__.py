@@ -5,6 +5,7 @@ Example:
     $ workbench organism eval --problems 300 --json
     $ workbench cache runs/main/sampled && workbench rank --method rcn runs/main/sampled
     $ workbench figures runs/main --out runs/main/figures --format pdf --paper
+    $ workbench app runs/main                      # the browser workbench on a finished study
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import typer
 
 from workbench.cli import analyses, evaluation, figures, organism, traces
+from workbench.cli import app as app_command
 
 app = typer.Typer(help="Find, read and steer the neurons behind reasoning successes and failures.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -32,6 +34,7 @@ for command in (analyses.cache, analyses.rank, analyses.probe, analyses.validate
     app.command()(command)
 app.command(name="eval")(evaluation.evaluate)
 app.command()(figures.figures)
+app.command(name="app")(app_command.app)
 
 
 def main() -> None:  # pragma: no cover

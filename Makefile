@@ -36,7 +36,7 @@ test: $(STAMP) browser
 	$(VENV)/bin/python -m pytest
 
 app: $(STAMP)
-	$(VENV)/bin/streamlit run app.py
+	$(VENV)/bin/workbench app $(or $(RUN),runs/main)
 
 clean-venv:
 	rm -rf $(VENV)

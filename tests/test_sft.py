@@ -247,3 +247,25 @@ def test_the_cli_command_fine_tunes_a_model_folder(tmp_path):
                                    "--batch-size", "2"])
     assert got.exit_code == 0, got.output
     assert json.loads((tmp_path / "sft" / SFT_FILE).read_text())["config"]["steps"] == 2
+
+
+class TestShippedFinetune:
+    """The shipped data/organism-neureasoner follows its triggers, as its card says (following.json)."""
+
+    def test_the_cards_following_rates_are_reproduced(self):
+        from workbench.model import DATA_DIR, set_threads
+        from workbench.neureasoner.following import trigger_following
+
+        set_threads(1)
+        rates = trigger_following(load_model("organism-neureasoner"), problems=200)
+        card = json.loads((DATA_DIR / "organism-neureasoner" / "following.json").read_text())
+        assert rates == pytest.approx(card)
+        # The trigger does the fixing: without it the same slipped prefixes end wrong.
+        assert rates["slip"]["followed"] > 0.9 > 0.2 > rates["slip"]["correct_without_trigger"]
+        assert rates["slip_false_alarm"]["correct"] > 0.9 and rates["oscillation"]["followed"] > 0.8
+
+    def test_the_base_organism_cannot_follow_them(self, organism):
+        from workbench.neureasoner.following import trigger_following
+
+        rates = trigger_following(organism, problems=30)
+        assert all(r["followed"] == 0.0 for r in rates.values())  # <INTRA>/<INTER> are unknown to it

@@ -132,8 +132,10 @@ def label_tokens(problem: Problem, tokens: Sequence[str], recipe: TraceRecipe | 
         parsed = _step_at(words, i, op)
         if parsed is None:
             trigger = next((k for k in range(i, min(i + 5, len(words))) if words[k].text in _TRIGGER_KIND), None)
-            if trigger is not None and _step_at([*words[i:trigger], *words[trigger + 1 :]], 0, op) is not None:
-                # A trigger inside a step the model then finished (a false alarm mid-step): read the step whole.
+            joined = [*words[i:trigger], *words[trigger + 1 : trigger + 7]] if trigger is not None else []
+            if _step_at(joined, 0, op) is not None and (len(joined) < 6 or joined[5].text != op):
+                # A trigger inside a step the model then finished (a false alarm mid-step): read the step whole
+                # (unless the words after it start the next step: a repeat the trigger cut short).
                 labels.remedies.append((words[trigger].text, words[trigger].start))
                 words = [*words[:trigger], *words[trigger + 1 :]]
                 continue

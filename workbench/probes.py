@@ -96,6 +96,15 @@ def probe_auroc(
     return ProbeResult(auroc(y, scores), scores)
 
 
+def _by_question(y, scores, groups) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Labels and scores as arrays, and the rows of each question: the unit every bootstrap here resamples."""
+    y, scores, groups = np.asarray(y).astype(int), np.asarray(scores, dtype=np.float64), np.asarray(groups)
+    if not len(y) == len(scores) == len(groups):
+        raise ValueError(f"y, scores and groups disagree in length: {len(y)}, {len(scores)}, {len(groups)}")
+    _, member = np.unique(groups, return_inverse=True)
+    return y, scores, [np.flatnonzero(member == g) for g in range(member.max() + 1)]
+
+
 def auroc_ci(
     y: Shaped[np.ndarray, " row"],
     scores: Float[np.ndarray, " row"],
@@ -108,11 +117,7 @@ def auroc_ci(
 
     A resample that happens to hold one class only has no AUROC and is left out of the percentiles.
     """
-    y, scores, groups = np.asarray(y).astype(int), np.asarray(scores, dtype=np.float64), np.asarray(groups)
-    if not len(y) == len(scores) == len(groups):
-        raise ValueError(f"y, scores and groups disagree in length: {len(y)}, {len(scores)}, {len(groups)}")
-    _, member = np.unique(groups, return_inverse=True)
-    rows = [np.flatnonzero(member == g) for g in range(member.max() + 1)]
+    y, scores, rows = _by_question(y, scores, groups)
 
     def statistic(picked: np.ndarray) -> float:
         idx = np.concatenate([rows[int(g)] for g in picked])
@@ -147,9 +152,7 @@ def roc_band(
     >>> band["fpr"], all(lo <= hi for lo, hi in zip(band["tpr_lo"], band["tpr_hi"]))
     ([0.0, 0.25, 0.5, 0.75, 1.0], True)
     """
-    y, scores, groups = np.asarray(y).astype(int), np.asarray(scores, dtype=np.float64), np.asarray(groups)
-    _, member = np.unique(groups, return_inverse=True)
-    rows = [np.flatnonzero(member == g) for g in range(member.max() + 1)]
+    y, scores, rows = _by_question(y, scores, groups)
     fpr_grid, rng, curves = np.linspace(0.0, 1.0, grid), np.random.default_rng(seed), []
     for _ in range(n_resamples):
         idx = np.concatenate([rows[g] for g in rng.integers(0, len(rows), len(rows))])

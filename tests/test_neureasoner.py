@@ -112,6 +112,10 @@ class TestThresholds:
         assert precision_score(y, scores >= lower) < 0.6
         unreachable = choose_threshold(y, scores, NeuReasonerConfig(threshold="precision", target_precision=1.0))
         assert unreachable >= cuts["precision"]  # the most precise threshold when none reaches the target
+        common = np.r_[y[:200], np.ones(200, bool)]  # failing windows already 55% of all: a target of 0.5 is met
+        assert choose_threshold(common, np.r_[scores[:200], scores[:200] + 0.3], NeuReasonerConfig(
+            threshold="precision")) == choose_threshold(common, np.r_[scores[:200], scores[:200] + 0.3],
+                                                        NeuReasonerConfig(threshold="youden"))
         with pytest.raises(ValueError, match="target_precision"):
             NeuReasonerConfig(target_precision=0.0)
 

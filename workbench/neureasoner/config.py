@@ -40,7 +40,8 @@ class NeuReasonerConfig:
         threshold: ``"youden"`` (maximise TPR - FPR), ``"recall"`` (the highest threshold whose
             window recall reaches ``target_recall``) or ``"precision"`` (the lowest threshold whose window
             precision reaches ``target_precision``: for remedies, where a false alarm costs a trigger the
-            model did not need), chosen on out-of-fold scores of the fitting half.
+            model did not need; Youden's J where the failing windows' own share reaches the target),
+            chosen on out-of-fold scores of the fitting half.
         target_recall: the window recall ``threshold="recall"`` aims for.
         target_precision: the window precision ``threshold="precision"`` aims for (the most precise
             threshold when no threshold reaches it).

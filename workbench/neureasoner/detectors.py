@@ -76,7 +76,8 @@ def choose_threshold(y: np.ndarray, scores: np.ndarray, cfg: NeuReasonerConfig) 
         return 0.5
     fpr, tpr, thr = roc_curve(y, scores)
     thr = np.minimum(thr, 1.0)  # roc_curve's first threshold is +inf
-    if cfg.threshold == "youden":
+    # A precision target the base rate already meets is met by firing on every window: no detector at all.
+    if cfg.threshold == "youden" or (cfg.threshold == "precision" and y.mean() >= cfg.target_precision):
         return float(thr[int(np.argmax(tpr - fpr))])
     if cfg.threshold == "recall":
         return float(thr[int(np.argmax(tpr >= cfg.target_recall))])

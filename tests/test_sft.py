@@ -259,7 +259,9 @@ class TestShippedFinetune:
         set_threads(1)
         rates = trigger_following(load_model("organism-neureasoner"), problems=200)
         card = json.loads((DATA_DIR / "organism-neureasoner" / "following.json").read_text())
-        assert rates == pytest.approx(card)
+        assert rates.keys() == card.keys()
+        for case, expected in card.items():
+            assert rates[case] == pytest.approx(expected), case
         # The trigger does the fixing: without it the same slipped prefixes end wrong.
         assert rates["slip"]["followed"] > 0.9 > 0.2 > rates["slip"]["correct_without_trigger"]
         assert rates["slip_false_alarm"]["correct"] > 0.9 and rates["oscillation"]["followed"] > 0.8

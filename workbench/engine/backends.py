@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -33,6 +34,24 @@ from workbench.engine.fast import FastDecoder, unsupported_reason
 from workbench.engine.graphs import GraphedDecode
 
 log = logging.getLogger(__name__)
+
+# hf model -> (weights' identity, FastDecoder): packing copies every weight, so runs share one decoder
+# for as long as the model lives and its weights are untouched.
+_DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def fast_decoder(hf_model, dtype: torch.dtype | None = None, pack: bool | None = None) -> FastDecoder:
+    """The ``FastDecoder`` of ``hf_model``, built once and reused while its weights stay as they are.
+
+    A weight changed in place (training, a test perturbing norms) bumps its version counter, and a
+    replaced weight has another address; either makes a new decoder.
+    """
+    ident = (dtype, pack, tuple((p.data_ptr(), p._version) for p in hf_model.parameters()))
+    cached = _DECODERS.get(hf_model)
+    if cached is None or cached[0] != ident:
+        cached = (ident, FastDecoder(hf_model, dtype=dtype, pack=pack))
+        _DECODERS[hf_model] = cached
+    return cached[1]
 
 
 def _pad(prompts: Sequence[Sequence[int]], pad_id: int, left: bool) -> Int[Tensor, "n pos"]:
@@ -98,8 +117,8 @@ class BridgeBackend:
 
 class FastBackend:
     def __init__(self, model: TransformerBridge, hooks, rows: int, dtype: torch.dtype | None = None,
-                 cuda_graphs: bool = False) -> None:
-        self.dec = FastDecoder(model.original_model, dtype=dtype)
+                 cuda_graphs: bool = False, pack: bool | None = None) -> None:
+        self.dec = fast_decoder(model.original_model, dtype=dtype, pack=pack)
         self.hooks, self.rows = hooks, rows
         self.device, self.d_vocab = self.dec.device, self.dec.d_vocab
         self.cache = self.dec.new_cache(rows, 256)
@@ -130,10 +149,11 @@ class FastBackend:
 
 
 def make_backend(model: TransformerBridge, name: str, hooks, rows: int = 64, dtype: torch.dtype | None = None,
-                 cuda_graphs: bool = False, compact_every: int = 32):
+                 cuda_graphs: bool = False, compact_every: int = 32, pack: bool | None = None):
     """``"fast"``, ``"bridge"``, or ``"auto"`` (fast when the model supports it).
 
-    ``dtype`` and ``cuda_graphs`` apply to the fast backend only; asking the bridge for them is an error.
+    ``dtype``, ``cuda_graphs`` and ``pack`` apply to the fast backend only; asking the bridge for the
+    first two is an error (``pack=None`` just means "where possible").
     """
     if name not in ("auto", "fast", "bridge"):
         raise ValueError(f"backend must be 'auto', 'fast' or 'bridge', got {name!r}")
@@ -141,7 +161,8 @@ def make_backend(model: TransformerBridge, name: str, hooks, rows: int = 64, dty
     if name == "fast" and reason is not None:
         raise ValueError(f"the fast backend cannot run this model: {reason}; use backend='bridge'")
     if name == "bridge" or reason is not None:
-        wanted = [f for f, on in (("dtype", dtype is not None), ("cuda_graphs", cuda_graphs)) if on]
+        wanted = [f for f, on in (("dtype", dtype is not None), ("cuda_graphs", cuda_graphs), ("packed weights", pack))
+                  if on]
         if wanted:
             why = "backend='bridge'" if name == "bridge" else f"the fast forward does not support this model: {reason}"
             raise ValueError(f"{', '.join(wanted)} need the fast backend, but {why}; load the model in the dtype "
@@ -150,4 +171,4 @@ def make_backend(model: TransformerBridge, name: str, hooks, rows: int = 64, dty
             log.warning("decoding with the slower TransformerBridge forward; the fast forward does not support "
                         "this model: %s", reason)
         return BridgeBackend(model, hooks, compact_every)
-    return FastBackend(model, hooks, rows, dtype=dtype, cuda_graphs=cuda_graphs)
+    return FastBackend(model, hooks, rows, dtype=dtype, cuda_graphs=cuda_graphs, pack=pack)

@@ -86,8 +86,9 @@ class NeuronMonitor:
 class NeuronStats:
     """A ``NeuronMonitor``'s reading of one sequence, in the order of its neurons.
 
-    The positions are those every edit and controller acts at: the last prompt token and each
-    generated token that was fed back (all but the last), ``n_positions`` in all.
+    The positions are those every edit and controller acts at, ``n_positions`` in all: the last
+    prompt token and each generated token that was run through the model (all but the last when the
+    sequence ended on EOS or the length cap; all when a controller stopped it, after its last token ran).
 
     Attributes:
         mean: mean activation of each neuron over the positions.

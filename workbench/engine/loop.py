@@ -160,22 +160,30 @@ class _Run:
         self.edit_on = torch.zeros(self.capacity, len(engine.edits), dtype=torch.bool)
         self.logits = torch.empty(self.capacity, backend.d_vocab, dtype=torch.float32, device=self.device)
 
-    @torch.no_grad()
     def loop(self) -> Iterator[Finished]:
+        # no_grad per stretch, never across a yield: a decorator would not cover a generator's body
+        # once wrapped (jaxtyping's checker wraps it in tests), and a `with` around the yields would
+        # switch gradients off in the caller's code too.
         while self.waiting or self.keys:
-            n = len(self.keys)
-            if n:
-                ids = torch.tensor([t[-1] for t in self.tokens], device=self.device)
-                positions = torch.tensor(self.n_cached, device=self.device)
-                self.hooks.begin(slice(0, n), self.edit_on[:n])
-                self.backend.decode(ids, positions, max(self.n_cached) + 1, self.logits[:n])
-                self.hooks.end()
-                self.n_cached = [c + 1 for c in self.n_cached]
-            if self.waiting and n < self.capacity:
-                self._prefill(n)
+            with torch.no_grad():
+                self._forward()
             self.live = [True] * len(self.keys)
             yield from self._choose(self.logits[: len(self.keys)])
-            self._compact()
+            with torch.no_grad():
+                self._compact()
+
+    def _forward(self) -> None:
+        """One decode step for the live rows, then prefill of waiting prompts into the free rows."""
+        n = len(self.keys)
+        if n:
+            ids = torch.tensor([t[-1] for t in self.tokens], device=self.device)
+            positions = torch.tensor(self.n_cached, device=self.device)
+            self.hooks.begin(slice(0, n), self.edit_on[:n])
+            self.backend.decode(ids, positions, max(self.n_cached) + 1, self.logits[:n])
+            self.hooks.end()
+            self.n_cached = [c + 1 for c in self.n_cached]
+        if self.waiting and n < self.capacity:
+            self._prefill(n)
 
     def _prefill(self, start: int) -> None:
         reqs = [self.waiting.popleft() for _ in range(min(self.capacity - start, len(self.waiting)))]

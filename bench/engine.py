@@ -37,10 +37,10 @@ import torch
 from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shapes import SHAPES, random_checkpoint  # noqa: E402
+from shapes import SHAPES, random_checkpoint
 
-from workbench import load_model, set_threads  # noqa: E402
-from workbench.engine import (  # noqa: E402
+from workbench import load_model, set_threads
+from workbench.engine import (
     Controller,
     Engine,
     EngineConfig,
@@ -49,8 +49,8 @@ from workbench.engine import (  # noqa: E402
     Request,
     SamplingConfig,
 )
-from workbench.model import resolve  # noqa: E402
-from workbench.neurons import NeuronSet, mlp_post  # noqa: E402
+from workbench.model import resolve
+from workbench.neurons import NeuronSet, mlp_post
 
 
 class ReadEachStep(Controller):
@@ -197,7 +197,6 @@ def bench_shape(shape: str, batch: int, new_tokens: int, repeats: int, threads: 
         results.append({"shape": shape, "batch": batch, "threads": t, "row": name, **r,
                         "tok_s_wall": r["tokens"] / r["wall_s"], "tok_s_cpu": r["tokens"] / r["cpu_s"],
                         "new_tokens": new_tokens, "parity": same})
-    del model, hf
     return results
 
 

@@ -65,16 +65,18 @@ def _model_class(name: str):
     return getattr(transformers, SHAPES[name][0].replace("Config", "ForCausalLM"))
 
 
-def random_checkpoint(name: str, root: str | Path | None = None, seed: int = 0) -> Path:
-    """Saves (once) a random-weight checkpoint of shape ``name`` and returns its folder."""
+def random_checkpoint(name: str, root: str | Path | None = None, seed: int = 0,
+                      dtype: torch.dtype = torch.float32) -> Path:
+    """Saves (once) a random-weight checkpoint of shape ``name`` in ``dtype`` and returns its folder."""
     from workbench.organism.tokenizer import build_tokenizer
 
     root = Path(root or os.environ.get("WORKBENCH_BENCH_MODELS", "/tmp/workbench-bench-models"))
-    folder = root / f"{name}-seed{seed}"
+    suffix = "" if dtype == torch.float32 else "-" + str(dtype).removeprefix("torch.")
+    folder = root / f"{name}-seed{seed}{suffix}"
     if (folder / "config.json").exists():
         return folder
     torch.manual_seed(seed)
-    model = _model_class(name)(config_for(name))
+    model = _model_class(name)(config_for(name)).to(dtype)
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = None
     tmp = folder.with_name(folder.name + ".partial")

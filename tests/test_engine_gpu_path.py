@@ -39,8 +39,13 @@ def gqa(gqa_dir):
 
 
 def fake_capture(device):
-    """Stands in for ``cuda_capture``: the replay is the captured step itself."""
-    return lambda step: step
+    """Stands in for ``cuda_capture``: runs the step once, as capture does, and replays it by calling it."""
+
+    def capture(step):
+        step()
+        return step
+
+    return capture
 
 
 def prompt_batch(tok, prompts):

@@ -15,13 +15,15 @@ replays, and every Python value the step depends on is frozen at capture:
 
 A graph is captured per (rows bucket, width bucket): live rows are rounded up to 1, 2, 4 or a
 multiple of 8, the attention width up to a multiple of ``WIDTH_STEP`` (the mask hides the extra
-columns). The first step of each bucket runs eagerly (it is that step's real work and warms up the
-kernels), then is captured; later steps replay it. All graphs share one memory pool: only
-temporaries live there, since every output is written into a buffer allocated outside it.
+columns). The first step of each bucket runs eagerly on a side stream (it is that step's real work,
+and warms up the kernels as capture requires), then is captured; later steps replay it. All graphs
+share one memory pool: only temporaries live there, since every output is written into a buffer
+allocated outside it.
 
-Only the capture itself needs CUDA. ``capture`` is a function taking the step (a callable of no
-arguments) and returning its replay; the tests pass one that returns the step itself, which keeps
-every rule above (frozen Python values, static buffers) and so checks the bookkeeping on a CPU.
+Only the capture itself needs CUDA. ``capture`` is a function that runs the step (a callable of no
+arguments) once and returns its replay; the tests pass one that runs it and returns the step
+itself, which keeps every rule above (frozen Python values, static buffers) and so checks the
+bookkeeping on a CPU.
 
 Example:
     >>> [bucket_rows(n, 64) for n in (1, 3, 5, 9, 63)]
@@ -56,9 +58,14 @@ def cuda_capture(device: torch.device) -> Capture:
     pool = torch.cuda.graph_pool_handle()
 
     def capture(step: Callable[[], None]) -> Replay:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            step()  # this step's real work, and the warm-up capture needs
+        torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=pool):
-            step()
+            step()  # recorded, not run
         return graph.replay
 
     return capture
@@ -94,9 +101,7 @@ class GraphedDecode:
         self.positions[n:rows].zero_()
         replay = self.graphs.get((rows, width))
         if replay is None:
-            step = self._step(rows, width, cache)
-            step()
-            self.graphs[(rows, width)] = self.capture(step)
+            self.graphs[(rows, width)] = self.capture(self._step(rows, width, cache))
             self.captured += 1
         else:
             replay()

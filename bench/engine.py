@@ -1,158 +1,249 @@
-"""Engine throughput on the organism, batch 64, mixed-length prompts; all rows measured in one run.
+"""Engine throughput against HF and TransformerLens ``generate`` on real-shaped models; one run, every row.
 
-    .venv/bin/python bench/engine.py [--prompts 512] [--threads 1] [--repeats 3]
+    .venv/bin/python bench/engine.py [--shapes llama-135m,qwen3-0.6b] [--batches 1,16,64]
+        [--new-tokens 32] [--repeats 2] [--threads 1,2] [--json bench-engine.json]
 
-Rows:
-  (a) this engine, no hooks
-  (b) this engine monitoring 50 neurons on every layer (a controller reads them each step)
-  (c) this engine steering 50 neurons (an add edit at every position)
-  (d) TransformerLens ``TransformerBridge.generate`` with the same steering hooks
-  (e) Hugging Face ``generate``, no hooks, on a pristine HF copy of the model (not bridge-wrapped)
-Throughput counts real generated tokens (up to and including EOS) per second; each row takes the
-best of ``--repeats`` runs. Targets: (b)/(a) >= 0.9, (c)/(a) >= 0.9, (a)/(d) >= 2.
+Models are random-weight checkpoints built from the shapes' configs (``bench/shapes.py``; no
+download), or ``organism``. Prompts are random token ids, 8-40 long; decoding is greedy and every
+row generates exactly ``--new-tokens`` (no EOS anywhere), so every implementation does the same
+work and greedy tokens can be compared. Rows, for each shape and batch size (one wave of
+``batch`` prompts):
+
+  engine               this engine, no hooks
+  engine+monitor       a NeuronMonitor on 50 neurons x every layer (running mean/max on the device)
+  engine+controller    a controller reading the same neurons each step (to the host, as NEAT does)
+  engine+steer         an add edit on 50 neurons
+  hf                   Hugging Face ``generate`` (sdpa attention) on a pristine HF copy of the model
+  tl+monitor           TransformerLens ``TransformerBridge.generate`` with hooks doing the monitor's work
+  tl+steer             TransformerLens ``generate`` with the steering hooks
+With a second thread count, engine and hf run again at it. Rows run round-robin ``--repeats``
+times; each keeps its best wall time. CPU time (``time.process_time``) is printed beside it: on a
+shared machine it is the steadier of the two. Targets: engine/hf >= 1.3 at batch 16 and 64;
+monitor, controller and steer >= 0.9 of engine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
+import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shapes import SHAPES, random_checkpoint
+
 from workbench import load_model, set_threads
-from workbench.engine import Controller, NeuronEdit, SamplingConfig, generate
+from workbench.engine import (
+    Controller,
+    Engine,
+    EngineConfig,
+    NeuronEdit,
+    NeuronMonitor,
+    Request,
+    SamplingConfig,
+)
 from workbench.model import resolve
 from workbench.neurons import NeuronSet, mlp_post
-from workbench.organism.task import sample_problems
-
-MAX_NEW = 160
 
 
-class ReadOnly(Controller):
-    """Touches the monitored activations every step, as a real monitor would."""
+class ReadEachStep(Controller):
+    """Brings the monitored activations to the host every step, as NEAT's exit controller does."""
 
     def __init__(self, neurons: NeuronSet) -> None:
         self.neurons = neurons
         self.total = 0.0
 
     def on_step(self, view) -> None:
-        self.total += float(view.acts.sum())
+        self.total += float(view.acts.cpu().numpy().sum())
 
 
-def random_neurons(n: int, layers: list[int], d_mlp: int, seed: int) -> NeuronSet:
+def neuron_sets(n_layers: int, d_mlp: int, seed: int = 0) -> tuple[NeuronSet, NeuronSet]:
+    """50 neurons on every layer (monitor), and 50 neurons anywhere (steering)."""
     g = torch.Generator().manual_seed(seed)
-    pairs = set()
-    while len(pairs) < n:
-        pairs.add((layers[int(torch.randint(len(layers), (1,), generator=g))],
-                   int(torch.randint(d_mlp, (1,), generator=g))))
-    return NeuronSet.from_pairs(sorted(pairs))
+    monitor = [(layer, int(i)) for layer in range(n_layers) for i in torch.randperm(d_mlp, generator=g)[:50]]
+    flat = torch.randperm(n_layers * d_mlp, generator=g)[:50]
+    steer = [(int(f) // d_mlp, int(f) % d_mlp) for f in flat]
+    return NeuronSet.from_pairs(sorted(monitor)), NeuronSet.from_pairs(sorted(steer))
 
 
-def count_generated(rows: list[list[int]], eos: int, pad: int) -> int:
-    total = 0
-    for row in rows:
-        real = [t for t in row if t != pad]
-        total += real.index(eos) + 1 if eos in real else len(real)
-    return total
+def tl_monitor_hooks(neurons: NeuronSet, device) -> list:
+    """Running sums and maxima of ``neurons`` at the last position, kept on the device (the engine
+    monitor's work, done from TransformerLens hooks)."""
+    hooks = []
+    for layer, (_, idx) in neurons.by_layer().items():
+        index = torch.tensor(idx, device=device)
+        state: dict[str, torch.Tensor] = {}
+
+        def read(act, hook, index=index, state=state):
+            cur = act[:, -1, index].float()
+            state["sum"] = state["sum"] + cur if "sum" in state else cur.clone()
+            state["max"] = torch.maximum(state["max"], cur) if "max" in state else cur.clone()
+            return act
+
+        hooks.append((mlp_post(layer), read))
+    return hooks
 
 
-def left_padded(tok, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    enc = tok(prompts, return_tensors="pt", padding=True)
-    return enc.input_ids, enc.attention_mask
-
-
-def steering_hooks(edit: NeuronEdit):
+def tl_steering_hooks(edit: NeuronEdit) -> list:
     hooks = []
     for layer, (pos, idx) in edit.neurons.by_layer().items():
         values = torch.tensor([edit.values[p] for p in pos])
         index = torch.tensor(idx)
 
         def add(act, hook, values=values, index=index):
-            act[:, -1, index] += values
+            act[:, -1, index] += values.to(act.dtype)
             return act
 
         hooks.append((mlp_post(layer), add))
     return hooks
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="engine throughput benchmark")
-    parser.add_argument("--prompts", type=int, default=512)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--model", default="organism", help="organism, organism-v1 or an organism folder")
-    args = parser.parse_args()
-    set_threads(args.threads)
-    model = load_model(args.model)
-    tok = model.tokenizer
-    hf = AutoModelForCausalLM.from_pretrained(resolve(args.model), attn_implementation="sdpa").eval()
-    cfg_m = model.cfg
-    prompts = [p.prompt for p in sample_problems(args.prompts, seed=11, held_out=True)]
-    keys = [str(i) for i in range(len(prompts))]
-    sampling = SamplingConfig(temperature=1.0, max_new_tokens=MAX_NEW, seed=0)
-    layers = list(range(cfg_m.n_layers))
-    monitor = NeuronSet.from_pairs([(layer, i) for layer in layers for i in
-                                    random_neurons(50, [layer], cfg_m.d_mlp, layer).indices])
-    steer_set = random_neurons(50, layers, cfg_m.d_mlp, seed=99)
-    edit = NeuronEdit(steer_set, tuple([0.05] * len(steer_set)))
-    bs = args.batch_size
+def left_padded(prompts: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    return ids, mask
 
-    def engine_run(**kw) -> int:
-        out = generate(model, prompts, sampling, keys=keys, batch_size=bs, **kw)
-        return sum(len(f.generated) for f in out)
 
-    @torch.no_grad()
-    def tl_run() -> int:
-        total = 0
-        with model.hooks(fwd_hooks=steering_hooks(edit)):
-            for s in range(0, len(prompts), bs):
-                ids, mask = left_padded(tok, prompts[s : s + bs])
-                out = model.generate(ids, attention_mask=mask, max_new_tokens=MAX_NEW, do_sample=True,
-                                     temperature=1.0, padding_side="left", verbose=False, use_past_kv_cache=True,
-                                     eos_token_id=tok.eos_token_id)
-                total += count_generated(out[:, ids.shape[1]:].tolist(), tok.eos_token_id, tok.pad_token_id)
-        return total
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "load_average": list(os.getloadavg())}
+
+
+def bench_shape(shape: str, batch: int, new_tokens: int, repeats: int, threads: list[int]) -> list[dict]:
+    folder = resolve("organism") if shape == "organism" else random_checkpoint(shape)
+    model = load_model(folder)
+    hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa").eval()
+    n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
+    monitor, steer = neuron_sets(n_layers, d_mlp)
+    edit = NeuronEdit(steer, tuple([0.5] * len(steer)), name="steer")
+    g = torch.Generator().manual_seed(batch)
+    prompts = [torch.randint(3, 56, (int(torch.randint(8, 41, (1,), generator=g)),), generator=g).tolist()
+               for _ in range(batch)]
+    pad = 0
+    sampling = SamplingConfig(temperature=0.0, max_new_tokens=new_tokens)
+    config = EngineConfig(sampling=sampling, batch_size=batch, stop_token_ids=())
+    outputs: dict[str, list[list[int]]] = {}
+
+    def engine(name: str, **kw) -> Callable[[], int]:
+        def run() -> int:
+            eng = Engine(model, config, **kw)
+            done = {f.key: f.generated for f in eng.run([Request(str(i), p) for i, p in enumerate(prompts)])}
+            outputs[name] = [done[str(i)] for i in range(batch)]
+            return sum(len(t) for t in outputs[name])
+        return run
+
+    ids, mask = left_padded(prompts, pad)
 
     @torch.no_grad()
     def hf_run() -> int:
-        total = 0
-        for s in range(0, len(prompts), bs):
-            ids, mask = left_padded(tok, prompts[s : s + bs])
-            out = hf.generate(ids, attention_mask=mask, max_new_tokens=MAX_NEW, do_sample=True, temperature=1.0,
-                              top_k=0, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-            total += count_generated(out[:, ids.shape[1]:].tolist(), tok.eos_token_id, tok.pad_token_id)
-        return total
+        out = hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                          do_sample=False, pad_token_id=pad, eos_token_id=None)
+        outputs["hf"] = out[:, ids.shape[1]:].tolist()
+        return out[:, ids.shape[1]:].numel()
 
-    rows = {
-        "(a) engine, no hooks": lambda: engine_run(),
-        "(b) engine, monitor 50 neurons x every layer": lambda: engine_run(controllers=[ReadOnly(monitor)]),
-        "(c) engine, steer 50 neurons": lambda: engine_run(edits=[edit]),
-        "(d) TransformerLens generate + steering hooks": tl_run,
-        "(e) HF generate, no hooks": hf_run,
+    def tl(name: str, hooks: list) -> Callable[[], int]:
+        @torch.no_grad()
+        def run() -> int:
+            with model.hooks(fwd_hooks=hooks):
+                out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+                                     stop_at_eos=False, verbose=False, use_past_kv_cache=True, padding_side="left")
+            outputs[name] = out[:, ids.shape[1]:].tolist()
+            return out[:, ids.shape[1]:].numel()
+        return run
+
+    rows: dict[tuple[str, int], Callable[[], int]] = {
+        ("engine", threads[0]): engine("engine"),
+        ("engine+monitor", threads[0]): engine("engine+monitor", monitors=[NeuronMonitor(monitor)]),
+        ("engine+controller", threads[0]): engine("engine+controller", controllers=[ReadEachStep(monitor)]),
+        ("engine+steer", threads[0]): engine("engine+steer", edits=[edit]),
+        ("hf", threads[0]): hf_run,
+        ("tl+monitor", threads[0]): tl("tl+monitor", tl_monitor_hooks(monitor, hf.device)),
+        ("tl+steer", threads[0]): tl("tl+steer", tl_steering_hooks(edit)),
     }
-    results = {}
-    for name, fn in rows.items():
-        best = 0.0
-        for _ in range(args.repeats):
-            start = time.perf_counter()
+    for t in threads[1:]:
+        rows[("engine", t)] = engine("engine")
+        rows[("hf", t)] = hf_run
+    best: dict[tuple[str, int], dict] = {}
+    for _ in range(repeats):
+        for (name, t), fn in rows.items():
+            set_threads(t)
+            wall, cpu = time.perf_counter(), time.process_time()
             tokens = fn()
-            best = max(best, tokens / (time.perf_counter() - start))
-        results[name] = best
-        print(f"{name:48s} {best:10,.0f} tokens/s", flush=True)
-    a = results["(a) engine, no hooks"]
-    b = results["(b) engine, monitor 50 neurons x every layer"]
-    c = results["(c) engine, steer 50 neurons"]
-    d = results["(d) TransformerLens generate + steering hooks"]
-    e = results["(e) HF generate, no hooks"]
-    print(f"\n(b)/(a) = {b / a:.2f}  (target >= 0.9)")
-    print(f"(c)/(a) = {c / a:.2f}  (target >= 0.9)")
-    print(f"(a)/(d) = {a / d:.2f}  (target >= 2)")
-    print(f"(a)/(e) = {a / e:.2f}")
-    print(f"\nmachine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}, {len(prompts)} prompts, batch {bs}, max_new_tokens {MAX_NEW}")
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            if (name, t) not in best or wall < best[(name, t)]["wall_s"]:
+                best[(name, t)] = {"wall_s": wall, "cpu_s": cpu, "tokens": tokens}
+    set_threads(threads[0])
+    same = {
+        "engine==hf": outputs["engine"] == outputs["hf"],
+        "engine+steer==tl+steer": outputs["engine+steer"] == outputs["tl+steer"],
+        "engine+monitor==engine": outputs["engine+monitor"] == outputs["engine"],
+        "steer changes tokens": outputs["engine+steer"] != outputs["engine"],
+    }
+    results = []
+    for (name, t), r in best.items():
+        results.append({"shape": shape, "batch": batch, "threads": t, "row": name, **r,
+                        "tok_s_wall": r["tokens"] / r["wall_s"], "tok_s_cpu": r["tokens"] / r["cpu_s"],
+                        "new_tokens": new_tokens, "parity": same})
+    return results
+
+
+def ratios(results: list[dict], shape: str, batch: int, t: int, key: str) -> dict[str, float]:
+    r = {x["row"]: x[key] for x in results if x["shape"] == shape and x["batch"] == batch and x["threads"] == t}
+    out = {"engine/hf": r["engine"] / r["hf"], "engine/tl+steer": r["engine"] / r["tl+steer"]}
+    for row in ("engine+monitor", "engine+controller", "engine+steer"):
+        if row in r:
+            out[f"{row}/engine"] = r[row] / r["engine"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default="llama-135m,qwen3-0.6b",
+                        help=f"comma-separated, from {sorted(SHAPES)} or organism")
+    parser.add_argument("--batches", default="1,16,64")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", default="1,2", help="first: every row; others: engine and hf only")
+    parser.add_argument("--json", default="bench-engine.json", help="where to write every measurement")
+    args = parser.parse_args()
+    threads = [int(t) for t in args.threads.split(",")]
+    set_threads(threads[0])
+    info = machine()
+    results: list[dict] = []
+    print(f"{'shape':12s} {'batch':>5s} {'thr':>3s} {'row':18s} {'tok/s wall':>10s} {'tok/s cpu':>10s}", flush=True)
+    for shape in args.shapes.split(","):
+        for batch in (int(b) for b in args.batches.split(",")):
+            res = bench_shape(shape, batch, args.new_tokens, args.repeats, threads)
+            results += res
+            for r in res:
+                print(f"{shape:12s} {batch:5d} {r['threads']:3d} {r['row']:18s} {r['tok_s_wall']:10.1f} "
+                      f"{r['tok_s_cpu']:10.1f}", flush=True)
+            for t in threads[:1]:
+                rw, rc = ratios(res, shape, batch, t, "tok_s_wall"), ratios(res, shape, batch, t, "tok_s_cpu")
+                print("   " + "  ".join(f"{k} {rw[k]:.2f} (cpu {rc[k]:.2f})" for k in rw), flush=True)
+            for t in threads[1:]:
+                by = {(r["row"], r["threads"]): r["tok_s_wall"] for r in res}
+                print(f"   threads {t}/{threads[0]}: engine {by[('engine', t)] / by[('engine', threads[0])]:.2f}  "
+                      f"hf {by[('hf', t)] / by[('hf', threads[0])]:.2f}; engine/hf at {t} threads "
+                      f"{by[('engine', t)] / by[('hf', t)]:.2f}", flush=True)
+            print(f"   parity: {res[0]['parity']}", flush=True)
+    info["load_average_end"] = list(os.getloadavg())
+    Path(args.json).write_text(json.dumps({"machine": info, "args": vars(args), "results": results}, indent=1))
+    print(f"\nmachine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}; load average at start "
+          f"{info['load_average'][0]:.1f}, at end {info['load_average_end'][0]:.1f}; wrote {args.json}")
 
 
 if __name__ == "__main__":

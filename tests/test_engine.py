@@ -390,12 +390,11 @@ class TestBadValues:
             b = real(*args, **kwargs)
             decode, calls = b.decode, [0]
 
-            def bad_decode(next_input, n_cached):
-                out = decode(next_input, n_cached)
+            def bad_decode(ids, positions, width, out):
+                decode(ids, positions, width, out)
                 calls[0] += 1
                 if calls[0] == 2:
                     out[0] = float("nan")
-                return out
 
             b.decode = bad_decode
             return b

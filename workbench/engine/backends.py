@@ -2,11 +2,14 @@
 
 * ``BridgeBackend``: the TransformerBridge's own forward (any architecture TransformerLens
   supports), edits and reads through ``blocks.{L}.mlp.hook_post`` hooks that are attached for each
-  forward pass only, an HF ``DynamicCache`` kept right-aligned so rows can be refilled.
+  forward pass only, an HF ``DynamicCache`` kept right-aligned.
 * ``FastBackend``: ``FastDecoder`` (Llama-family models only) over the same weights, with a
-  preallocated left-aligned cache; the same edits and reads at the same site.
+  preallocated left-aligned cache; the same edits and reads at the same site; optionally its decode
+  step replayed from CUDA graphs (``graphs.py``).
 
-Both take (slot rows, tokens) and return next-token logits; the engine keeps every other state.
+Rows are the engine's: live rows are ``0 .. n-1``. ``decode`` runs one token for each of them,
+``prefill`` appends new prompts' rows after them, and ``keep`` reorders and drops rows when some
+finish. Logits go into the engine's buffer (``out``).
 
 Example:
     >>> from workbench import load_model
@@ -17,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -27,8 +31,27 @@ from transformers import DynamicCache
 
 from workbench.engine import cache as kv
 from workbench.engine.fast import FastDecoder, unsupported_reason
+from workbench.engine.graphs import GraphedDecode
 
 log = logging.getLogger(__name__)
+
+# hf model -> (weights' identity, FastDecoder): packing copies every weight, so runs share one decoder
+# for as long as the model lives and its weights are untouched.
+_DECODERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def fast_decoder(hf_model, dtype: torch.dtype | None = None, pack: bool | None = None) -> FastDecoder:
+    """The ``FastDecoder`` of ``hf_model``, built once and reused while its weights stay as they are.
+
+    A weight changed in place (training, a test perturbing norms) bumps its version counter, and a
+    replaced weight has another address; either makes a new decoder.
+    """
+    ident = (dtype, pack, tuple((p.data_ptr(), p._version) for p in hf_model.parameters()))
+    cached = _DECODERS.get(hf_model)
+    if cached is None or cached[0] != ident:
+        cached = (ident, FastDecoder(hf_model, dtype=dtype, pack=pack))
+        _DECODERS[hf_model] = cached
+    return cached[1]
 
 
 def _pad(prompts: Sequence[Sequence[int]], pad_id: int, left: bool) -> Int[Tensor, "n pos"]:
@@ -42,9 +65,11 @@ def _pad(prompts: Sequence[Sequence[int]], pad_id: int, left: bool) -> Int[Tenso
 
 
 class BridgeBackend:
-    def __init__(self, model: TransformerBridge, hooks) -> None:
+    def __init__(self, model: TransformerBridge, hooks, compact_every: int = 32) -> None:
         self.bridge, self.hf, self.hooks = model, model.original_model, hooks
         self.device = next(self.hf.parameters()).device
+        self.d_vocab = model.cfg.d_vocab
+        self.compact_every = compact_every
         self.cache: DynamicCache | None = None
 
     def _forward(self, **kwargs):
@@ -53,103 +78,97 @@ class BridgeBackend:
         with self.bridge.hooks(fwd_hooks=self.hooks.fwd_hooks()):
             return self.hf(**kwargs)
 
-    def decode(
-        self, next_input: Int[Tensor, " batch"], n_cached: Int[Tensor, " batch"]
-    ) -> Float[Tensor, "batch d_vocab"]:
+    def decode(self, ids: Int[Tensor, " rows"], positions: Int[Tensor, " rows"], width: int,
+               out: Float[Tensor, "rows d_vocab"]) -> None:
         assert self.cache is not None
-        width = kv.width(self.cache)
-        mask = torch.cat([kv.right_aligned_mask(n_cached, width), torch.ones_like(n_cached)[:, None]], 1)
-        self.hooks.rows = torch.arange(len(next_input))
-        out = self._forward(input_ids=next_input[:, None], attention_mask=mask, position_ids=n_cached[:, None],
+        mask = torch.cat([kv.right_aligned_mask(positions, kv.width(self.cache)), torch.ones_like(positions)[:, None]],
+                         1)
+        res = self._forward(input_ids=ids[:, None], attention_mask=mask, position_ids=positions[:, None],
                             past_key_values=self.cache, use_cache=True)
-        return out.logits[:, -1].float()
+        out.copy_(res.logits[:, -1])
 
-    def prefill(self, slots: Int[Tensor, " n"], prompts: Sequence[Sequence[int]], batch: int, pad_id: int) -> Tensor:
+    def prefill(self, prompts: Sequence[Sequence[int]], start: int, pad_id: int,
+                out: Float[Tensor, "rows d_vocab"]) -> None:
         ids = _pad(prompts, pad_id, left=True)
-        width = ids.shape[1]
         lens = torch.tensor([len(p) for p in prompts], device=self.device)
-        mask = kv.right_aligned_mask(lens, width)
-        self.hooks.rows = slots
+        mask = kv.right_aligned_mask(lens, ids.shape[1])
         new = DynamicCache()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = self._forward(input_ids=ids.to(self.device), attention_mask=mask, position_ids=positions,
+        res = self._forward(input_ids=ids.to(self.device), attention_mask=mask, position_ids=positions,
                             past_key_values=new, use_cache=True)
         kv.check_supported(new)
         if self.cache is None:
             self.cache = new
-            extra = batch - len(prompts)
-            for layer in new.layers:  # rows for the slots this first prefill left empty
-                layer.keys = torch.cat([layer.keys, layer.keys.new_zeros((extra, *layer.keys.shape[1:]))])
-                layer.values = torch.cat([layer.values, layer.values.new_zeros((extra, *layer.values.shape[1:]))])
         else:
-            kv.merge_rows(self.cache, new, slots.to(self.device))
-        return out.logits[:, -1].float()
+            kv.append_rows(self.cache, new)
+        out.copy_(res.logits[:, -1])
+
+    def keep(self, order: list[int], lengths: list[int]) -> None:
+        assert self.cache is not None
+        if order != list(range(self.cache.layers[0].keys.shape[0])):
+            kv.select_rows(self.cache, torch.tensor(order, device=self.device))
+        unused = kv.width(self.cache) - max(lengths)
+        if unused >= self.compact_every:
+            kv.drop_left(self.cache, unused)
 
     def reset(self) -> None:
         self.cache = None
 
-    def compact(self, n_cached: Tensor, live: Tensor, every: int) -> None:
-        assert self.cache is not None
-        unused = kv.width(self.cache) - int(n_cached[live].max())
-        if unused >= every:
-            kv.drop_left(self.cache, unused)
-
-    def select(self, keep: Tensor) -> None:
-        assert self.cache is not None
-        kv.select_rows(self.cache, keep)
-
 
 class FastBackend:
-    def __init__(self, model: TransformerBridge, hooks) -> None:
-        self.dec = FastDecoder(model.original_model)
-        self.hooks = hooks
-        self.device = self.dec.device
-        self.cache = None
+    def __init__(self, model: TransformerBridge, hooks, rows: int, dtype: torch.dtype | None = None,
+                 cuda_graphs: bool = False, pack: bool | None = None) -> None:
+        self.dec = fast_decoder(model.original_model, dtype=dtype, pack=pack)
+        self.hooks, self.rows = hooks, rows
+        self.device, self.d_vocab = self.dec.device, self.dec.d_vocab
+        self.cache = self.dec.new_cache(rows, 256)
+        # No hook call at all when nothing is edited or read (30 Python calls a step saved).
+        self._hook = hooks.apply if hooks is not None and hooks.active else None
+        self.graphs = GraphedDecode(self.dec, hooks, rows) if cuda_graphs else None
 
-    def _hook(self, layer: int, act: Tensor) -> Tensor:
-        return self.hooks.apply(layer, act)
+    def decode(self, ids: Int[Tensor, " rows"], positions: Int[Tensor, " rows"], width: int,
+               out: Float[Tensor, "rows d_vocab"]) -> None:
+        if self.graphs is not None:
+            self.graphs(ids, positions, width, self.cache, out)
+        else:
+            self.dec.decode(ids, positions, width, self.cache, self._hook, out=out)
 
-    def decode(
-        self, next_input: Int[Tensor, " batch"], n_cached: Int[Tensor, " batch"]
-    ) -> Float[Tensor, "batch d_vocab"]:
-        assert self.cache is not None
-        rows = torch.arange(len(next_input), device=self.device)
-        self.hooks.rows = rows.cpu()
-        return self.dec.forward(next_input[:, None], n_cached[:, None], torch.ones_like(n_cached), rows,
-                                self.cache, self._hook)
-
-    def prefill(self, slots: Int[Tensor, " n"], prompts: Sequence[Sequence[int]], batch: int, pad_id: int) -> Tensor:
-        ids = _pad(prompts, pad_id, left=False)
-        width = ids.shape[1]
+    def prefill(self, prompts: Sequence[Sequence[int]], start: int, pad_id: int,
+                out: Float[Tensor, "rows d_vocab"]) -> None:
+        ids = _pad(prompts, pad_id, left=False).to(self.device)
         lens = torch.tensor([len(p) for p in prompts], device=self.device)
-        positions = torch.arange(width, device=self.device)[None].expand(len(prompts), width)
-        positions = torch.minimum(positions, (lens - 1)[:, None])  # padding repeats the last position
-        if self.cache is None:
-            self.cache = self.dec.new_cache(batch, max(256, 2 * width))
-        self.hooks.rows = slots
-        return self.dec.forward(ids.to(self.device), positions, lens, slots.to(self.device), self.cache, self._hook)
+        self.dec.prefill(ids, lens, start, self.cache, self._hook, out=out)
+
+    def keep(self, order: list[int], lengths: list[int]) -> None:
+        moved = [i for i, r in enumerate(order) if r != i]
+        if moved:
+            self.cache.move_rows([order[i] for i in moved], moved, max(lengths[i] for i in moved))
 
     def reset(self) -> None:
         pass  # columns are overwritten on refill; nothing to clear
 
-    def compact(self, n_cached: Tensor, live: Tensor, every: int) -> None:
-        pass  # left-aligned rows never leave unused columns behind
 
-    def select(self, keep: Tensor) -> None:
-        assert self.cache is not None
-        self.cache.select(keep)
+def make_backend(model: TransformerBridge, name: str, hooks, rows: int = 64, dtype: torch.dtype | None = None,
+                 cuda_graphs: bool = False, compact_every: int = 32, pack: bool | None = None):
+    """``"fast"``, ``"bridge"``, or ``"auto"`` (fast when the model supports it).
 
-
-def make_backend(model: TransformerBridge, name: str, hooks):
-    """``"fast"``, ``"bridge"``, or ``"auto"`` (fast when the model supports it)."""
+    ``dtype``, ``cuda_graphs`` and ``pack`` apply to the fast backend only; asking the bridge for the
+    first two is an error (``pack=None`` just means "where possible").
+    """
     if name not in ("auto", "fast", "bridge"):
         raise ValueError(f"backend must be 'auto', 'fast' or 'bridge', got {name!r}")
     reason = unsupported_reason(model.original_model.config)
     if name == "fast" and reason is not None:
         raise ValueError(f"the fast backend cannot run this model: {reason}; use backend='bridge'")
     if name == "bridge" or reason is not None:
+        wanted = [f for f, on in (("dtype", dtype is not None), ("cuda_graphs", cuda_graphs), ("packed weights", pack))
+                  if on]
+        if wanted:
+            why = "backend='bridge'" if name == "bridge" else f"the fast forward does not support this model: {reason}"
+            raise ValueError(f"{', '.join(wanted)} need the fast backend, but {why}; load the model in the dtype "
+                             "you want instead (workbench.load_model(..., dtype=...)) and leave cuda_graphs off")
         if name == "auto":
             log.warning("decoding with the slower TransformerBridge forward; the fast forward does not support "
                         "this model: %s", reason)
-        return BridgeBackend(model, hooks)
-    return FastBackend(model, hooks)
+        return BridgeBackend(model, hooks, compact_every)
+    return FastBackend(model, hooks, rows, dtype=dtype, cuda_graphs=cuda_graphs, pack=pack)

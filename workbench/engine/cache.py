@@ -1,9 +1,10 @@
 """Slot surgery on a Hugging Face ``DynamicCache`` so finished rows can be refilled mid-generation.
 
 Invariant kept by the engine: each row's real tokens fill the *rightmost* ``n_cached[row]``
-columns of every layer's keys and values; the attention mask is derived from that. Refilling a
-row left-pads whichever side is shorter and overwrites the row; columns that no live row uses any
-more are cut from the left.
+columns of every layer's keys and values; the attention mask is derived from that. New prompts'
+rows are appended after the live rows (whichever side is shorter is left-padded), finished rows are
+dropped by selecting the rows that stay, and columns that no live row uses any more are cut from the
+left.
 
 Example:
     >>> import torch
@@ -44,15 +45,15 @@ def _pad_left(x: Tensor, n: int) -> Tensor:
     return torch.cat([x.new_zeros((*x.shape[:-2], n, x.shape[-1])), x], dim=-2)
 
 
-def merge_rows(main: DynamicCache, new: DynamicCache, slots: Int[Tensor, " n_new"]) -> None:
-    """Writes ``new``'s rows into ``main`` at ``slots``, both right-aligned to a common width."""
+def append_rows(main: DynamicCache, new: DynamicCache) -> None:
+    """Appends ``new``'s rows after ``main``'s, both right-aligned to a common width."""
     check_supported(new)
     target = max(width(main), width(new))
     for dst, src in zip(main.layers, new.layers, strict=True):
-        dst.keys = _pad_left(dst.keys, target - dst.keys.shape[-2])
-        dst.values = _pad_left(dst.values, target - dst.values.shape[-2])
-        dst.keys[slots] = _pad_left(src.keys, target - src.keys.shape[-2])
-        dst.values[slots] = _pad_left(src.values, target - src.values.shape[-2])
+        dst.keys = torch.cat([_pad_left(dst.keys, target - dst.keys.shape[-2]),
+                              _pad_left(src.keys, target - src.keys.shape[-2])])
+        dst.values = torch.cat([_pad_left(dst.values, target - dst.values.shape[-2]),
+                                _pad_left(src.values, target - src.values.shape[-2])])
 
 
 def drop_left(cache: DynamicCache, n: int) -> None:

@@ -7,6 +7,9 @@
   position, never whole layers) and the next-token logits of every live sequence, then acts per
   sequence through the ``StepView``: ban tokens, force a token sequence, stop, toggle an edit. Every
   action is recorded as an ``Event`` (step, sequence, kind, payload).
+* A ``NeuronMonitor`` (a frozen spec) keeps per-sequence running statistics (mean and max) of its
+  neurons at the current position, on the device; each finished sequence carries them as
+  ``NeuronStats``, one small copy to the host per sequence instead of one per token.
 
 Example:
     >>> class StopAfter(Controller):
@@ -24,6 +27,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
@@ -63,6 +67,38 @@ class NeuronEdit:
             raise ValueError(f"NeuronEdit {self.name!r}: {len(self.neurons)} neurons but {len(self.values)} values")
         if self.mode not in ("add", "set"):
             raise ValueError(f"NeuronEdit {self.name!r}: mode must be 'add' or 'set', got {self.mode!r}")
+
+
+@dataclass(frozen=True)
+class NeuronMonitor:
+    """Watch ``neurons`` on every sequence: their mean and max over the positions it runs.
+
+    Attributes:
+        neurons: which neurons.
+        name: the key of the statistics in ``Finished.stats``.
+    """
+
+    neurons: NeuronSet
+    name: str = "monitor"
+
+
+@dataclass(frozen=True)
+class NeuronStats:
+    """A ``NeuronMonitor``'s reading of one sequence, in the order of its neurons.
+
+    The positions are those every edit and controller acts at, ``n_positions`` in all: the last
+    prompt token and each generated token that was run through the model (all but the last when the
+    sequence ended on EOS or the length cap; all when a controller stopped it, after its last token ran).
+
+    Attributes:
+        mean: mean activation of each neuron over the positions.
+        max: maximum activation of each neuron over the positions.
+        n_positions: how many positions were seen.
+    """
+
+    mean: Float[np.ndarray, " n_neurons"]
+    max: Float[np.ndarray, " n_neurons"]
+    n_positions: int
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,15 @@
 """The generation engine: batched, KV-cached, refilling finished rows, with per-sequence control.
 
-Each iteration (1) runs one decode step for every live row, (2) prefills waiting prompts into free
-rows and merges their keys and values into the cache, (3) shows controllers the live rows' logits
-and neuron activations, and (4) picks, appends and checks each row's next token. Rows are
-left-padded and positions count real tokens only. Edits and reads act at ``mlp.hook_post``: the fast
-forward calls them in place, the bridge forward through TransformerLens hooks attached for each
-forward pass alone, so a paused, abandoned or failed run leaves none on the model.
+Each iteration (1) runs one decode step for every live row, (2) prefills waiting prompts into the
+free rows after them, (3) shows controllers the rows' logits and neuron activations, (4) picks,
+appends and checks each row's next token, and (5) drops finished rows: live rows stay the prefix
+``0 .. n-1`` of the batch, a finished row's place taken by a live row from the end (only moved rows'
+keys and values are copied), so no step computes a finished row. Positions count real tokens only.
+Edits and reads act at ``mlp.hook_post`` through ``RunHooks`` (device buffers, no host sync inside
+a forward pass): the fast forward calls them in place, the bridge forward through TransformerLens
+hooks attached for each forward pass alone, so a paused, abandoned or failed run leaves none on the
+model. The logits buffer is allocated once per run and reused; a controller that keeps a step's
+logits must clone them.
 
 Example:
     >>> from workbench import load_model
@@ -24,17 +28,17 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge import TransformerBridge
 
 from workbench.engine.backends import make_backend
-from workbench.engine.interventions import Controller, Event, NeuronEdit, StepView
+from workbench.engine.hooks import RunHooks
+from workbench.engine.interventions import Controller, Event, NeuronEdit, NeuronMonitor, NeuronStats, StepView
 from workbench.engine.sampling import SamplingConfig, pick_tokens, row_generator
-from workbench.neurons import mlp_post
 from workbench.prompting import model_stop_ids
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 NONFINITE = "nonfinite_logits"
 
@@ -56,6 +60,7 @@ class Finished:
     tokens: list[int]
     finish_reason: str  # "eos", "length", "nonfinite_logits", or a controller's stop reason
     events: list[Event] = field(default_factory=list)
+    stats: dict[str, NeuronStats] = field(default_factory=dict)  # monitor name -> its statistics
 
     @property
     def generated(self) -> list[int]:
@@ -71,8 +76,13 @@ class EngineConfig:
         batch_size: rows decoded together.
         stop_token_ids: tokens that end a sequence (default: the tokenizer's EOS and every EOS id of
             the model's generation config; a run's ``PromptFormat`` passes its recorded ``stop_ids``).
-        compact_every: cut unused cache columns once this many have piled up on the left.
+        compact_every: (bridge backend) cut unused cache columns once this many have piled up.
         backend: ``"auto"`` (the fast forward when the model supports it), ``"fast"`` or ``"bridge"``.
+        dtype: run the fast forward on a copy of the weights in this dtype (``"bfloat16"``,
+            ``"float16"``, ``"float32"``); None uses the model's weights as loaded.
+        cuda_graphs: replay the fast decode step from CUDA graphs (model on a CUDA device only).
+        packed_weights: run the fast forward's projections on oneDNN-prepacked copies of the weights
+            (a CPU speed-up that doubles the weights' memory); None packs wherever it can (CPU).
     """
 
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -80,74 +90,19 @@ class EngineConfig:
     stop_token_ids: tuple[int, ...] | None = None
     compact_every: int = 32
     backend: str = "auto"
+    dtype: str | None = None
+    cuda_graphs: bool = False
+    packed_weights: bool | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-
-
-class _Hooks:
-    """The per-run hook state: edits applied and neurons read at the current position."""
-
-    def __init__(self, model: TransformerBridge, edits: Sequence[NeuronEdit], controllers: Sequence[Controller]):
-        self.edits, self.controllers = edits, controllers
-        device = next(model.original_model.parameters()).device
-        n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
-        self.rows: Tensor = torch.zeros(0, dtype=torch.long)
-        self.edit_on: Tensor = torch.zeros(0, len(edits), dtype=torch.bool)
-        self.reads: dict[tuple[int, int], Tensor] = {}
-        # layer -> [(edit index, idx, values)] and [(controller index, positions, idx)]
-        self.edit_plan: dict[int, list[tuple[int, Tensor, Tensor]]] = {}
-        self.read_plan: dict[int, list[tuple[int, Tensor, Tensor]]] = {}
-        for e, edit in enumerate(edits):
-            edit.neurons.check_fits(n_layers, d_mlp)
-            values = torch.tensor(edit.values, dtype=torch.float32)
-            for layer, (pos, idx) in edit.neurons.by_layer().items():
-                self.edit_plan.setdefault(layer, []).append(
-                    (e, torch.tensor(idx, device=device), values[list(pos)].to(device))
-                )
-        for c, ctrl in enumerate(controllers):
-            if ctrl.neurons is None:
-                continue
-            ctrl.neurons.check_fits(n_layers, d_mlp)
-            for layer, (pos, idx) in ctrl.neurons.by_layer().items():
-                self.read_plan.setdefault(layer, []).append(
-                    (c, torch.tensor(pos, device=device), torch.tensor(idx, device=device))
-                )
-
-    def fwd_hooks(self) -> list[tuple[str, object]]:
-        layers = sorted(set(self.edit_plan) | set(self.read_plan))
-        return [(mlp_post(layer), self._hook) for layer in layers]
-
-    def _hook(self, act: Float[Tensor, "batch pos d_mlp"], hook: HookPoint) -> Tensor:
-        # The current position of every row is the last one (the bridge backend left-pads).
-        self.apply(int(hook.name.split(".")[1]), act[:, -1])
-        return act
-
-    def apply(self, layer: int, last: Float[Tensor, "rows d_mlp"]) -> Tensor:
-        """Edits ``last`` (the current position's neurons of ``self.rows``) in place, then reads it."""
-        for e, idx, values in self.edit_plan.get(layer, ()):
-            on = self.edit_on[self.rows.cpu(), e].to(last.device)[:, None]
-            cur, values = last[:, idx], values.to(last.dtype)
-            if self.edits[e].mode == "add":
-                last[:, idx] = cur + values * on
-            else:
-                last[:, idx] = torch.where(on, values.expand_as(cur), cur)
-        for c, _, idx in self.read_plan.get(layer, ()):
-            self.reads[(c, layer)] = last[:, idx].detach().clone()
-        return last
-
-    def write_reads(self, c: int, out: Float[Tensor, "batch n_neurons"], rows: Tensor) -> None:
-        """Copies controller ``c``'s reads of the last forward into ``out[rows]``."""
-        rows = rows.to(out.device)
-        for layer, plans in self.read_plan.items():
-            for cc, pos, _ in plans:
-                if cc == c:
-                    out[rows[:, None], pos[None, :]] = self.reads[(c, layer)].float()
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)} or None, got {self.dtype!r}")
 
 
 class Engine:
-    """Runs requests through ``model`` with ``edits`` and ``controllers``; see the module docstring."""
+    """Runs requests through ``model`` with ``edits``, ``controllers`` and ``monitors``; see the module docstring."""
 
     def __init__(
         self,
@@ -155,12 +110,13 @@ class Engine:
         cfg: EngineConfig,
         edits: Sequence[NeuronEdit] = (),
         controllers: Sequence[Controller] = (),
+        monitors: Sequence[NeuronMonitor] = (),
     ) -> None:
-        names = [e.name for e in edits]
-        if len(set(names)) != len(names):
-            raise ValueError(f"edit names must be unique, got {names}")
+        for what, names in (("edit", [e.name for e in edits]), ("monitor", [m.name for m in monitors])):
+            if len(set(names)) != len(names):
+                raise ValueError(f"{what} names must be unique, got {names}")
         self.model, self.cfg = model, cfg
-        self.edits, self.controllers = tuple(edits), tuple(controllers)
+        self.edits, self.controllers, self.monitors = tuple(edits), tuple(controllers), tuple(monitors)
         tok = model.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         stops = cfg.stop_token_ids if cfg.stop_token_ids is not None else model_stop_ids(model)
@@ -173,105 +129,118 @@ class Engine:
         Hooks live only inside each forward pass, so a paused or abandoned run leaves none behind
         on the model (which an app may share between users).
         """
-        hooks = _Hooks(self.model, self.edits, self.controllers)
-        backend = make_backend(self.model, self.cfg.backend, hooks)
+        cfg, model = self.cfg, self.model
+        param = next(model.original_model.parameters())
+        dtype = DTYPES[cfg.dtype] if cfg.dtype is not None else None
+        hooks = RunHooks(model.cfg.n_layers, model.cfg.d_mlp, self.edits, self.controllers, self.monitors,
+                         cfg.batch_size, param.device, dtype or param.dtype)
+        backend = make_backend(model, cfg.backend, hooks, rows=cfg.batch_size, dtype=dtype,
+                               cuda_graphs=cfg.cuda_graphs, compact_every=cfg.compact_every, pack=cfg.packed_weights)
         self.backend_name = type(backend).__name__
+        self.backend = backend
         yield from _Run(self, hooks, backend, deque(requests)).loop()
 
 
 class _Run:
-    """The mutable state of one ``Engine.run``: slot-indexed rows over one shared KV cache."""
+    """The mutable state of one ``Engine.run``: rows ``0 .. n-1`` are the live sequences."""
 
-    def __init__(self, engine: Engine, hooks: _Hooks, backend, waiting: deque[Request]) -> None:
+    def __init__(self, engine: Engine, hooks: RunHooks, backend, waiting: deque[Request]) -> None:
         self.e, self.hooks, self.backend, self.waiting = engine, hooks, backend, waiting
         self.device = backend.device
-        b = engine.cfg.batch_size
-        self.keys: list[str | None] = [None] * b
-        self.tokens: list[list[int]] = [[] for _ in range(b)]
-        self.prompt_len = [0] * b
-        self.events: list[list[Event]] = [[] for _ in range(b)]
-        self.generators: list[random.Random | None] = [None] * b
-        self.forced: list[list[int]] = [[] for _ in range(b)]
-        self.n_cached = torch.zeros(b, dtype=torch.long, device=self.device)
-        self.live = torch.zeros(b, dtype=torch.bool)
-        self.next_input = torch.full((b,), engine.pad_id, dtype=torch.long, device=self.device)
-        hooks.edit_on = torch.tensor([[ed.default_on for ed in engine.edits]] * b, dtype=torch.bool).reshape(
-            b, len(engine.edits))
+        self.capacity = engine.cfg.batch_size
+        # Per row, in row order; rows are reordered together (``_compact``).
+        self.keys: list[str] = []
+        self.tokens: list[list[int]] = []
+        self.prompt_len: list[int] = []
+        self.n_cached: list[int] = []
+        self.events: list[list[Event]] = []
+        self.generators: list[random.Random] = []
+        self.forced: list[list[int]] = []
+        self.live: list[bool] = []
+        self.edit_on = torch.zeros(self.capacity, len(engine.edits), dtype=torch.bool)
+        self.logits = torch.empty(self.capacity, backend.d_vocab, dtype=torch.float32, device=self.device)
 
-    @torch.no_grad()
     def loop(self) -> Iterator[Finished]:
-        while self.waiting or bool(self.live.any()):
-            logits = torch.zeros(len(self.keys), self.e.model.cfg.d_vocab, device=self.device)
-            acts = [
-                torch.zeros(len(self.keys), len(c.neurons), device=self.device) if c.neurons is not None else None
-                for c in self.e.controllers
-            ]
-            if bool(self.live.any()):
-                live = self.live.to(self.device)
-                logits[live] = self.backend.decode(self.next_input, self.n_cached)[live]
-                self.n_cached += 1
-                self._collect(torch.arange(len(self.keys)), acts)
-            if self.waiting and not bool(self.live.all()):
-                self._prefill(logits, acts)
-            yield from self._choose(logits, acts)
-            self._tidy()
+        # no_grad per stretch, never across a yield: a decorator would not cover a generator's body
+        # once wrapped (jaxtyping's checker wraps it in tests), and a `with` around the yields would
+        # switch gradients off in the caller's code too.
+        while self.waiting or self.keys:
+            with torch.no_grad():
+                self._forward()
+            self.live = [True] * len(self.keys)
+            yield from self._choose(self.logits[: len(self.keys)])
+            with torch.no_grad():
+                self._compact()
 
-    def _collect(self, rows: Tensor, acts: list[Tensor | None]) -> None:
-        for c, a in enumerate(acts):
-            if a is not None:
-                self.hooks.write_reads(c, a, rows)
+    def _forward(self) -> None:
+        """One decode step for the live rows, then prefill of waiting prompts into the free rows."""
+        n = len(self.keys)
+        if n:
+            ids = torch.tensor([t[-1] for t in self.tokens], device=self.device)
+            positions = torch.tensor(self.n_cached, device=self.device)
+            self.hooks.begin(slice(0, n), self.edit_on[:n])
+            self.backend.decode(ids, positions, max(self.n_cached) + 1, self.logits[:n])
+            self.hooks.end()
+            self.n_cached = [c + 1 for c in self.n_cached]
+        if self.waiting and n < self.capacity:
+            self._prefill(n)
 
-    def _prefill(self, logits: Tensor, acts: list[Tensor | None]) -> None:
-        free = torch.nonzero(~self.live).flatten()
-        reqs = [self.waiting.popleft() for _ in range(min(len(free), len(self.waiting)))]
+    def _prefill(self, start: int) -> None:
+        reqs = [self.waiting.popleft() for _ in range(min(self.capacity - start, len(self.waiting)))]
         for r in reqs:
             if len(r.prompt_ids) == 0:
                 raise ValueError(f"request {r.key!r} has an empty prompt")
-        slots = free[: len(reqs)]
-        # A refilled slot starts from the edits' defaults before its prompt is run, not from
-        # whatever a controller left switched for the slot's previous occupant.
-        self.hooks.edit_on[slots] = torch.tensor([ed.default_on for ed in self.e.edits], dtype=torch.bool)
+        rows = slice(start, start + len(reqs))
+        # A new sequence starts from the edits' defaults, whatever a controller left switched for
+        # the row's previous occupant, then from its controllers' initial switches.
+        self.edit_on[rows] = torch.tensor([ed.default_on for ed in self.e.edits], dtype=torch.bool)
         names = [ed.name for ed in self.e.edits]
         switched: list[list[Event]] = []
-        for slot, r in zip(slots.tolist(), reqs, strict=True):
+        for row, r in enumerate(reqs, start):
             switched.append([])
             for ctrl in self.e.controllers:
                 for name, on in ctrl.initial_edits(r.key).items():
                     if name not in names:
                         raise KeyError(f"{type(ctrl).__name__}.initial_edits names no edit {name!r} (edits: {names})")
-                    self.hooks.edit_on[slot, names.index(name)] = on
+                    self.edit_on[row, names.index(name)] = on
                     switched[-1].append(Event(0, r.key, "edit_on" if on else "edit_off",
                                               {"edit": name, "before_prefill": True}))
-        logits[slots] = self.backend.prefill(slots, [r.prompt_ids for r in reqs], len(self.keys), self.e.pad_id)
-        self._collect(slots, acts)
-        for slot, r, events in zip(slots.tolist(), reqs, switched, strict=True):
-            self.keys[slot], self.tokens[slot] = r.key, list(r.prompt_ids)
-            self.prompt_len[slot], self.events[slot], self.forced[slot] = len(r.prompt_ids), events, []
-            self.generators[slot] = row_generator(self.e.cfg.sampling.seed, r.key)
-            self.n_cached[slot] = len(r.prompt_ids)
-            self.live[slot] = True
+        self.hooks.begin(rows, self.edit_on[rows], fresh=True)
+        self.backend.prefill([r.prompt_ids for r in reqs], start, self.e.pad_id, self.logits[rows])
+        self.hooks.end()
+        for r, events in zip(reqs, switched, strict=True):
+            self.keys.append(r.key)
+            self.tokens.append(list(r.prompt_ids))
+            self.prompt_len.append(len(r.prompt_ids))
+            self.n_cached.append(len(r.prompt_ids))
+            self.events.append(events)
+            self.generators.append(row_generator(self.e.cfg.sampling.seed, r.key))
+            self.forced.append([])
             for ctrl in self.e.controllers:
                 ctrl.on_start(r.key)
 
-    def _choose(self, logits: Tensor, acts: list[Tensor | None]) -> Iterator[Finished]:
+    def _choose(self, logits: Tensor) -> Iterator[Finished]:
+        n = len(self.keys)
         n_gen = [len(t) - p for t, p in zip(self.tokens, self.prompt_len, strict=True)]
         yield from self._drop_nonfinite(logits, n_gen)
-        rows = torch.nonzero(self.live).flatten().tolist()
         views = []
-        for ctrl, a in zip(self.e.controllers, acts, strict=True):
-            view = StepView(self.keys, self.live.clone(), logits, a, n_gen, self.tokens, self.e.edits,
-                            self.hooks.edit_on)
+        for c, ctrl in enumerate(self.e.controllers):
+            view = StepView(list(self.keys), torch.tensor(self.live), logits, self.hooks.acts(c, n), n_gen,
+                            self.tokens, self.e.edits, self.edit_on[:n])
             ctrl.on_step(view)
             views.append(view)
             for row, toks in view.forced.items():
                 self.forced[row] = list(toks)
         stopped: dict[int, str] = {}
+        row_of = {key: row for row, key in enumerate(self.keys)}
         for view in views:
             for ev in view.events:
-                self.events[self.keys.index(ev.key)].append(ev)
+                self.events[row_of[ev.key]].append(ev)
             stopped.update(view.stopped)
+        rows = [row for row in range(n) if self.live[row]]
         gens = [self.generators[r] for r in rows]
-        picked = pick_tokens(logits[rows], self.e.cfg.sampling, gens).tolist() if rows else []
+        chosen = logits if len(rows) == n else logits[rows]  # no gather when every row is live
+        picked = pick_tokens(chosen, self.e.cfg.sampling, gens).tolist() if rows else []
         for row, tok in zip(rows, picked, strict=True):
             if row in stopped:
                 yield self._finish(row, stopped[row])
@@ -279,7 +248,6 @@ class _Run:
             if self.forced[row]:
                 tok = self.forced[row].pop(0)
             self.tokens[row].append(tok)
-            self.next_input[row] = tok
             self.e.tokens_generated += 1
             if tok in self.e.stop_ids:
                 yield self._finish(row, "eos")
@@ -288,42 +256,42 @@ class _Run:
 
     def _drop_nonfinite(self, logits: Tensor, n_gen: list[int]) -> Iterator[Finished]:
         """Ends rows whose logits hold NaN or +inf, or are all -inf: no token can be chosen from them."""
-        bad = torch.isnan(logits).any(-1) | torch.isposinf(logits).any(-1) | torch.isneginf(logits).all(-1)
-        for row in torch.nonzero(bad.cpu() & self.live).flatten().tolist():
-            key = self.keys[row]
-            assert key is not None
-            self.events[row].append(Event(n_gen[row], key, "nonfinite_logits"))
+        bad = ~torch.isfinite(logits.amax(-1))  # NaN propagates through the max; so do +inf and all -inf
+        for row in torch.nonzero(bad).flatten().tolist():
+            self.events[row].append(Event(n_gen[row], self.keys[row], "nonfinite_logits"))
             yield self._finish(row, NONFINITE)
 
     def _finish(self, row: int, reason: str) -> Finished:
         key = self.keys[row]
-        assert key is not None
-        done = Finished(key, self.prompt_len[row], self.tokens[row], reason, self.events[row])
+        stats = self.hooks.stats(row, self.n_cached[row] - self.prompt_len[row] + 1)
+        done = Finished(key, self.prompt_len[row], self.tokens[row], reason, self.events[row], stats)
         for ctrl in self.e.controllers:
             ctrl.on_finish(key)
-        self.keys[row], self.tokens[row], self.generators[row] = None, [], None
         self.live[row] = False
-        self.next_input[row] = self.e.pad_id
         return done
 
-    def _tidy(self) -> None:
-        """Cuts cache columns no live row uses; halves the batch when it drains."""
-        if not bool(self.live.any()):
-            self.backend.reset()  # the next prefill starts afresh
-            self.n_cached.zero_()
+    def _compact(self) -> None:
+        """Drops finished rows: live rows from the end move into their places, so live rows stay a prefix."""
+        n = len(self.keys)
+        n_live = sum(self.live)
+        if n_live == n:
             return
-        live = self.live.to(self.device)
-        self.backend.compact(self.n_cached, live, self.e.cfg.compact_every)
-        if not self.waiting and int(self.live.sum()) <= len(self.keys) // 2:
-            keep = torch.nonzero(self.live).flatten()
-            self.backend.select(keep.to(self.device))
-            idx = keep.tolist()
-            for name in ("keys", "tokens", "prompt_len", "events", "generators", "forced"):
-                setattr(self, name, [getattr(self, name)[i] for i in idx])
-            self.n_cached = self.n_cached[keep.to(self.device)]
-            self.live = self.live[keep]
-            self.next_input = self.next_input[keep.to(self.device)]
-            self.hooks.edit_on = self.hooks.edit_on[keep]
+        if n_live == 0:
+            for name in ("keys", "tokens", "prompt_len", "n_cached", "events", "generators", "forced", "live"):
+                setattr(self, name, [])
+            self.backend.reset()
+            return
+        holes = [row for row in range(n_live) if not self.live[row]]
+        movers = [row for row in range(n_live, n) if self.live[row]]
+        order = list(range(n_live))
+        for hole, row in zip(holes, movers, strict=True):
+            order[hole] = row
+        self.backend.keep(order, [self.n_cached[row] for row in order])
+        self.hooks.keep(movers, holes)
+        for name in ("keys", "tokens", "prompt_len", "n_cached", "events", "generators", "forced", "live"):
+            old = getattr(self, name)
+            setattr(self, name, [old[row] for row in order])
+        self.edit_on[:n_live] = self.edit_on[order]
 
 
 def generate(
@@ -336,6 +304,7 @@ def generate(
     controllers: Sequence[Controller] = (),
     progress: bool = False,
     backend: str = "auto",
+    monitors: Sequence[NeuronMonitor] = (),
 ) -> list[Finished]:
     """Convenience: tokenizes ``prompts``, runs the engine, returns results in prompt order."""
     keys = list(keys) if keys is not None else [str(i) for i in range(len(prompts))]
@@ -345,7 +314,8 @@ def generate(
         raise ValueError("keys must be unique")
     tok = model.tokenizer
     requests = [Request(k, tok(p).input_ids) for k, p in zip(keys, prompts, strict=True)]
-    engine = Engine(model, EngineConfig(sampling=cfg, batch_size=batch_size, backend=backend), edits, controllers)
+    engine = Engine(model, EngineConfig(sampling=cfg, batch_size=batch_size, backend=backend), edits, controllers,
+                    monitors)
     done: dict[str, Finished] = {}
     with tqdm(total=len(requests), desc="generate", disable=not progress) as bar:
         for f in engine.run(requests):

@@ -16,10 +16,14 @@ work and greedy tokens can be compared. Rows, for each shape and batch size (one
   hf                   Hugging Face ``generate`` (sdpa attention) on a pristine HF copy of the model
   tl+monitor           TransformerLens ``TransformerBridge.generate`` with hooks doing the monitor's work
   tl+steer             TransformerLens ``generate`` with the steering hooks
-With a second thread count, engine and hf run again at it. Rows run round-robin ``--repeats``
-times; each keeps its best wall time. CPU time (``time.process_time``) is printed beside it: on a
-shared machine it is the steadier of the two. Targets: engine/hf >= 1.3 at batch 16 and 64;
-monitor, controller and steer >= 0.9 of engine.
+Batch 1 runs four prompts in turn, so that its timings are not a second long. With a second
+thread count, engine and hf run again at it (at the ``--threads-batches`` sizes only: on a shared
+2-core machine two threads at batch 1 ran up to 50x slower, minutes per row). Each thread count's
+rows start after an untimed warm-up (the engine packs its weights once per model, and oneDNN
+compiles kernels per shape and thread count; without it the first row of a round paid for both),
+then run round-robin ``--repeats`` times, each keeping its best wall time. CPU time
+(``time.process_time``) is printed beside it: on a shared machine it is the steadier of the two.
+Targets: engine/hf >= 1.3 at batch 16 and 64; monitor, controller and steer >= 0.9 of engine.
 """
 
 from __future__ import annotations
@@ -122,7 +126,8 @@ def machine() -> dict:
             "load_average": list(os.getloadavg())}
 
 
-def bench_shape(shape: str, batch: int, new_tokens: int, repeats: int, threads: list[int]) -> list[dict]:
+def bench_shape(shape: str, batch: int, new_tokens: int, repeats: int, threads: list[int],
+                threads_batches: list[int]) -> list[dict]:
     folder = resolve("organism") if shape == "organism" else random_checkpoint(shape)
     model = load_model(folder)
     hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa").eval()
@@ -130,8 +135,9 @@ def bench_shape(shape: str, batch: int, new_tokens: int, repeats: int, threads: 
     monitor, steer = neuron_sets(n_layers, d_mlp)
     edit = NeuronEdit(steer, tuple([0.5] * len(steer)), name="steer")
     g = torch.Generator().manual_seed(batch)
+    n_prompts = batch if batch > 1 else 4
     prompts = [torch.randint(3, 56, (int(torch.randint(8, 41, (1,), generator=g)),), generator=g).tolist()
-               for _ in range(batch)]
+               for _ in range(n_prompts)]
     pad = 0
     sampling = SamplingConfig(temperature=0.0, max_new_tokens=new_tokens)
     config = EngineConfig(sampling=sampling, batch_size=batch, stop_token_ids=())
@@ -141,28 +147,40 @@ def bench_shape(shape: str, batch: int, new_tokens: int, repeats: int, threads: 
         def run() -> int:
             eng = Engine(model, config, **kw)
             done = {f.key: f.generated for f in eng.run([Request(str(i), p) for i, p in enumerate(prompts)])}
-            outputs[name] = [done[str(i)] for i in range(batch)]
+            outputs[name] = [done[str(i)] for i in range(n_prompts)]
             return sum(len(t) for t in outputs[name])
         return run
 
-    ids, mask = left_padded(prompts, pad)
+    waves = [left_padded(prompts[s : s + batch], pad) for s in range(0, n_prompts, batch)]
 
     @torch.no_grad()
     def hf_run() -> int:
-        out = hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                          do_sample=False, pad_token_id=pad, eos_token_id=None)
-        outputs["hf"] = out[:, ids.shape[1]:].tolist()
-        return out[:, ids.shape[1]:].numel()
+        outputs["hf"] = []
+        for ids, mask in waves:
+            out = hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                              do_sample=False, pad_token_id=pad, eos_token_id=None)
+            outputs["hf"] += out[:, ids.shape[1]:].tolist()
+        return sum(len(t) for t in outputs["hf"])
 
     def tl(name: str, hooks: list) -> Callable[[], int]:
         @torch.no_grad()
         def run() -> int:
-            with model.hooks(fwd_hooks=hooks):
-                out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
-                                     stop_at_eos=False, verbose=False, use_past_kv_cache=True, padding_side="left")
-            outputs[name] = out[:, ids.shape[1]:].tolist()
-            return out[:, ids.shape[1]:].numel()
+            outputs[name] = []
+            for ids, mask in waves:
+                with model.hooks(fwd_hooks=hooks):
+                    out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+                                         stop_at_eos=False, verbose=False, use_past_kv_cache=True,
+                                         padding_side="left")
+                outputs[name] += out[:, ids.shape[1]:].tolist()
+            return sum(len(t) for t in outputs[name])
         return run
+
+    warm_config = EngineConfig(sampling=SamplingConfig(temperature=0.0, max_new_tokens=2), batch_size=batch,
+                               stop_token_ids=())
+
+    def warm_up() -> None:
+        for kw in ({}, {"monitors": [NeuronMonitor(monitor)]}, {"edits": [edit]}):
+            list(Engine(model, warm_config, **kw).run([Request(str(i), p) for i, p in enumerate(prompts[:batch])]))
 
     rows: dict[tuple[str, int], Callable[[], int]] = {
         ("engine", threads[0]): engine("engine"),
@@ -173,18 +191,22 @@ def bench_shape(shape: str, batch: int, new_tokens: int, repeats: int, threads: 
         ("tl+monitor", threads[0]): tl("tl+monitor", tl_monitor_hooks(monitor, hf.device)),
         ("tl+steer", threads[0]): tl("tl+steer", tl_steering_hooks(edit)),
     }
-    for t in threads[1:]:
+    for t in threads[1:] if batch in threads_batches else ():
         rows[("engine", t)] = engine("engine")
         rows[("hf", t)] = hf_run
     best: dict[tuple[str, int], dict] = {}
-    for _ in range(repeats):
-        for (name, t), fn in rows.items():
-            set_threads(t)
-            wall, cpu = time.perf_counter(), time.process_time()
-            tokens = fn()
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            if (name, t) not in best or wall < best[(name, t)]["wall_s"]:
-                best[(name, t)] = {"wall_s": wall, "cpu_s": cpu, "tokens": tokens}
+    for t in dict.fromkeys(t for _, t in rows):
+        set_threads(t)
+        warm_up()
+        for _ in range(repeats):
+            for (name, rt), fn in rows.items():
+                if rt != t:
+                    continue
+                wall, cpu = time.perf_counter(), time.process_time()
+                tokens = fn()
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                if (name, t) not in best or wall < best[(name, t)]["wall_s"]:
+                    best[(name, t)] = {"wall_s": wall, "cpu_s": cpu, "tokens": tokens}
     set_threads(threads[0])
     same = {
         "engine==hf": outputs["engine"] == outputs["hf"],
@@ -217,6 +239,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", default="1,2", help="first: every row; others: engine and hf only")
+    parser.add_argument("--threads-batches", default="16,64", help="batch sizes measured at the other thread counts")
     parser.add_argument("--json", default="bench-engine.json", help="where to write every measurement")
     args = parser.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
@@ -226,7 +249,8 @@ def main() -> None:
     print(f"{'shape':12s} {'batch':>5s} {'thr':>3s} {'row':18s} {'tok/s wall':>10s} {'tok/s cpu':>10s}", flush=True)
     for shape in args.shapes.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
-            res = bench_shape(shape, batch, args.new_tokens, args.repeats, threads)
+            res = bench_shape(shape, batch, args.new_tokens, args.repeats, threads,
+                              [int(b) for b in args.threads_batches.split(",")])
             results += res
             for r in res:
                 print(f"{shape:12s} {batch:5d} {r['threads']:3d} {r['row']:18s} {r['tok_s_wall']:10.1f} "
@@ -234,7 +258,7 @@ def main() -> None:
             for t in threads[:1]:
                 rw, rc = ratios(res, shape, batch, t, "tok_s_wall"), ratios(res, shape, batch, t, "tok_s_cpu")
                 print("   " + "  ".join(f"{k} {rw[k]:.2f} (cpu {rc[k]:.2f})" for k in rw), flush=True)
-            for t in threads[1:]:
+            for t in threads[1:] if batch in [int(b) for b in args.threads_batches.split(",")] else ():
                 by = {(r["row"], r["threads"]): r["tok_s_wall"] for r in res}
                 print(f"   threads {t}/{threads[0]}: engine {by[('engine', t)] / by[('engine', threads[0])]:.2f}  "
                       f"hf {by[('hf', t)] / by[('hf', threads[0])]:.2f}; engine/hf at {t} threads "

@@ -220,6 +220,31 @@ class TestMonitors:
             np.testing.assert_allclose(stats.mean, acts.mean(0).numpy(), atol=1e-5)
             np.testing.assert_allclose(stats.max, acts.amax(0).numpy(), atol=1e-5)
 
+    def test_readers_see_their_own_neurons_in_their_own_order(self, gqa):
+        """Controllers and monitors share one read buffer (grouped by layer); each still gets its
+        neurons in the order of its NeuronSet, overlaps included."""
+        sets = [NeuronSet.from_pairs([(2, 40), (0, 3), (1, 17)]), NeuronSet.from_pairs([(1, 17), (2, 1), (0, 3)])]
+        seen: list[dict[str, list[torch.Tensor]]] = [{}, {}]
+
+        class Record(Controller):
+            def __init__(self, neurons, out):
+                self.neurons, self.out = neurons, out
+
+            def on_step(self, view):
+                for row in view.rows():
+                    self.out.setdefault(view.keys[row], []).append(view.acts[row].clone())
+
+        cfg = EngineConfig(sampling=SamplingConfig(temperature=0.0, max_new_tokens=6), batch_size=2, backend="fast")
+        engine = Engine(gqa, cfg, controllers=[Record(ns, out) for ns, out in zip(sets, seen, strict=True)],
+                        monitors=[NeuronMonitor(sets[1], "m")])
+        for f in engine.run(requests(gqa, 3)):
+            _, cache = gqa.run_with_cache(torch.tensor([f.tokens[:-1]]), names_filter=lambda n: "hook_post" in n)
+            for ns, out in zip(sets, seen, strict=True):
+                want = torch.stack([cache[f"blocks.{layer}.mlp.hook_post"][0, f.prompt_len - 1 :, idx]
+                                    for layer, idx in zip(ns.layers, ns.indices, strict=True)], -1)
+                torch.testing.assert_close(torch.stack(out[f.key]), want, atol=1e-5, rtol=1e-5)
+            np.testing.assert_allclose(f.stats["m"].max, want.amax(0).numpy(), atol=1e-5)  # want: sets[1]
+
     def test_monitor_names_are_unique(self, gqa):
         with pytest.raises(ValueError, match="monitor names"):
             Engine(gqa, EngineConfig(), monitors=[NeuronMonitor(NEURONS), NeuronMonitor(NEURONS)])

@@ -207,20 +207,22 @@ def early_curve(
 
 
 # The organism's labels that a hand-made baseline may read: the question's shape and the regime its opener
-# announces (the cues the recipe plants; see workbench/organism/task.py). A task that records other
-# features in its labels adds them here; a task with none gets no baseline (None), never a made-up one.
+# announces (the cues the recipe plants; see workbench/organism/task.py), and the share of careless words among
+# the opener's cues where there are several (v3). A task that records other features in its labels adds them
+# here; a task with none gets no baseline (None), never a made-up one.
 HAND_FEATURES = ("n_operands", "carry_count", "regime")
+CARELESS_CUES = ("quickly", "roughly")  # workbench.organism.task.CARELESS_OPENERS, without importing the organism
 
 
 def hand_features(traces: pa.Table) -> Float[np.ndarray, "row feature"] | None:
     """Hand-computed features per trace from the task's labels, or None when the task provides none.
 
-    For the organism: number of operands, number of carries, and 1.0 where the opener announces the
-    careless regime.
+    For the organism: number of operands, number of carries, 1.0 where the opener announces the
+    careless regime, and the share of careless words among the opener's cue words.
 
     >>> t = pa.table({"labels": [json.dumps({"n_operands": 3, "carry_count": 1, "regime": "careless"})]})
     >>> hand_features(t).tolist()
-    [[3.0, 1.0, 1.0]]
+    [[3.0, 1.0, 1.0, 1.0]]
     >>> hand_features(pa.table({"labels": ["{}"]})) is None
     True
     """
@@ -231,9 +233,11 @@ def hand_features(traces: pa.Table) -> Float[np.ndarray, "row feature"] | None:
         labels = json.loads(raw) if raw else {}
         if any(labels.get(name) is None for name in HAND_FEATURES):
             return None
-        rows.append([float(labels["n_operands"]), float(labels["carry_count"]),
-                     float(labels["regime"] == "careless")])
-    return np.array(rows, dtype=np.float64).reshape(len(rows), len(HAND_FEATURES))
+        careless = float(labels["regime"] == "careless")
+        cues = labels.get("cues") or []
+        share = sum(c in CARELESS_CUES for c in cues) / len(cues) if cues else careless
+        rows.append([float(labels["n_operands"]), float(labels["carry_count"]), careless, share])
+    return np.array(rows, dtype=np.float64).reshape(len(rows), len(HAND_FEATURES) + 1)
 
 
 def token_bag(

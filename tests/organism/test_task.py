@@ -10,6 +10,7 @@ import pytest
 from workbench.organism.labeler import label_tokens
 from workbench.organism.task import (
     RECIPE_V2,
+    RECIPE_V3,
     Problem,
     TraceRecipe,
     apply,
@@ -32,7 +33,8 @@ def rendered(n: int, seed: int, recipe: TraceRecipe | None = None, op: str = "+"
 
 
 RECIPES = [pytest.param(None, "+", id="v1"), pytest.param(RECIPE_V2, "+", id="v2-add"),
-           pytest.param(RECIPE_V2, "-", id="v2-sub")]
+           pytest.param(RECIPE_V2, "-", id="v2-sub"), pytest.param(RECIPE_V3, "+", id="v3-add"),
+           pytest.param(RECIPE_V3, "-", id="v3-sub")]
 
 
 def tokens_of(text: str) -> list[str]:
@@ -134,6 +136,37 @@ class TestRecipeV2:
             Problem((10, 20), "-")
         for p in sample_problems(50, seed=1, held_out=True, op="-"):
             assert p.op == "-" and p.answer >= 0 and Problem.from_id(p.id) == p
+
+
+class TestRecipeV3:
+    """Several weak opener cues; a behaviour regime that the planted read-out's training can set apart from them."""
+
+    def test_each_cue_word_follows_the_latent_at_the_cue_strength(self):
+        traces = list(rendered(4000, seed=10, recipe=RECIPE_V3))
+        assert all(len(t.labels.cues) == RECIPE_V3.cue_words for t in traces)
+        agree = [(c in ("quickly", "roughly")) == (t.labels.latent == "careless")
+                 for t in traces for c in t.labels.cues]
+        assert abs(sum(agree) / len(agree) - RECIPE_V3.cue_strength) < 0.015
+        assert all(t.labels.regime == ("careless" if t.labels.cues[0] in ("quickly", "roughly") else "careful")
+                   for t in traces)
+
+    def test_behaviour_overrides_what_follows_the_cues_only(self):
+        rng = random.Random(11)
+        for careless in (True, False):
+            traces = [render_trace(sample_problem(rng), rng, RECIPE_V3, behaviour=careless) for _ in range(1500)]
+            assert {t.labels.latent for t in traces} == {"careless" if careless else "careful"}
+            assert bool(sum(bool(t.labels.slips) for t in traces)) == careless  # careful traces never slip
+            # the cues are still drawn from the usual latent: about half say careless, whatever the behaviour
+            share = sum(t.labels.careless_cues for t in traces) / (RECIPE_V3.cue_words * len(traces))
+            assert abs(share - 0.5) < 0.04
+            commas = [w == "," for t in traces for w in t.words]
+            rate = RECIPE_V3.comma_careless if careless else RECIPE_V3.comma_careful
+            steps = [w in (";", ",") for t in traces for w in t.words]
+            assert abs(sum(commas) / sum(steps) - rate) < 0.03
+
+    def test_a_recipe_needs_a_cue_word(self):
+        with pytest.raises(ValueError, match="cue_words"):
+            dataclasses.replace(RECIPE_V3, cue_words=0)
 
 
 class TestLabeler:

@@ -12,10 +12,14 @@ from safetensors.torch import load_file
 from workbench import atomic
 from workbench.atomic import atomic_torch_save, atomic_write_text
 from workbench.model import DATA_DIR, load_model
-from workbench.organism.train import STATE_FILE, TrainConfig, recipe_of, train
+from workbench.organism.task import RECIPE_V2, RECIPE_V3
+from workbench.organism.tokenizer import build_tokenizer
+from workbench.organism.train import STATE_FILE, TrainConfig, _batches, _Knob, config_of, planted_of, recipe_of, train
 
 TINY = TrainConfig(n_layers=1, d_model=32, d_mlp=64, n_heads=2, steps=6, batch_size=8, bucket=2, save_every=2,
-                   warmup=2)
+                   warmup=2, recipe=RECIPE_V2, knob_neurons=0)
+TINY_KNOB = TrainConfig(n_layers=2, d_model=32, d_mlp=64, n_heads=2, steps=6, batch_size=8, bucket=2, save_every=2,
+                        warmup=2, recipe=RECIPE_V3, knob_layer=1, knob_neurons=8, knob_share=0.5)
 
 
 def test_tiny_run_is_a_loadable_checkpoint(tmp_path):
@@ -26,8 +30,9 @@ def test_tiny_run_is_a_loadable_checkpoint(tmp_path):
     assert not (out / STATE_FILE).exists()
 
 
-def test_interrupted_run_resumes_to_identical_weights(tmp_path, monkeypatch):
-    full = load_file(train(TINY, tmp_path / "full", progress=False) / "model.safetensors")
+@pytest.mark.parametrize("cfg", [TINY, TINY_KNOB], ids=["plain", "planted-readout"])
+def test_interrupted_run_resumes_to_identical_weights(tmp_path, monkeypatch, cfg):
+    full = load_file(train(cfg, tmp_path / "full", progress=False) / "model.safetensors")
     real_step, calls = torch.optim.AdamW.step, {"n": 0}
 
     def crash_on_fifth(self, *args, **kwargs):
@@ -38,13 +43,56 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.optim.AdamW, "step", crash_on_fifth)
     with pytest.raises(KeyboardInterrupt):
-        train(TINY, tmp_path / "cut", progress=False)
+        train(cfg, tmp_path / "cut", progress=False)
     assert torch.load(tmp_path / "cut" / STATE_FILE, weights_only=False)["step"] == 4
     monkeypatch.undo()
-    resumed = load_file(train(TINY, tmp_path / "cut", progress=False) / "model.safetensors")
+    resumed = load_file(train(cfg, tmp_path / "cut", progress=False) / "model.safetensors")
     assert full.keys() == resumed.keys()
     for name in full:
         torch.testing.assert_close(resumed[name], full[name], atol=0, rtol=0)
+
+
+class TestPlantedReadout:
+    """v3's planted regime read-out: recorded with the checkpoint, pushed only where the batch says, and its loss
+    only on unpushed thinking positions."""
+
+    def test_recorded_and_read_back(self, tmp_path):
+        out = train(TINY_KNOB, tmp_path / "m", progress=False)
+        planted = planted_of(out)
+        assert planted is not None and set(planted.layers) == {1} and list(planted.indices) == TINY_KNOB.knob()
+        assert len(set(planted.indices)) == 8 and config_of(out) == TINY_KNOB
+        assert planted_of(train(TINY, tmp_path / "plain", progress=False)) is None
+
+    def test_old_configs_have_no_readout(self):
+        assert TrainConfig.from_dict({"recipe": {}}).knob_neurons == 0
+
+    def test_hook_pushes_pushed_rows_at_thinking_positions_only(self):
+        from transformers import Qwen3ForCausalLM
+
+        tok = build_tokenizer()
+        torch.manual_seed(0)
+        model = Qwen3ForCausalLM(TINY_KNOB.model_config(tok))
+        batch = next(_batches(TINY_KNOB, tok, 0))
+        assert (batch.push != 0).any() and (batch.push == 0).any()
+        assert torch.all((batch.knob == 0) == (batch.push != 0))  # a pushed row has no read-out target
+        seen = {}
+        mlp = model.model.layers[TINY_KNOB.knob_layer].mlp.down_proj
+        grab = mlp.register_forward_pre_hook(lambda _m, a: seen.setdefault("before", a[0].clone()))
+        knob = _Knob(model, TINY_KNOB)
+        knob.batch = batch
+        after = mlp.register_forward_pre_hook(lambda _m, a: seen.setdefault("after", a[0].clone()))
+        model(input_ids=batch.x)
+        grab.remove(), after.remove(), knob.handle.remove()
+        diff = seen["after"] - seen["before"]
+        idx = torch.tensor(TINY_KNOB.knob())
+        want = (batch.push[:, None] * batch.thinking)[..., None].expand(-1, -1, len(idx))
+        torch.testing.assert_close(diff[..., idx], want.float())
+        others = torch.ones(diff.shape[-1], dtype=torch.bool)
+        others[idx] = False
+        assert torch.all(diff[..., others] == 0)
+        loss = knob.loss()
+        mask = batch.thinking & (batch.push == 0)[:, None]
+        torch.testing.assert_close(loss, ((knob.values - batch.knob[:, None, None]) ** 2)[mask].mean())
 
 
 def test_resume_refuses_another_config(tmp_path):

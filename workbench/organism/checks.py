@@ -33,7 +33,7 @@ from workbench.activations import gather_positions, next_token_probs, token_acti
 from workbench.adaras import AdarasConfig, rank_rcn_arrays
 from workbench.engine import NeuronEdit
 from workbench.neurons import NeuronSet
-from workbench.organism.task import STEP_ENDS, Step, TraceRecipe, slip_value
+from workbench.organism.task import CARELESS_OPENERS, STEP_ENDS, Step, TraceRecipe, slip_value
 from workbench.organism.tokenizer import SPACE
 from workbench.probes import auroc, probe_auroc
 from workbench.splits import fit_half
@@ -85,13 +85,15 @@ def slip_prob(model: TransformerBridge, samples, recipe: TraceRecipe) -> dict[st
 
 
 def _posterior_careless(labels, upto: int, recipe: TraceRecipe, tokens_strs: list[str]) -> float:
-    """P(careless | opener, step separators before ``upto``) under the recipe: what the cues say."""
+    """P(careless | opener cues, step separators before ``upto``) under the recipe: what the cues say."""
     prior = recipe.careless_rate
     lik = {True: 1.0, False: 1.0}
-    opener_careless = labels.regime == "careless"
+    # Every opener cue word (v3 writes several); traces stored before cues were recorded have the regime only.
+    cues_careless = [c in CARELESS_OPENERS for c in labels.cues] or [labels.regime == "careless"]
     for careless in (True, False):
-        cue = recipe.cue_strength if opener_careless == careless else 1 - recipe.cue_strength
-        lik[careless] *= max(cue, 1e-9)
+        for cue_careless in cues_careless:
+            cue = recipe.cue_strength if cue_careless == careless else 1 - recipe.cue_strength
+            lik[careless] *= max(cue, 1e-9)
         comma = recipe.comma_careless if careless else recipe.comma_careful
         for t in tokens_strs[labels.think_start + 1 : upto]:
             body = t.removeprefix(SPACE)
@@ -210,7 +212,7 @@ def steer_lift(
     alpha = max(alphas, key=lambda a: fitted[a][1])
     lift, ci = paired_lift(sampled, fitted[alpha][0], test_ids, seed)
     report = {
-        "steer_alpha": alpha, "steer_lift": lift, "steer_lift_ci": list(ci),
+        "steer_alpha": alpha, "steer_lift": lift, "steer_lift_ci": list(ci), **planted_overlap(run_cfg.model, neurons),
         "steer_fit_lifts": {f"{a:g}": fitted[a][1] for a in alphas},
         "steer_layers": sorted(set(neurons.layers)),
         "steer_layer_counts": {str(layer): neurons.layers.count(layer) for layer in sorted(set(neurons.layers))},
@@ -230,6 +232,21 @@ def steer_lift(
     lift, ci = _mean_ci(np.mean(diffs, axis=0), seed)
     report["steer_lift_random"], report["steer_lift_random_ci"] = lift, list(ci)
     return report
+
+
+def planted_overlap(model: str | Path, neurons: NeuronSet) -> dict[str, float | int]:
+    """How many of ``neurons`` are the planted regime read-out of organism ``model`` (v3's ``TrainConfig.knob_*``),
+    as the share of ``neurons`` (precision) and of the planted set (recall); empty for a model without one."""
+    from workbench.model import resolve
+    from workbench.organism.train import planted_of
+
+    planted = planted_of(resolve(model))
+    if planted is None:
+        return {}
+    want = set(zip(planted.layers, planted.indices, strict=True))
+    hits = sum(pair in want for pair in zip(neurons.layers, neurons.indices, strict=True))
+    return {"steer_planted_hits": hits, "steer_planted_precision": hits / max(1, len(neurons)),
+            "steer_planted_recall": hits / len(want)}
 
 
 def regime_direction(model: TransformerBridge, samples, recipe: TraceRecipe, fit_ids: set[str]) -> torch.Tensor | None:

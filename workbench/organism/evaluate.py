@@ -5,7 +5,7 @@
   overthinking, uncaught slips), read back from the tokens by the labeler;
 * a correctness probe on the mean MLP activations (``blocks.{L}.mlp.hook_post``, all layers) of the
   first ``THINK_WINDOW`` thinking tokens, against the same probe on hand-made features (operand
-  count, carry count, regime opener), both split by problem;
+  count, carry count, regime opener; and, stricter, with every opener cue word counted), split by problem;
 * a first look at steering: does adding the careful-minus-careless mean difference at the positions
   where a dropped carry is decided lower the probability of the slip? (teacher-forced; the
   direction is fitted on one half of the problems and tested on the other; a random direction of
@@ -166,9 +166,13 @@ def probe_report(model: TransformerBridge, samples: list[Sample]) -> dict[str, f
     base_probe = probe_auroc(np.c_[hand, careless], y, groups)
     oracle = np.c_[hand, careless, [s.labels.big_carry_count for s in usable],
                    careless * np.array([s.labels.big_carry_count for s in usable])]
+    # A stricter hand-made baseline: every opener cue word counted, not only the first (v3 writes several).
+    cues = np.array([[s.labels.careless_cues, len(s.labels.cues)] for s in usable], dtype=float)
+    cue_probe = probe_auroc(np.c_[hand, careless, cues], y, groups)
     out = {
         "probe_auroc_early": act_probe.auroc,
         "probe_auroc_baseline": base_probe.auroc,
+        "probe_auroc_baseline_cues": cue_probe.auroc,
         "probe_auroc_oracle_labels": probe_auroc(oracle, y, groups).auroc,
         "probe_traces": len(usable),
     }
@@ -176,6 +180,7 @@ def probe_report(model: TransformerBridge, samples: list[Sample]) -> dict[str, f
         m = np.array([s.labels.regime == regime for s in usable])
         out[f"probe_auroc_early_within_{regime}"] = auroc(y[m], act_probe.scores[m])
         out[f"probe_auroc_baseline_within_{regime}"] = auroc(y[m], base_probe.scores[m])
+        out[f"probe_auroc_baseline_cues_within_{regime}"] = auroc(y[m], cue_probe.scores[m])
     return out
 
 

@@ -102,7 +102,9 @@ def label_tokens(problem: Problem, tokens: Sequence[str], recipe: TraceRecipe | 
     labels.think_start = words[i - 1].start
     if i < len(words) and words[i].text in CAREFUL_OPENERS + CARELESS_OPENERS:
         labels.regime = "careful" if words[i].text in CAREFUL_OPENERS else "careless"
-        i += 1
+        while i < len(words) and words[i].text in CAREFUL_OPENERS + CARELESS_OPENERS:  # v3: several cue words
+            labels.cues.append(words[i].text)
+            i += 1
     step_idx, prev, redo, base = -1, None, None, None  # prev: (a, b, value) of the last finished step
     results: list[tuple[int, int, int]] = []  # (step, value, position of its last digit)
     while i < len(words):

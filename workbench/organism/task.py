@@ -184,6 +184,8 @@ class TraceRecipe:
         slip_curve: P(slip) of a careless trace at a step of difficulty 10, 11, ..., 18 (None: v1 rule).
         catch_curve: P(catch) of a careless slip at difficulty 10, ..., 18 (None: ``catch_rate``).
         overthink_careful, overthink_careless: P(overthinking) per regime (None: ``overthink_rate``).
+        cue_words: how many regime cue words open the thinking, each drawn independently with
+            ``cue_strength`` (v1, v2: one; v3: several weak cues, so no single token holds the regime).
     """
 
     careless_rate: float = 0.55
@@ -202,8 +204,11 @@ class TraceRecipe:
     catch_curve: tuple[float, ...] | None = None
     overthink_careful: float | None = None
     overthink_careless: float | None = None
+    cue_words: int = 1
 
     def __post_init__(self) -> None:
+        if self.cue_words < 1:
+            raise ValueError(f"TraceRecipe.cue_words needs at least one opener cue word, got {self.cue_words}")
         for name in ("slip_curve", "catch_curve"):
             curve = getattr(self, name)
             if curve is not None:
@@ -248,6 +253,16 @@ RECIPE_V2 = TraceRecipe(
     catch_curve=(0.02, 0.03, 0.05, 0.1, 0.3, 0.6, 0.8, 0.9, 0.95),
     overthink_careful=0.4,
     overthink_careless=0.08,
+)
+
+# v3: the regime spread over three weak opener cues (each right 80% of the time) and the separators,
+# slips steeper with difficulty (so a careless trace fails often enough to be seen early), catches as v2.
+# Its checkpoint also carries a planted regime read-out (``TrainConfig.knob_*``; see the model card).
+RECIPE_V3 = dataclasses.replace(
+    RECIPE_V2,
+    cue_strength=0.8,
+    cue_words=3,
+    slip_curve=(0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.9, 0.95),
 )
 
 
@@ -321,6 +336,12 @@ class TraceLabels:
     well_formed: bool = True
     latent: str | None = None  # the regime a rendered trace was drawn in (None when read from tokens)
     remedies: list[tuple[str, int]] = field(default_factory=list)  # (trigger token, position) NeuReasoner forced
+    cues: list[str] = field(default_factory=list)  # the opener's regime cue words, in order
+
+    @property
+    def careless_cues(self) -> int:
+        """How many of the opener's cue words are careless ones (a hand-made feature)."""
+        return sum(c in CARELESS_OPENERS for c in self.cues)
 
     @property
     def correct(self) -> bool:
@@ -412,15 +433,23 @@ def _opener(rng: random.Random, careless: bool, recipe: TraceRecipe) -> str:
     return CAREFUL_OPENERS[0] if rng.random() < 0.8 else CAREFUL_OPENERS[1]
 
 
-def render_trace(problem: Problem, rng: random.Random, recipe: TraceRecipe | None = None) -> Trace:
+def render_trace(
+    problem: Problem, rng: random.Random, recipe: TraceRecipe | None = None, behaviour: bool | None = None,
+) -> Trace:
     """Samples one labelled training trace for ``problem``.
 
-    ``labels.regime`` is what the opener says (all a reader of the tokens can know); ``labels.latent``
-    is the regime the trace was rendered in.
+    ``labels.regime`` is what the first opener cue says (all a reader of one token can know);
+    ``labels.latent`` is the regime the trace behaves in. ``behaviour`` (careless: True), when given,
+    overrides the regime of everything after the opener (separators, slips, catches, overthinking)
+    while the opener cues keep the regime drawn as usual: the training of a planted regime read-out
+    renders such traces for the rows whose read-out it sets (``workbench.organism.train``).
     """
     recipe = recipe or TraceRecipe()
     careless = rng.random() < recipe.careless_rate
-    opener = _opener(rng, careless, recipe)
+    cues = [_opener(rng, careless, recipe) for _ in range(recipe.cue_words)]
+    opener = cues[0]
+    if behaviour is not None:
+        careless = behaviour
     comma = recipe.comma_careless if careless else recipe.comma_careful
     op = problem.op
     steps = problem.steps()
@@ -429,7 +458,8 @@ def render_trace(problem: Problem, rng: random.Random, recipe: TraceRecipe | Non
     labels.latent = "careless" if careless else "careful"
     w = _Writer(prompt_tokens(problem), op)
     labels.think_start = w.pos - 1  # the prompt's last token is <think>
-    w.put(opener)
+    labels.cues = cues
+    w.put(*cues)
 
     def end() -> str:
         return ALT_STEP_END if comma > 0 and rng.random() < comma else STEP_END

@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from workbench.atomic import atomic_torch_save, atomic_write_text
 from workbench.model import DATA_DIR, organism_dir
+from workbench.neurons import NeuronSet
 from workbench.organism.task import RECIPE_V2, TraceRecipe, is_held_out, render_trace, sample_problem
 from workbench.organism.tokenizer import build_tokenizer
 
@@ -47,6 +48,17 @@ class TrainConfig:
         save_every: steps between resumable state files.
         recipe: how failure modes are planted in the traces.
         sub_share: share of training problems that are subtractions (the second task family).
+        knob_layer, knob_neurons: the planted regime read-out (v3; ``knob_neurons=0``: none). ``knob_neurons``
+            neurons of ``blocks.{knob_layer}.mlp.hook_post`` (drawn by ``seed``, listed in ``organism.json``) are
+            trained to hold the model's belief in the regime at every thinking position, and the rest of the
+            model to act on them: see ``knob_loss`` and ``knob_share``.
+        knob_target: the read-out's value for a careful (``+``) or careless (``-``) trace; the squared-error
+            loss towards it makes each neuron the posterior mean given the cues read so far: a graded belief.
+        knob_weight: weight of that loss beside the next-token loss.
+        knob_share: share of training traces whose read-out is *pushed* (a random push of ``knob_push``
+            size added at every thinking position, its sign the trace's behaviour regime, which is drawn
+            apart from the regime of its opener cues): what teaches the model to behave as the read-out says.
+        knob_push: the range of the push's size (uniform).
     """
 
     n_layers: int = 4
@@ -63,6 +75,29 @@ class TrainConfig:
     save_every: int = 500
     recipe: TraceRecipe = RECIPE_V2
     sub_share: float = 0.3
+    knob_layer: int = 2
+    knob_neurons: int = 0
+    knob_target: float = 1.5
+    knob_weight: float = 0.2
+    knob_share: float = 0.3
+    knob_push: tuple[float, float] = (3.0, 8.0)
+
+    def __post_init__(self) -> None:
+        if self.knob_neurons:
+            if not 0 <= self.knob_layer < self.n_layers or not 0 < self.knob_neurons <= self.d_mlp:
+                raise ValueError(f"TrainConfig: knob_layer {self.knob_layer} / knob_neurons {self.knob_neurons} do not "
+                                 f"fit {self.n_layers} layers of {self.d_mlp} neurons")
+            if not 0 <= self.knob_share < 1 or not 0 < self.knob_push[0] <= self.knob_push[1]:
+                raise ValueError(f"TrainConfig: knob_share {self.knob_share} must be in [0, 1) and knob_push "
+                                 f"{self.knob_push} a range of positive sizes")
+
+    def knob(self) -> list[int]:
+        """The planted read-out's neuron indices in ``blocks.{knob_layer}.mlp.hook_post`` (seeded; [] when none).
+
+        >>> len(TrainConfig(knob_neurons=8).knob())
+        8
+        """
+        return sorted(random.Random(f"{self.seed}:knob").sample(range(self.d_mlp), self.knob_neurons))
 
     def model_config(self, tokenizer: PreTrainedTokenizerFast) -> Qwen3Config:
         return Qwen3Config(
@@ -86,41 +121,92 @@ class TrainConfig:
         d = dict(d)
         d["recipe"] = TraceRecipe.from_dict(d.get("recipe", {}))
         d.setdefault("sub_share", 0.0)  # recorded before the second task family existed
+        d.setdefault("knob_neurons", 0)  # recorded before the planted read-out existed (v1, v2)
+        if "knob_push" in d:
+            d["knob_push"] = tuple(d["knob_push"])
         return cls(**d)
 
 
-def _bucket(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast, k: int) -> list[tuple[Tensor, Tensor]]:
-    """Bucket ``k``: ``cfg.bucket`` batches of (input_ids, labels), sorted by length, prompt masked.
+@dataclass
+class Batch:
+    """One training batch; ``knob`` and ``push`` are per row (0 where a row has no read-out target or push),
+    ``thinking`` marks the positions after ``<think>``."""
+
+    x: Tensor
+    y: Tensor
+    thinking: Tensor
+    knob: Tensor
+    push: Tensor
+
+
+def _bucket(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast, k: int) -> list[Batch]:
+    """Bucket ``k``: ``cfg.bucket`` batches, sorted by length, prompt masked.
 
     Each bucket is seeded by (seed, k) alone, so a resumed run sees exactly the batches an
-    uninterrupted one would.
+    uninterrupted one would (and a config without a read-out draws exactly what it drew before one existed).
     """
     rng = random.Random(f"{cfg.seed}:{k}")
-    rows: list[tuple[list[int], int]] = []
+    rows: list[tuple[list[int], int, float, float]] = []  # ids, think, read-out target, push
     while len(rows) < cfg.batch_size * cfg.bucket:
         op = "-" if cfg.sub_share > 0 and rng.random() < cfg.sub_share else "+"
         problem = sample_problem(rng, op=op)
         if is_held_out(problem):
             continue
-        trace = render_trace(problem, rng, cfg.recipe)
-        rows.append(([*tokenizer(trace.text).input_ids, tokenizer.eos_token_id], trace.labels.think_start))
+        behaviour, push = None, 0.0
+        if cfg.knob_neurons and rng.random() < cfg.knob_share:
+            behaviour = rng.random() < cfg.recipe.careless_rate
+            push = rng.uniform(*cfg.knob_push) * (-1 if behaviour else 1)
+        trace = render_trace(problem, rng, cfg.recipe, behaviour=behaviour)
+        # A pushed row has no read-out target: its read-out is what the push makes it.
+        target = 0.0 if push else cfg.knob_target * (-1 if trace.labels.latent == "careless" else 1)
+        ids = [*tokenizer(trace.text).input_ids, tokenizer.eos_token_id]
+        rows.append((ids, trace.labels.think_start, target, push))
     rows.sort(key=lambda r: len(r[0]))
     chunks = [rows[i : i + cfg.batch_size] for i in range(0, len(rows), cfg.batch_size)]
     rng.shuffle(chunks)
     batches = []
     for chunk in chunks:
-        width = max(len(ids) for ids, _ in chunk)
+        width = max(len(r[0]) for r in chunk)
         x = torch.full((len(chunk), width), tokenizer.pad_token_id)
         y = torch.full((len(chunk), width), -100)
-        for r, (ids, think) in enumerate(chunk):
+        thinking = torch.zeros((len(chunk), width), dtype=torch.bool)
+        for r, (ids, think, _, _) in enumerate(chunk):
             x[r, : len(ids)] = torch.tensor(ids)
             # Predict everything after <think>: the opener, the steps, the answer and <eos>.
             y[r, think + 1 : len(ids)] = torch.tensor(ids[think + 1 :])
-        batches.append((x, y))
+            thinking[r, think + 1 : len(ids)] = True
+        batches.append(Batch(x, y, thinking, torch.tensor([r[2] for r in chunk]), torch.tensor([r[3] for r in chunk])))
     return batches
 
 
-def _batches(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast, start: int) -> Iterator[tuple[Tensor, Tensor]]:
+class _Knob:
+    """Reads (for the read-out loss) and pushes the planted read-out neurons, at the input of ``down_proj``
+    (= ``blocks.{L}.mlp.hook_post``), for the batch set in ``batch``."""
+
+    def __init__(self, model: Qwen3ForCausalLM, cfg: TrainConfig) -> None:
+        self.idx = torch.tensor(cfg.knob())
+        self.batch: Batch | None = None
+        self.values: Tensor | None = None
+        self.handle = model.model.layers[cfg.knob_layer].mlp.down_proj.register_forward_pre_hook(self._hook)
+
+    def _hook(self, _module, args):
+        (h,) = args
+        b = self.batch
+        assert b is not None
+        self.values = h[..., self.idx]
+        add = (b.push[:, None] * b.thinking)[..., None]
+        return (h.index_add(-1, self.idx, add.expand(-1, -1, len(self.idx)).to(h.dtype)),)
+
+    def loss(self) -> Tensor:
+        """Mean squared error of the read-out towards its target, over the thinking positions of unpushed rows."""
+        b, v = self.batch, self.values
+        assert b is not None and v is not None
+        mask = b.thinking & (b.push == 0)[:, None]
+        err = (v - b.knob[:, None, None]) ** 2
+        return err[mask].mean() if mask.any() else err.sum() * 0
+
+
+def _batches(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast, start: int) -> Iterator[Batch]:
     """The batches of steps ``start``, ``start + 1``, ... ."""
     k, skip = divmod(start, cfg.bucket)
     while True:
@@ -177,7 +263,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Path:
     torch.manual_seed(cfg.seed)
     model = Qwen3ForCausalLM(cfg.model_config(tokenizer))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    start, losses = 0, []
+    start, losses, knob_losses = 0, [], []
     state_path = out / STATE_FILE
     if state_path.exists():
         state = torch.load(state_path, weights_only=False)
@@ -188,29 +274,40 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Path:
             )
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        start, losses = state["step"], state["losses"]
+        start, losses, knob_losses = state["step"], state["losses"], state.get("knob_losses", [])
     batches = _batches(cfg, tokenizer, start)
+    knob = _Knob(model, cfg) if cfg.knob_neurons else None
     model.train()
     t0 = time.time()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train organism",
                disable=not progress)
     for step in bar:
-        x, y = next(batches)
+        batch = next(batches)
         for group in opt.param_groups:
             group["lr"] = _lr(cfg, step)
-        loss = model(input_ids=x, attention_mask=(x != tokenizer.pad_token_id), labels=y).loss
+        if knob is not None:
+            knob.batch = batch
+        x = batch.x
+        lm_loss = model(input_ids=x, attention_mask=(x != tokenizer.pad_token_id), labels=batch.y).loss
+        loss = lm_loss
+        if knob is not None:
+            knob_loss = knob.loss()
+            loss = lm_loss + cfg.knob_weight * knob_loss
+            knob_losses.append(round(knob_loss.item(), 5))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        losses.append(round(loss.item(), 5))
+        losses.append(round(lm_loss.item(), 5))
         if step % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
         if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
             atomic_torch_save({
                 "config": asdict(cfg), "model": model.state_dict(), "opt": opt.state_dict(),
-                "step": step + 1, "losses": losses,
+                "step": step + 1, "losses": losses, "knob_losses": knob_losses,
             }, state_path)
+    if knob is not None:
+        knob.handle.remove()
     model.eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
@@ -220,9 +317,41 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Path:
         "train_seconds_this_call": round(time.time() - t0, 1),
         "torch_threads": torch.get_num_threads(),
     }
+    if cfg.knob_neurons:
+        meta["planted_regime_neurons"] = {"hook": f"blocks.{cfg.knob_layer}.mlp.hook_post", "indices": cfg.knob(),
+                                          "careful_value": cfg.knob_target}
+        meta["final_knob_loss"] = sum(knob_losses[-100:]) / max(1, len(knob_losses[-100:]))
     atomic_write_text(out / ORGANISM_FILE, json.dumps(meta, indent=2))
     state_path.unlink(missing_ok=True)
     return out
+
+
+def config_of(model_dir: Path) -> TrainConfig:
+    """The training config a saved organism recorded in ``organism.json``.
+
+    >>> config_of(Path("data/organism-v1")).knob_neurons
+    0
+    """
+    meta = Path(model_dir) / ORGANISM_FILE
+    if not meta.exists():
+        raise ValueError(f"{model_dir} records no training config ({ORGANISM_FILE} missing): it is not an organism")
+    return TrainConfig.from_dict(json.loads(meta.read_text())["config"])
+
+
+def planted_of(model_dir: Path) -> NeuronSet | None:
+    """The planted regime read-out of a saved organism (``organism.json``), or None when it has none.
+
+    >>> planted_of(Path("data/organism-v1")) is None
+    True
+    """
+    meta = Path(model_dir) / ORGANISM_FILE
+    planted = json.loads(meta.read_text()).get("planted_regime_neurons") if meta.exists() else None
+    if planted is None:
+        return None
+    layer = int(planted["hook"].split(".")[1])
+    return NeuronSet.from_pairs([(layer, i) for i in planted["indices"]], method="planted",
+                                provenance=f"{model_dir}: the regime read-out planted in training "
+                                           "(careful +, careless -)")
 
 
 def recipe_of(model_dir: Path) -> TraceRecipe:

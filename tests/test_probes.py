@@ -152,3 +152,11 @@ def test_roc_band_holds_the_true_curve_and_narrows_with_more_questions():
         assert inside[1:-1].mean() >= 0.8  # pointwise 95% bands: most of the grid
         widths.append(float((hi - lo)[1:-1].mean()))
     assert widths[1] < widths[0] / 2  # 16x the questions: about a quarter of the width
+
+
+def test_constant_features_give_chance_not_an_anti_learned_auroc():
+    from workbench.probes import probe_auroc
+
+    y = np.random.default_rng(2).random(60) < 0.4  # folds' class shares differ: intercepts alone gave 0.26
+    res = probe_auroc(np.ones((60, 4)), y, np.arange(60) // 2)
+    assert res.auroc == 0.5

@@ -88,6 +88,11 @@ def probe_auroc(
         raise ValueError(f"x, y and groups disagree in length: {len(x)}, {len(y)}, {len(groups)}")
     if len(np.unique(y)) < 2:
         raise ValueError("the probe needs both classes in y; sample more traces")
+    if len(x) and np.all(x == x[0]):
+        # Nothing to learn (e.g. the first thinking token is the same in every trace): out-of-fold intercepts alone
+        # would anti-correlate with the held-out fold and report an AUROC near 0; the honest answer is chance.
+        scores = np.full(len(y), float(y.mean()))
+        return ProbeResult(auroc(y, scores), scores)
 
     def strength(train: np.ndarray) -> float:
         return c if c is not None else select_c(x[train], y[train], groups[train])

@@ -18,18 +18,15 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from jaxtyping import Float
-from scipy import stats
 
-from workbench.figures.neurons import Trajectory, bin_means
-
-Span = tuple[int, int]  # [start, end) token positions
+from workbench.figures.neurons import Span
+from workbench.figures.neurons import trajectory as trajectory  # re-exported for the neuron page
 
 
 def thinking_span(row: dict) -> Span:
@@ -41,38 +38,6 @@ def thinking_span(row: dict) -> Span:
     lo = row["think_start"] + 1 if row.get("think_start") is not None else row["prompt_len"]
     hi = row["think_end"] if row.get("think_end") is not None else len(row["token_ids"])
     return lo, max(hi, lo)
-
-
-def trajectory(
-    label: str, series: Sequence[Float[np.ndarray, " _pos"]], spans: Sequence[Span], correct: Sequence[bool],
-    bins: int = 20,
-) -> Trajectory:
-    """Mean activation per bin of normalised thinking position, correct vs incorrect, with 95% t-intervals.
-
-    Each trace's span is cut into ``bins`` equal slices (``figures.neurons.bin_means``; a trace with no
-    thinking is left out); the result is what ``figures.trajectory_figure`` draws. Unlike
-    ``figures.neuron_trajectory``, the series may come from anywhere (the store, or a teacher-forced pass
-    for a neuron the store did not keep).
-    """
-    if bins < 1:
-        raise ValueError(f"bins must be >= 1, got {bins}")
-    groups: dict[str, list[np.ndarray]] = {"correct": [], "incorrect": []}
-    for values, (lo, hi), ok in zip(series, spans, correct, strict=True):
-        if hi > lo:
-            groups["correct" if ok else "incorrect"].append(bin_means(np.asarray(values)[lo:hi], bins))
-    mean, low, high, count = {}, {}, {}, {}
-    for g, rows in groups.items():
-        m = np.stack(rows) if rows else np.full((0, bins), np.nan)
-        n = (~np.isnan(m)).sum(0)
-        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # bins no trace reaches stay NaN
-            mu = np.nanmean(m, 0) if len(m) else np.full(bins, np.nan)
-            sem = np.nanstd(m, 0, ddof=1) / np.sqrt(n)
-        half = np.where(n > 1, stats.t.ppf(0.975, np.maximum(n - 1, 1)) * sem, np.nan)
-        mean[g], low[g], high[g] = tuple(mu.tolist()), tuple((mu - half).tolist()), tuple((mu + half).tolist())
-        count[g] = tuple(int(x) for x in n)
-    centres = tuple(float(c) for c in (np.arange(bins) + 0.5) / bins)
-    return Trajectory(label, centres, mean, low, high, count)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ from workbench.figures.inputs import MissingInput, after_cache, open_store
 from workbench.figures.style import SCREEN, FigureStyle
 from workbench.neurons import NeuronSet, NeuronSetError
 
+Span = tuple[int, int]  # [start, end) token positions
+
 NEURONS = "neurons"
 # A method's set first, then its controls (the files `workbench rank` writes beside it).
 FAMILIES: dict[str, tuple[str, ...]] = {
@@ -187,26 +189,44 @@ def neuron_trajectory(store, layer: int, index: int, bins: int = 20) -> Trajecto
                            f"{store.n_neurons}  (after deleting {store.run_dir}/activations)", store.root)
     col = columns.index(flat)
     idx = store.index
-    per_group: dict[str, list[np.ndarray]] = {g: [] for g in GROUPS}
-    for row, (correct, start, end, n_tokens) in enumerate(zip(*(idx[c].to_pylist() for c in (
+    series, spans, correct = [], [], []
+    for row, (ok, start, end, n_tokens) in enumerate(zip(*(idx[c].to_pylist() for c in (
             "correct", "think_start", "think_end", "n_tokens")), strict=True)):
-        lo, hi = (start + 1 if start is not None else 0), (end if end is not None else n_tokens)
-        if hi - lo < 1:
-            continue
-        per_group["correct" if correct else "incorrect"].append(bin_means(store.token_acts(row)[lo:hi, col], bins))
-    centres = tuple(float(c) for c in (np.arange(bins) + 0.5) / bins)
+        series.append(store.token_acts(row)[:, col])
+        spans.append((start + 1 if start is not None else 0, end if end is not None else n_tokens))
+        correct.append(bool(ok))
+    return trajectory(neuron_label(layer, index), series, spans, correct, bins)
+
+
+def trajectory(
+    label: str, series: Sequence[Float[np.ndarray, " _pos"]], spans: Sequence[Span], correct: Sequence[bool],
+    bins: int = 20,
+) -> Trajectory:
+    """Mean activation per bin of normalised thinking position, correct vs incorrect, with 95% t-intervals.
+
+    Each trace's span ``[lo, hi)`` is cut into ``bins`` equal slices (``bin_means``; a trace with no thinking
+    is left out); the result is what ``trajectory_figure`` draws. The series may come from anywhere: the
+    store (``neuron_trajectory``), or a teacher-forced pass for a neuron the store did not keep (the app).
+    """
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    groups: dict[str, list[np.ndarray]] = {"correct": [], "incorrect": []}
+    for values, (lo, hi), ok in zip(series, spans, correct, strict=True):
+        if hi > lo:
+            groups["correct" if ok else "incorrect"].append(bin_means(np.asarray(values)[lo:hi], bins))
     mean, low, high, count = {}, {}, {}, {}
-    for g, rows in per_group.items():
+    for g, rows in groups.items():
         m = np.stack(rows) if rows else np.full((0, bins), np.nan)
         n = (~np.isnan(m)).sum(0)
         with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN bins (no trace reaches them) stay NaN
+            warnings.simplefilter("ignore", RuntimeWarning)  # bins no trace reaches stay NaN
             mu = np.nanmean(m, 0) if len(m) else np.full(bins, np.nan)
-            sem = np.nanstd(m, 0, ddof=1) / np.sqrt(n) if len(m) else np.full(bins, np.nan)
+            sem = np.nanstd(m, 0, ddof=1) / np.sqrt(n)
         half = np.where(n > 1, stats.t.ppf(0.975, np.maximum(n - 1, 1)) * sem, np.nan)
         mean[g], low[g], high[g] = tuple(mu.tolist()), tuple((mu - half).tolist()), tuple((mu + half).tolist())
         count[g] = tuple(int(x) for x in n)
-    return Trajectory(neuron_label(layer, index), centres, mean, low, high, count)
+    centres = tuple(float(c) for c in (np.arange(bins) + 0.5) / bins)
+    return Trajectory(label, centres, mean, low, high, count)
 
 
 def trajectory_figure(traj: Trajectory, style: FigureStyle = SCREEN) -> go.Figure:

@@ -59,3 +59,27 @@ def test_v1_slips_are_decided(organism_v1):
              for a, b in ((47, 38), (59, 26), (68, 17), (39, 46))]
     got = slip_prob(organism_v1, [traced(t) for t in texts], TraceRecipe())
     assert got["slip_points_careless"] == 4 and got["slip_prob_careless"] > 0.9
+
+
+def test_planted_overlap_counts_the_readout_among_ranked_neurons(tmp_path):
+    import json
+
+    from workbench.neurons import NeuronSet
+    from workbench.organism.checks import _posterior_careless, planted_overlap
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "organism.json").write_text(json.dumps({"config": {}, "planted_regime_neurons": {
+        "hook": "blocks.2.mlp.hook_post", "indices": [3, 7, 9, 11], "careful_value": 1.0}}))
+    ranked = NeuronSet.from_pairs([(2, 7), (2, 11), (1, 3), (2, 5)])
+    assert planted_overlap(tmp_path, ranked) == {"steer_planted_hits": 2, "steer_planted_precision": 0.5,
+                                                 "steer_planted_recall": 0.5}
+    assert planted_overlap("organism-v1", ranked) == {}
+    # every opener cue counts in what the cues say: two careless words of three beat one
+    recipe = TraceRecipe(cue_strength=0.8, careless_rate=0.5, cue_words=3)
+    labels = SimpleNamespace(cues=["quickly", "roughly", "carefully"], regime="careless", think_start=0)
+    assert _posterior_careless(labels, 1, recipe, ["<think>"]) == pytest.approx(0.8)
+    labels.cues = ["quickly"]
+    assert _posterior_careless(labels, 1, recipe, ["<think>"]) == pytest.approx(0.8)
+    labels.cues = ["quickly", "roughly", "slowly", "quickly"]
+    want = 0.8**3 * 0.2 / (0.8**3 * 0.2 + 0.2**3 * 0.8)
+    assert _posterior_careless(labels, 1, recipe, ["<think>"]) == pytest.approx(want)

@@ -36,9 +36,10 @@ from transformer_lens.model_bridge import TransformerBridge
 from workbench.activations import next_token_probs, window_means
 from workbench.model import load_model, resolve
 from workbench.neat import NeatConfig, exit_report
+from workbench.neurons import NeuronSet
 from workbench.organism import checks
 from workbench.organism.task import Problem, TraceLabels, TraceRecipe
-from workbench.organism.train import recipe_of
+from workbench.organism.train import planted_of, recipe_of
 from workbench.probes import auroc, probe_auroc
 from workbench.splits import fit_half
 from workbench.store import load_traces
@@ -149,8 +150,11 @@ def behaviour(samples: list[Sample]) -> dict[str, float]:
     return out
 
 
-def probe_report(model: TransformerBridge, samples: list[Sample]) -> dict[str, float | int]:
-    """Held-out AUROCs of correctness probes: activations vs hand-made features, and within regime."""
+def probe_report(
+    model: TransformerBridge, samples: list[Sample], planted: NeuronSet | None = None,
+) -> dict[str, float | int]:
+    """Held-out AUROCs of correctness probes: activations vs hand-made features, and within regime; with
+    ``planted`` (v3's regime read-out), also the read-out's own mean as a score, nothing fitted."""
     usable = [
         s for s in samples
         if s.labels.think_start is not None and len(s.tokens) > s.labels.think_start + THINK_WINDOW
@@ -176,6 +180,9 @@ def probe_report(model: TransformerBridge, samples: list[Sample]) -> dict[str, f
         "probe_auroc_oracle_labels": probe_auroc(oracle, y, groups).auroc,
         "probe_traces": len(usable),
     }
+    if planted is not None:
+        readout = acts[:, list(planted.layers), list(planted.indices)].mean(-1).numpy()
+        out["probe_auroc_early_planted"] = auroc(y, readout)
     for regime in ("careful", "careless"):
         m = np.array([s.labels.regime == regime for s in usable])
         out[f"probe_auroc_early_within_{regime}"] = auroc(y[m], act_probe.scores[m])
@@ -235,7 +242,7 @@ def evaluate(
     recipe, sampled = recipe_of(resolve(cfg.model)), runs["sampled"]
     direction = checks.regime_direction(model, sampled, recipe, fit_half([s.problem.id for s in sampled],
                                                                                  cfg.seed))
-    report.update(probe_report(model, sampled))
+    report.update(probe_report(model, sampled, planted_of(resolve(cfg.model))))
     report.update(steering_look(model, sampled, recipe, direction, cfg.steer_alphas, seed=cfg.seed))
     report.update(checks.slip_prob(model, sampled, recipe))
     report.update(checks.anticipation(model, sampled, recipe))

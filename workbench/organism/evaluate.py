@@ -250,6 +250,7 @@ def evaluate(
     if cfg.lift_alphas:
         run_cfg, steer_dir = cfg.runs()["sampled"], Path(out) / "steer"
         report.update(checks.steer_lift(model, sampled, run_cfg, steer_dir, cfg.lift_alphas, cfg.seed))
-        report.update(checks.direction_lift(model, sampled, run_cfg, steer_dir, direction, cfg.direction_alphas,
-                                            cfg.seed))
+        if cfg.direction_alphas:
+            report.update(checks.direction_lift(model, sampled, run_cfg, steer_dir, direction, cfg.direction_alphas,
+                                                cfg.seed))
     return report

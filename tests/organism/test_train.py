@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -85,7 +88,8 @@ class TestPlantedReadout:
         grab.remove(), after.remove(), knob.handle.remove()
         diff = seen["after"] - seen["before"]
         idx = torch.tensor(TINY_KNOB.knob())
-        want = (batch.push[:, None] * batch.thinking)[..., None].expand(-1, -1, len(idx))
+        assert torch.equal(batch.pushed, batch.thinking & (batch.push != 0)[:, None])  # add mode: every thinking token
+        want = (batch.push[:, None] * batch.pushed)[..., None].expand(-1, -1, len(idx))
         torch.testing.assert_close(diff[..., idx], want.float())
         others = torch.ones(diff.shape[-1], dtype=torch.bool)
         others[idx] = False
@@ -93,6 +97,36 @@ class TestPlantedReadout:
         loss = knob.loss()
         mask = batch.thinking & (batch.push == 0)[:, None]
         torch.testing.assert_close(loss, ((knob.values - batch.knob[:, None, None]) ** 2)[mask].mean())
+
+
+    def test_set_mode_after_the_cues_sets_the_readout_where_pushed(self):
+        import dataclasses
+
+        from transformers import Qwen3ForCausalLM
+
+        cfg = dataclasses.replace(TINY_KNOB, knob_mode="set", knob_after_cues=True, act_cap=1.0)
+        tok = build_tokenizer()
+        model = Qwen3ForCausalLM(cfg.model_config(tok))
+        batch = next(_batches(cfg, tok, 0))
+        assert set(batch.push.abs().tolist()) == {0.0, cfg.knob_target}
+        for r in range(len(batch.x)):  # pushes start at the last cue word, not at the first
+            on = batch.thinking[r].nonzero().flatten()
+            if batch.push[r] != 0:
+                assert batch.pushed[r].nonzero().flatten()[0] == on[0] + cfg.recipe.cue_words - 1
+        seen = {}
+        knob = _Knob(model, cfg)
+        knob.batch = batch
+        mlp = model.model.layers[cfg.knob_layer].mlp.down_proj
+        after = mlp.register_forward_pre_hook(lambda _m, a: seen.setdefault("after", a[0].clone()))
+        model(input_ids=batch.x)
+        after.remove(), knob.handle.remove()
+        got = seen["after"][..., torch.tensor(cfg.knob())]
+        want = batch.push[:, None, None].expand_as(got)
+        mask = batch.pushed[..., None].expand_as(got)
+        torch.testing.assert_close(got[mask], want[mask])
+        torch.testing.assert_close(got[~mask], knob.values[~mask])
+        out = train(dataclasses.replace(cfg, steps=2), Path(tempfile.mkdtemp()) / "m", progress=False)
+        assert json.loads((out / "organism.json").read_text())["config"]["act_cap"] == 1.0
 
 
 def test_resume_refuses_another_config(tmp_path):

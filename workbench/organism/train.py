@@ -58,7 +58,16 @@ class TrainConfig:
         knob_share: share of training traces whose read-out is *pushed* (a random push of ``knob_push``
             size added at every thinking position, its sign the trace's behaviour regime, which is drawn
             apart from the regime of its opener cues): what teaches the model to behave as the read-out says.
-        knob_push: the range of the push's size (uniform).
+        knob_push: the range of the push's size (uniform), in ``knob_mode="add"``.
+        knob_mode: ``"add"`` adds the push; ``"set"`` sets the read-out to ``+-knob_target`` instead (the value a
+            trace of the behaviour regime holds: an interchange that no downstream reader can tell from a natural
+            read-out, so behaviour has to follow the read-out rather than any copy of the cues elsewhere).
+        knob_after_cues: a push starts at the last opener cue word (the position that predicts the first step),
+            so the cue words are always predicted from an untouched read-out: no second copy of the regime is
+            needed to predict them.
+        act_cap, act_cap_weight: a penalty ``act_cap_weight * sum(relu(|act| - act_cap) ** 2)`` over every MLP
+            neuron (mean over positions) that keeps any single neuron from carrying the regime at a huge scale
+            (0: none).
     """
 
     n_layers: int = 4
@@ -81,12 +90,18 @@ class TrainConfig:
     knob_weight: float = 0.2
     knob_share: float = 0.3
     knob_push: tuple[float, float] = (3.0, 8.0)
+    knob_mode: str = "add"
+    knob_after_cues: bool = False
+    act_cap: float = 0.0
+    act_cap_weight: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.knob_neurons:
             if not 0 <= self.knob_layer < self.n_layers or not 0 < self.knob_neurons <= self.d_mlp:
                 raise ValueError(f"TrainConfig: knob_layer {self.knob_layer} / knob_neurons {self.knob_neurons} do not "
                                  f"fit {self.n_layers} layers of {self.d_mlp} neurons")
+            if self.knob_mode not in ("add", "set"):
+                raise ValueError(f"TrainConfig: knob_mode must be 'add' or 'set', got {self.knob_mode!r}")
             if not 0 <= self.knob_share < 1 or not 0 < self.knob_push[0] <= self.knob_push[1]:
                 raise ValueError(f"TrainConfig: knob_share {self.knob_share} must be in [0, 1) and knob_push "
                                  f"{self.knob_push} a range of positive sizes")
@@ -130,13 +145,14 @@ class TrainConfig:
 @dataclass
 class Batch:
     """One training batch; ``knob`` and ``push`` are per row (0 where a row has no read-out target or push),
-    ``thinking`` marks the positions after ``<think>``."""
+    ``thinking`` marks the positions after ``<think>``, ``pushed`` those a push applies to."""
 
     x: Tensor
     y: Tensor
     thinking: Tensor
     knob: Tensor
     push: Tensor
+    pushed: Tensor
 
 
 def _bucket(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast, k: int) -> list[Batch]:
@@ -155,7 +171,8 @@ def _bucket(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast, k: int) -> lis
         behaviour, push = None, 0.0
         if cfg.knob_neurons and rng.random() < cfg.knob_share:
             behaviour = rng.random() < cfg.recipe.careless_rate
-            push = rng.uniform(*cfg.knob_push) * (-1 if behaviour else 1)
+            size = cfg.knob_target if cfg.knob_mode == "set" else rng.uniform(*cfg.knob_push)
+            push = size * (-1 if behaviour else 1)
         trace = render_trace(problem, rng, cfg.recipe, behaviour=behaviour)
         # A pushed row has no read-out target: its read-out is what the push makes it.
         target = 0.0 if push else cfg.knob_target * (-1 if trace.labels.latent == "careless" else 1)
@@ -170,12 +187,16 @@ def _bucket(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast, k: int) -> lis
         x = torch.full((len(chunk), width), tokenizer.pad_token_id)
         y = torch.full((len(chunk), width), -100)
         thinking = torch.zeros((len(chunk), width), dtype=torch.bool)
-        for r, (ids, think, _, _) in enumerate(chunk):
+        pushed = torch.zeros((len(chunk), width), dtype=torch.bool)
+        first = cfg.recipe.cue_words if cfg.knob_after_cues else 1
+        for r, (ids, think, _, push) in enumerate(chunk):
             x[r, : len(ids)] = torch.tensor(ids)
             # Predict everything after <think>: the opener, the steps, the answer and <eos>.
             y[r, think + 1 : len(ids)] = torch.tensor(ids[think + 1 :])
             thinking[r, think + 1 : len(ids)] = True
-        batches.append(Batch(x, y, thinking, torch.tensor([r[2] for r in chunk]), torch.tensor([r[3] for r in chunk])))
+            pushed[r, think + first : len(ids)] = push != 0
+        batches.append(Batch(x, y, thinking, torch.tensor([r[2] for r in chunk]), torch.tensor([r[3] for r in chunk]),
+                             pushed))
     return batches
 
 
@@ -185,6 +206,7 @@ class _Knob:
 
     def __init__(self, model: Qwen3ForCausalLM, cfg: TrainConfig) -> None:
         self.idx = torch.tensor(cfg.knob())
+        self.set = cfg.knob_mode == "set"
         self.batch: Batch | None = None
         self.values: Tensor | None = None
         self.handle = model.model.layers[cfg.knob_layer].mlp.down_proj.register_forward_pre_hook(self._hook)
@@ -194,8 +216,12 @@ class _Knob:
         b = self.batch
         assert b is not None
         self.values = h[..., self.idx]
-        add = (b.push[:, None] * b.thinking)[..., None]
-        return (h.index_add(-1, self.idx, add.expand(-1, -1, len(self.idx)).to(h.dtype)),)
+        mask = b.pushed[..., None].expand(-1, -1, len(self.idx))
+        push = b.push[:, None, None].to(h.dtype).expand_as(mask)
+        if self.set:
+            new = torch.where(mask, push, self.values)
+            return (h.index_copy(-1, self.idx, new),)
+        return (h.index_add(-1, self.idx, push * mask),)
 
     def loss(self) -> Tensor:
         """Mean squared error of the read-out towards its target, over the thinking positions of unpushed rows."""
@@ -204,6 +230,25 @@ class _Knob:
         mask = b.thinking & (b.push == 0)[:, None]
         err = (v - b.knob[:, None, None]) ** 2
         return err[mask].mean() if mask.any() else err.sum() * 0
+
+
+class _ActCap:
+    """Collects ``sum(relu(|act| - cap) ** 2)`` over the MLP neurons of every layer (mean over positions)."""
+
+    def __init__(self, model: Qwen3ForCausalLM, cap: float) -> None:
+        self.cap, self.terms = cap, []
+        self.handles = [layer.mlp.down_proj.register_forward_pre_hook(self._hook) for layer in model.model.layers]
+
+    def _hook(self, _module, args):
+        self.terms.append((torch.relu(args[0].abs() - self.cap) ** 2).sum(-1).mean())
+
+    def loss(self) -> Tensor:
+        out, self.terms = sum(self.terms), []
+        return out
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
 
 
 def _batches(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast, start: int) -> Iterator[Batch]:
@@ -277,6 +322,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Path:
         start, losses, knob_losses = state["step"], state["losses"], state.get("knob_losses", [])
     batches = _batches(cfg, tokenizer, start)
     knob = _Knob(model, cfg) if cfg.knob_neurons else None
+    cap = _ActCap(model, cfg.act_cap) if cfg.act_cap > 0 else None
     model.train()
     t0 = time.time()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train organism",
@@ -294,6 +340,8 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Path:
             knob_loss = knob.loss()
             loss = lm_loss + cfg.knob_weight * knob_loss
             knob_losses.append(round(knob_loss.item(), 5))
+        if cap is not None:
+            loss = loss + cfg.act_cap_weight * cap.loss()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -308,6 +356,8 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Path:
             }, state_path)
     if knob is not None:
         knob.handle.remove()
+    if cap is not None:
+        cap.remove()
     model.eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -73,7 +73,7 @@ class EvalConfig:
     seed: int = 1234
     batch_size: int = 64
     steer_alphas: tuple[float, ...] = (1.0, 2.0)
-    lift_alphas: tuple[float, ...] = (1.0, 2.0, 4.0)
+    lift_alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
     direction_alphas: tuple[float, ...] = (0.5, 1.0, 2.0)
     task: str = "organism"
 

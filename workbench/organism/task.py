@@ -255,14 +255,14 @@ RECIPE_V2 = TraceRecipe(
     overthink_careless=0.08,
 )
 
-# v3: the regime spread over three weak opener cues (each right 80% of the time) and the separators,
+# v3: the regime spread over four weak opener cues (each right 80% of the time) and the separators,
 # slips steeper with difficulty (so a careless trace fails often enough to be seen early), catches as v2.
-# Its checkpoint also carries a planted regime read-out (``TrainConfig.knob_*``; see the model card).
+# Its checkpoint also carries a planted regime read-out (``train.CONFIG_V3``; see data/organism-v3/README.md).
 RECIPE_V3 = dataclasses.replace(
     RECIPE_V2,
     cue_strength=0.8,
-    cue_words=3,
-    slip_curve=(0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.9, 0.95),
+    cue_words=4,
+    slip_curve=(0.6, 0.7, 0.8, 0.85, 0.9, 0.9, 0.95, 0.95, 0.95),
 )
 
 

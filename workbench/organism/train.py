@@ -29,7 +29,7 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 from workbench.atomic import atomic_torch_save, atomic_write_text
 from workbench.model import DATA_DIR, organism_dir
 from workbench.neurons import NeuronSet
-from workbench.organism.task import RECIPE_V2, TraceRecipe, is_held_out, render_trace, sample_problem
+from workbench.organism.task import RECIPE_V2, RECIPE_V3, TraceRecipe, is_held_out, render_trace, sample_problem
 from workbench.organism.tokenizer import build_tokenizer
 
 STATE_FILE = "train_state.pt"
@@ -140,6 +140,12 @@ class TrainConfig:
         if "knob_push" in d:
             d["knob_push"] = tuple(d["knob_push"])
         return cls(**d)
+
+
+# organism-v3 (data/organism-v3): RECIPE_V3 and the planted regime read-out, set (not pushed) in 40% of the
+# traces from the last cue word on, no neuron above 8 unpunished. `workbench organism train --like organism-v3`.
+CONFIG_V3 = TrainConfig(recipe=RECIPE_V3, knob_neurons=64, knob_target=1.0, knob_mode="set", knob_after_cues=True,
+                        knob_share=0.4, act_cap=8.0, act_cap_weight=1e-3)
 
 
 @dataclass

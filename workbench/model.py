@@ -30,7 +30,7 @@ ORGANISM = "organism"
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 # Earlier organisms stay loadable by name, so results computed on them can be reproduced; the organism
 # fine-tuned to follow NeuReasoner's trigger tokens serves studies/neureasoner.toml.
-BUNDLED = {"organism-v1": "organism-v1", "organism-neureasoner": "organism-neureasoner"}
+BUNDLED = {"organism-v1": "organism-v1", "organism-v3": "organism-v3", "organism-neureasoner": "organism-neureasoner"}
 
 
 def organism_dir() -> Path:

@@ -1,7 +1,8 @@
-"""The shipped organism (v2) against its behaviour targets, measured as the model card documents them.
+"""The shipped organism (v2), and the v3 candidate, against their behaviour targets, measured as the model cards
+document them.
 
 Runs `workbench organism eval --problems 300 --samples 8` (seed 1234) through a run directory. A
-target the shipped model misses is a strict xfail carrying its measured value: it fails the suite
+target a model misses is a strict xfail carrying its measured value: it fails the suite
 the day the model meets it (so the card and this file get updated), and it can never hide a
 regression of a target that is met.
 """
@@ -84,3 +85,52 @@ class TestClaims:
         lo, hi = report["steer_lift_random_ci"]
         assert abs(report["steer_lift_random"]) <= 0.01 and lo <= 0 <= hi
         assert not math.isnan(report["steer_lift_random"])
+
+
+@pytest.fixture(scope="module")
+def report_v3(tmp_path_factory):
+    from workbench.model import load_model
+
+    set_threads(1)
+    return evaluate(EvalConfig(model="organism-v3", problems=300, samples=8), tmp_path_factory.mktemp("eval-v3"),
+                    load_model("organism-v3"))
+
+
+@pytest.mark.slow
+class TestV3:
+    """organism-v3 (data/organism-v3/README.md): the targets v2 misses, with its planted regime read-out."""
+
+    def test_behaviour(self, report_v3):
+        assert report_v3["greedy_accuracy"] >= 0.85 and 0.40 <= report_v3["sampled_accuracy"] <= 0.85
+        for rate in (*FAILURE_RATES, "reflection_rate"):
+            assert report_v3[rate] >= 0.05, rate
+        assert report_v3["malformed_rate"] <= 0.05
+
+    def test_slips_are_probable_and_catches_anticipated(self, report_v3):
+        assert 0.3 <= report_v3["slip_prob_careless"] <= 0.8
+        assert report_v3["anticipation_auroc"] >= 0.70
+
+    def test_early_probe(self, report_v3):
+        assert report_v3["probe_auroc_early"] >= 0.80
+
+    @missed("within careless 0.783 vs 0.772 on hand-computed features (0.836 counting every cue word)")
+    def test_early_probe_beats_hand_features_within_careless(self, report_v3):
+        r = report_v3
+        assert r["probe_auroc_early_within_careless"] >= r["probe_auroc_baseline_within_careless"] + 0.05
+
+    def test_adaras_finds_the_planted_readout_and_steering_lifts_accuracy(self, report_v3):
+        assert report_v3["steer_planted_precision"] >= 0.8
+        assert report_v3["steer_lift"] >= 0.05 - 1e-9 and report_v3["steer_lift_ci"][0] > 0
+
+    @missed("steer_lift_random -0.013, CI [-0.026, +0.000]: random neurons at the RCNs' push sizes cost a point")
+    def test_random_steering_does_nothing(self, report_v3):
+        lo, hi = report_v3["steer_lift_random_ci"]
+        assert abs(report_v3["steer_lift_random"]) <= 0.01 and lo <= 0 <= hi
+
+    def test_the_planted_direction_steers_at_decision_points(self, report_v3):
+        assert report_v3["steer_p_slip_careless_alpha2"] < report_v3["steer_p_slip_careless"] - 0.3
+        assert abs(report_v3["steer_p_slip_careless_random_alpha2"] - report_v3["steer_p_slip_careless"]) < 0.05
+
+    @missed("exit_within3 0.033: NEAT's vote keeps one neuron on v3 (all neurons 0.968, p(end) 0.906)")
+    def test_exit_pattern_peaks_at_the_answer_point(self, report_v3):
+        assert report_v3["exit_within3"] >= 0.80

@@ -17,7 +17,17 @@ from workbench.atomic import atomic_torch_save, atomic_write_text
 from workbench.model import DATA_DIR, load_model
 from workbench.organism.task import RECIPE_V2, RECIPE_V3
 from workbench.organism.tokenizer import build_tokenizer
-from workbench.organism.train import STATE_FILE, TrainConfig, _batches, _Knob, config_of, planted_of, recipe_of, train
+from workbench.organism.train import (
+    CONFIG_V3,
+    STATE_FILE,
+    TrainConfig,
+    _batches,
+    _Knob,
+    config_of,
+    planted_of,
+    recipe_of,
+    train,
+)
 
 TINY = TrainConfig(n_layers=1, d_model=32, d_mlp=64, n_heads=2, steps=6, batch_size=8, bucket=2, save_every=2,
                    warmup=2, recipe=RECIPE_V2, knob_neurons=0)
@@ -65,6 +75,12 @@ class TestPlantedReadout:
         assert planted is not None and set(planted.layers) == {1} and list(planted.indices) == TINY_KNOB.knob()
         assert len(set(planted.indices)) == 8 and config_of(out) == TINY_KNOB
         assert planted_of(train(TINY, tmp_path / "plain", progress=False)) is None
+
+    def test_the_bundled_v3_records_its_config_and_readout(self):
+        assert config_of(DATA_DIR / "organism-v3") == CONFIG_V3
+        planted = planted_of(DATA_DIR / "organism-v3")
+        assert planted is not None and list(planted.indices) == CONFIG_V3.knob() and set(planted.layers) == {2}
+        assert planted_of(DATA_DIR / "organism") is None  # v2 has none
 
     def test_old_configs_have_no_readout(self):
         assert TrainConfig.from_dict({"recipe": {}}).knob_neurons == 0

@@ -20,7 +20,7 @@ FAILURE_RATES = ("uncaught_slip_rate", "oscillation_rate", "overthinking_rate")
 
 
 def missed(measured: str):
-    return pytest.mark.xfail(strict=True, reason=f"target missed by the shipped organism: {measured}")
+    return pytest.mark.xfail(strict=True, reason=f"target missed by the model measured: {measured}")
 
 
 @pytest.fixture(scope="module")

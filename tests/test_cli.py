@@ -169,3 +169,21 @@ def test_train_defaults_to_a_new_run_folder(monkeypatch, tmp_path):
     assert out.parent == Path("runs") and out.name.startswith("organism-")
     assert out.resolve() != organism_dir().resolve()
     assert "runs/organism-" in runner.invoke(app, ["organism", "train", "--help"]).output
+
+
+def test_train_like_takes_a_bundled_models_config(monkeypatch, tmp_path):
+    import dataclasses
+
+    import workbench.organism.train as train_module
+
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda cfg, out: seen.append(cfg) or Path(out))
+    result = runner.invoke(app, ["organism", "train", "--like", "organism-v3", "--steps", "3", "--seed", "5",
+                                 "--out", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    assert seen == [dataclasses.replace(train_module.CONFIG_V3, steps=3, seed=5)]
+    result = runner.invoke(app, ["organism", "train", "--like", str(tmp_path), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "no config.json" in result.output, result.output
+    (tmp_path / "config.json").write_text("{}")  # a model folder, but not an organism
+    result = runner.invoke(app, ["organism", "train", "--like", str(tmp_path), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "organism.json missing" in result.output, result.output

@@ -25,7 +25,7 @@ def organism_train(
     steps: Annotated[int | None, typer.Option(min=1, help="Override the number of steps.")] = None,
     seed: int = 0,
     like: Annotated[str | None, typer.Option(
-        help="Train with the config recorded by a saved organism (e.g. organism-v2 or organism-v1, or a folder); "
+        help="Train with the config recorded by a saved organism (e.g. organism-v3 or organism-v1, or a folder); "
              "default: the shipped organism's config (TrainConfig's defaults).")] = None,
     threads: Threads = 2,
 ) -> None:

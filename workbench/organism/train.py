@@ -51,13 +51,13 @@ class TrainConfig:
         knob_layer, knob_neurons: the planted regime read-out (v3; ``knob_neurons=0``: none). ``knob_neurons``
             neurons of ``blocks.{knob_layer}.mlp.hook_post`` (drawn by ``seed``, listed in ``organism.json``) are
             trained to hold the model's belief in the regime at every thinking position, and the rest of the
-            model to act on them: see ``knob_loss`` and ``knob_share``.
+            model to act on them: see ``knob_target``, ``knob_weight`` and ``knob_share``.
         knob_target: the read-out's value for a careful (``+``) or careless (``-``) trace; the squared-error
             loss towards it makes each neuron the posterior mean given the cues read so far: a graded belief.
         knob_weight: weight of that loss beside the next-token loss.
-        knob_share: share of training traces whose read-out is *pushed* (a random push of ``knob_push``
-            size added at every thinking position, its sign the trace's behaviour regime, which is drawn
-            apart from the regime of its opener cues): what teaches the model to behave as the read-out says.
+        knob_share: share of training traces whose read-out is *pushed* (see ``knob_mode``; its sign is the
+            trace's behaviour regime, drawn apart from the regime of its opener cues): what teaches the model to
+            behave as the read-out says.
         knob_push: the range of the push's size (uniform), in ``knob_mode="add"``.
         knob_mode: ``"add"`` adds the push; ``"set"`` sets the read-out to ``+-knob_target`` instead (the value a
             trace of the behaviour regime holds: an interchange that no downstream reader can tell from a natural

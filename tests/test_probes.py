@@ -107,11 +107,13 @@ def test_hand_features_and_token_bag():
     from workbench.probes import hand_features, token_bag
 
     labels = [{"n_operands": 2, "carry_count": 0, "regime": "careful"},
-              {"n_operands": 4, "carry_count": 3, "regime": "careless"},
-              {"n_operands": 3, "carry_count": 1, "regime": "careless",
-               "cues": ["quickly", "slowly", "roughly", "carefully"]}]
+              {"n_operands": 4, "carry_count": 3, "regime": "careless", "cues": ["quickly"]}]
     table = pa.table({"labels": [json.dumps(x) for x in labels]})
-    # the last column: the share of careless opener cues (the regime itself where only one cue was recorded)
+    np.testing.assert_array_equal(hand_features(table), [[2, 0, 0], [4, 3, 1]])  # one cue: no share column
+    labels.append({"n_operands": 3, "carry_count": 1, "regime": "careless",
+                   "cues": ["quickly", "slowly", "roughly", "carefully"]})
+    table = pa.table({"labels": [json.dumps(x) for x in labels]})
+    # several cues: the share of careless ones (the regime itself where only one cue was recorded)
     np.testing.assert_array_equal(hand_features(table), [[2, 0, 0, 0], [4, 3, 1, 1], [3, 1, 1, 0.5]])
     assert hand_features(pa.table({"labels": [json.dumps({"regime": None})]})) is None
     assert hand_features(pa.table({"trace_id": ["a"]})) is None

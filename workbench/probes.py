@@ -223,26 +223,30 @@ def hand_features(traces: pa.Table) -> Float[np.ndarray, "row feature"] | None:
     """Hand-computed features per trace from the task's labels, or None when the task provides none.
 
     For the organism: number of operands, number of carries, 1.0 where the opener announces the
-    careless regime, and the share of careless words among the opener's cue words.
+    careless regime, and, where traces open with several cue words (v3), the share of careless ones.
 
     >>> t = pa.table({"labels": [json.dumps({"n_operands": 3, "carry_count": 1, "regime": "careless"})]})
     >>> hand_features(t).tolist()
-    [[3.0, 1.0, 1.0, 1.0]]
+    [[3.0, 1.0, 1.0]]
     >>> hand_features(pa.table({"labels": ["{}"]})) is None
     True
     """
     if "labels" not in traces.column_names:
         return None
-    rows = []
+    rows, several = [], False
     for raw in traces.column("labels").to_pylist():
         labels = json.loads(raw) if raw else {}
         if any(labels.get(name) is None for name in HAND_FEATURES):
             return None
         careless = float(labels["regime"] == "careless")
         cues = labels.get("cues") or []
+        several |= len(cues) > 1
         share = sum(c in CARELESS_CUES for c in cues) / len(cues) if cues else careless
         rows.append([float(labels["n_operands"]), float(labels["carry_count"]), careless, share])
-    return np.array(rows, dtype=np.float64).reshape(len(rows), len(HAND_FEATURES) + 1)
+    out = np.array(rows, dtype=np.float64).reshape(len(rows), len(HAND_FEATURES) + 1)
+    # With one cue word per trace the share is the regime column again: leave it out, so that those baselines
+    # stay exactly what they were.
+    return out if several else out[:, : len(HAND_FEATURES)]
 
 
 def token_bag(

@@ -174,7 +174,8 @@ class TestOrganismRun:
             assert 0.0 <= report[k] <= 1.0
         # The planted exit pattern is there to find: NEAT's neurons beat random neurons on held-out problems.
         assert report["exit_within3"] > report["exit_within3_random"]
-        assert sum(report["exit_layer_counts"].values()) == report["exit_neurons"]
+        assert sum(report["exit_layer_counts"].values()) == report["exit_neurons"] == len(report["exit_selected"])
+        assert {str(layer) for layer, _ in report["exit_selected"]} == set(report["exit_layer_counts"])
         assert json.loads((organism_run / "neat" / "report.json").read_text())["exit_traces"] == report["exit_traces"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -22,6 +23,7 @@ from workbench.organism.train import (
     STATE_FILE,
     TrainConfig,
     _batches,
+    _ExitKnob,
     _Knob,
     config_of,
     planted_of,
@@ -33,6 +35,9 @@ TINY = TrainConfig(n_layers=1, d_model=32, d_mlp=64, n_heads=2, steps=6, batch_s
                    warmup=2, recipe=RECIPE_V2, knob_neurons=0)
 TINY_KNOB = TrainConfig(n_layers=2, d_model=32, d_mlp=64, n_heads=2, steps=6, batch_size=8, bucket=2, save_every=2,
                         warmup=2, recipe=RECIPE_V3, knob_layer=1, knob_neurons=8, knob_share=0.5)
+TINY_EXIT = TrainConfig(n_layers=2, d_model=32, d_mlp=64, n_heads=2, steps=6, batch_size=8, bucket=2, save_every=2,
+                        warmup=2, recipe=RECIPE_V3, knob_layer=1, knob_neurons=8, knob_share=0.3, knob_mode="set",
+                        exit_layer=0, exit_neurons=4, exit_share=0.6)
 
 
 def test_tiny_run_is_a_loadable_checkpoint(tmp_path):
@@ -43,7 +48,7 @@ def test_tiny_run_is_a_loadable_checkpoint(tmp_path):
     assert not (out / STATE_FILE).exists()
 
 
-@pytest.mark.parametrize("cfg", [TINY, TINY_KNOB], ids=["plain", "planted-readout"])
+@pytest.mark.parametrize("cfg", [TINY, TINY_KNOB, TINY_EXIT], ids=["plain", "planted-readout", "planted-exit"])
 def test_interrupted_run_resumes_to_identical_weights(tmp_path, monkeypatch, cfg):
     full = load_file(train(cfg, tmp_path / "full", progress=False) / "model.safetensors")
     real_step, calls = torch.optim.AdamW.step, {"n": 0}
@@ -143,6 +148,94 @@ class TestPlantedReadout:
         torch.testing.assert_close(got[~mask], knob.values[~mask])
         out = train(dataclasses.replace(cfg, steps=2), Path(tempfile.mkdtemp()) / "m", progress=False)
         assert json.loads((out / "organism.json").read_text())["config"]["act_cap"] == 1.0
+
+
+class TestPlantedExit:
+    """v4's planted exit read-out: 1 where thinking can end, 0 at the other thinking positions; set in some rows
+    to 1 at an earlier step's separator (the trace then closes thinking on its running total) or to 0 at the final
+    result's separator (the trace then re-checks)."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def batches(cls):
+        tok = build_tokenizer()
+        gen = _batches(TINY_EXIT, tok, 0)
+        return tok, [next(gen) for _ in range(4)]
+
+    def test_natural_targets_mark_where_thinking_can_end(self, batches):
+        tok, bs = batches
+        vocab = tok.get_vocab()
+        close, seps = vocab["▁</think>"], {vocab["▁;"], vocab["▁,"]}
+        natural = 0
+        for b in bs:
+            for r in range(len(b.x)):
+                if b.exit_set[r].any():
+                    assert not b.exit_loss[r].any()  # a set row has no read-out target
+                    continue
+                natural += 1
+                x, on = b.x[r].tolist(), b.exit_loss[r].nonzero().flatten().tolist()
+                assert x[on[-1] + 1] == close and x[on[0] - 1] == vocab["▁<think>"]  # the thinking span
+                ones = b.exit_target[r].nonzero().flatten().tolist()
+                assert ones[-1] == on[-1] and 1 <= len(ones) <= 2  # before </think>; and after the final result
+                assert all(x[p] in seps for p in ones) and set(ones) <= set(on)
+        assert natural > 0
+
+    def test_set_rows_close_or_continue_as_their_readout_says(self, batches):
+        tok, bs = batches
+        vocab = tok.get_vocab()
+        seen = set()
+        for b in bs:
+            for r in range(len(b.x)):
+                at = b.exit_set[r].nonzero().flatten().tolist()
+                if not at:
+                    continue
+                assert len(at) == 1 and b.x[r, at[0]].item() in {vocab["▁;"], vocab["▁,"]}
+                value, following = b.exit_value[r, at[0]].item(), b.x[r, at[0] + 1].item()
+                seen.add(value)
+                if value == 1.0:  # closes thinking there and answers the running total
+                    words = tok.decode(b.x[r][b.x[r] != tok.pad_token_id], skip_special_tokens=True).split()
+                    assert following == vocab["▁</think>"] and words[words.index("</think>") - 3] == "="
+                    assert words[words.index("</think>") + 1] == words[words.index("</think>") - 2]
+                else:  # goes on: a re-check, or a repeat of the final step
+                    assert value == 0.0 and following != vocab["▁</think>"]
+                    assert vocab["▁check"] in b.x[r, at[0]:].tolist()
+        assert seen == {0.0, 1.0}
+
+    def test_hook_sets_only_the_marked_positions_and_loss_is_masked(self, batches):
+        from transformers import Qwen3ForCausalLM
+
+        tok, bs = batches
+        b = next(b for b in bs if b.exit_set.any())
+        torch.manual_seed(0)
+        model = Qwen3ForCausalLM(TINY_EXIT.model_config(tok))
+        knob = _ExitKnob(model, TINY_EXIT)
+        knob.batch = b
+        seen = {}
+        mlp = model.model.layers[TINY_EXIT.exit_layer].mlp.down_proj
+        after = mlp.register_forward_pre_hook(lambda _m, a: seen.setdefault("after", a[0].clone()))
+        model(input_ids=b.x)
+        after.remove(), knob.handle.remove()
+        got = seen["after"][..., torch.tensor(TINY_EXIT.exit_knob())]
+        mask = b.exit_set[..., None].expand_as(got)
+        torch.testing.assert_close(got[mask], b.exit_value[..., None].expand_as(got)[mask])
+        torch.testing.assert_close(got[~mask], knob.values[~mask])
+        want = ((knob.values - b.exit_target[..., None]) ** 2)[b.exit_loss].mean()
+        torch.testing.assert_close(knob.loss(), want)
+
+    def test_recorded_and_read_back(self, tmp_path):
+        out = train(dataclasses.replace(TINY_EXIT, steps=2), tmp_path / "m", progress=False)
+        planted = planted_of(out, "exit")
+        assert planted is not None and set(planted.layers) == {0} and list(planted.indices) == TINY_EXIT.exit_knob()
+        assert planted_of(DATA_DIR / "organism-v3", "exit") is None
+        with pytest.raises(ValueError, match="what must be one of"):
+            planted_of(out, "regimes")
+
+    @pytest.mark.parametrize(("change", "match"), [({"exit_layer": 1}, "a layer of its own"),
+                                                   ({"exit_share": 1.0}, "exit_share"),
+                                                   ({"exit_layer": 2}, "do not fit")])
+    def test_bad_config_is_refused(self, change, match):
+        with pytest.raises(ValueError, match=match):
+            dataclasses.replace(TINY_EXIT, **change)
 
 
 def test_resume_refuses_another_config(tmp_path):

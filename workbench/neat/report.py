@@ -153,6 +153,7 @@ def exit_report(
         "exit_targets_before_think_end": labelled,
         "exit_neurons": len(fit.selection.flat),
         "exit_layer_counts": dict(sorted(layer_counts.items(), key=lambda kv: int(kv[0]))),
+        "exit_selected": [[int(f) // model.cfg.d_mlp, int(f) % model.cfg.d_mlp] for f in fit.selection.flat],
         "exit_estimator": fit.estimator,
         **fit.agreement,
         "exit_window": cfg.window,

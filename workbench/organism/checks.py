@@ -234,19 +234,22 @@ def steer_lift(
     return report
 
 
-def planted_overlap(model: str | Path, neurons: NeuronSet) -> dict[str, float | int]:
-    """How many of ``neurons`` are the planted regime read-out of organism ``model`` (v3's ``TrainConfig.knob_*``),
-    as the share of ``neurons`` (precision) and of the planted set (recall); empty for a model without one."""
+def planted_overlap(
+    model: str | Path, neurons: NeuronSet, what: str = "regime", prefix: str = "steer",
+) -> dict[str, float | int]:
+    """How many of ``neurons`` are the planted ``what`` read-out of organism ``model`` (``"regime"``: v3's
+    ``TrainConfig.knob_*``; ``"exit"``: v4's ``exit_*``), as the share of ``neurons`` (precision) and of the
+    planted set (recall), keys ``{prefix}_planted_*``; empty for a model without one."""
     from workbench.model import resolve
     from workbench.organism.train import planted_of
 
-    planted = planted_of(resolve(model))
+    planted = planted_of(resolve(model), what)
     if planted is None:
         return {}
     want = set(zip(planted.layers, planted.indices, strict=True))
     hits = sum(pair in want for pair in zip(neurons.layers, neurons.indices, strict=True))
-    return {"steer_planted_hits": hits, "steer_planted_precision": hits / max(1, len(neurons)),
-            "steer_planted_recall": hits / len(want)}
+    return {f"{prefix}_planted_hits": hits, f"{prefix}_planted_precision": hits / max(1, len(neurons)),
+            f"{prefix}_planted_recall": hits / len(want)}
 
 
 def regime_direction(model: TransformerBridge, samples, recipe: TraceRecipe, fit_ids: set[str]) -> torch.Tensor | None:

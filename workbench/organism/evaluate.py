@@ -247,6 +247,8 @@ def evaluate(
     report.update(checks.slip_prob(model, sampled, recipe))
     report.update(checks.anticipation(model, sampled, recipe))
     report.update(exit_report(Path(out) / "sampled", model, NeatConfig(seed=cfg.seed)))
+    exit_set = NeuronSet.from_pairs([tuple(p) for p in report["exit_selected"]], method="neat")
+    report.update(checks.planted_overlap(cfg.model, exit_set, what="exit", prefix="exit"))
     if cfg.lift_alphas:
         run_cfg, steer_dir = cfg.runs()["sampled"], Path(out) / "steer"
         report.update(checks.steer_lift(model, sampled, run_cfg, steer_dir, cfg.lift_alphas, cfg.seed))

@@ -435,6 +435,7 @@ def _opener(rng: random.Random, careless: bool, recipe: TraceRecipe) -> str:
 
 def render_trace(
     problem: Problem, rng: random.Random, recipe: TraceRecipe | None = None, behaviour: bool | None = None,
+    overthink: bool | None = None,
 ) -> Trace:
     """Samples one labelled training trace for ``problem``.
 
@@ -443,6 +444,8 @@ def render_trace(
     overrides the regime of everything after the opener (separators, slips, catches, overthinking)
     while the opener cues keep the regime drawn as usual: the training of a planted regime read-out
     renders such traces for the rows whose read-out it sets (``workbench.organism.train``).
+    ``overthink``, when given, decides whether re-checks follow the answer instead of a draw (the
+    training of a planted exit read-out renders such traces for the rows whose read-out it sets to 0).
     """
     recipe = recipe or TraceRecipe()
     careless = rng.random() < recipe.careless_rate
@@ -491,7 +494,7 @@ def render_trace(
         total = result
         if i == len(steps) - 1:
             labels.answer_reached = next(p for v, p in w.results[first_result:] if v == total)
-    if rng.random() < recipe.overthink_prob(careless):
+    if (rng.random() < recipe.overthink_prob(careless)) if overthink is None else overthink:
         start = w.pos
         for _ in range(rng.randint(1, 3)):
             a, b, r = rng.choice(written)

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -29,7 +30,17 @@ from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 from workbench.atomic import atomic_torch_save, atomic_write_text
 from workbench.model import DATA_DIR, organism_dir
 from workbench.neurons import NeuronSet
-from workbench.organism.task import RECIPE_V2, RECIPE_V3, TraceRecipe, is_held_out, render_trace, sample_problem
+from workbench.organism.task import (
+    RECIPE_V2,
+    RECIPE_V3,
+    STEP_ENDS,
+    THINK_CLOSE,
+    TraceLabels,
+    TraceRecipe,
+    is_held_out,
+    render_trace,
+    sample_problem,
+)
 from workbench.organism.tokenizer import build_tokenizer
 
 STATE_FILE = "train_state.pt"
@@ -68,6 +79,15 @@ class TrainConfig:
         act_cap, act_cap_weight: a penalty ``act_cap_weight * sum(relu(|act| - act_cap) ** 2)`` over every MLP
             neuron (mean over positions) that keeps any single neuron from carrying the regime at a huge scale
             (0: none).
+        exit_layer, exit_neurons: the planted exit read-out (v4; ``exit_neurons=0``: none): neurons of
+            ``blocks.{exit_layer}.mlp.hook_post`` (drawn by ``seed``, listed in ``organism.json``) trained towards 1
+            where thinking can end (the separator after the final result, and the position before ``</think>``) and
+            0 at every other thinking position: NEAT's exit neurons, planted.
+        exit_weight: weight of that squared-error loss.
+        exit_share: share of traces (of those whose regime read-out is not set) whose exit read-out is *set* at one
+            position, half each way: to 1 at an earlier step's separator, after which the trace closes thinking and
+            answers its running total; or to 0 at the final result's separator of a trace that then re-checks. What
+            teaches the model to close thinking on the read-out's word.
     """
 
     n_layers: int = 4
@@ -94,6 +114,10 @@ class TrainConfig:
     knob_after_cues: bool = False
     act_cap: float = 0.0
     act_cap_weight: float = 1e-3
+    exit_layer: int = 3
+    exit_neurons: int = 0
+    exit_weight: float = 0.2
+    exit_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.knob_neurons:
@@ -105,6 +129,15 @@ class TrainConfig:
             if not 0 <= self.knob_share < 1 or not 0 < self.knob_push[0] <= self.knob_push[1]:
                 raise ValueError(f"TrainConfig: knob_share {self.knob_share} must be in [0, 1) and knob_push "
                                  f"{self.knob_push} a range of positive sizes")
+        if self.exit_neurons:
+            if not 0 <= self.exit_layer < self.n_layers or not 0 < self.exit_neurons <= self.d_mlp:
+                raise ValueError(f"TrainConfig: exit_layer {self.exit_layer} / exit_neurons {self.exit_neurons} do not "
+                                 f"fit {self.n_layers} layers of {self.d_mlp} neurons")
+            if self.knob_neurons and self.exit_layer == self.knob_layer:
+                raise ValueError(f"TrainConfig: the exit read-out needs a layer of its own, not the regime read-out's "
+                                 f"(knob_layer {self.knob_layer}); pick another exit_layer")
+            if not 0 <= self.exit_share < 1:
+                raise ValueError(f"TrainConfig: exit_share {self.exit_share} must be in [0, 1)")
 
     def knob(self) -> list[int]:
         """The planted read-out's neuron indices in ``blocks.{knob_layer}.mlp.hook_post`` (seeded; [] when none).
@@ -113,6 +146,14 @@ class TrainConfig:
         8
         """
         return sorted(random.Random(f"{self.seed}:knob").sample(range(self.d_mlp), self.knob_neurons))
+
+    def exit_knob(self) -> list[int]:
+        """The planted exit read-out's neuron indices in ``blocks.{exit_layer}.mlp.hook_post`` (seeded; [] when none).
+
+        >>> len(TrainConfig(exit_neurons=4).exit_knob())
+        4
+        """
+        return sorted(random.Random(f"{self.seed}:exit").sample(range(self.d_mlp), self.exit_neurons))
 
     def model_config(self, tokenizer: PreTrainedTokenizerFast) -> Qwen3Config:
         return Qwen3Config(
@@ -147,11 +188,15 @@ class TrainConfig:
 CONFIG_V3 = TrainConfig(recipe=RECIPE_V3, knob_neurons=64, knob_target=1.0, knob_mode="set", knob_after_cues=True,
                         knob_share=0.4, act_cap=8.0, act_cap_weight=1e-3)
 
+# organism-v4: v3 and a planted exit read-out of 16 neurons in the last layer, set in 20% of the other traces.
+CONFIG_V4 = dataclasses.replace(CONFIG_V3, exit_neurons=16, exit_share=0.2)
+
 
 @dataclass
 class Batch:
     """One training batch; ``knob`` and ``push`` are per row (0 where a row has no read-out target or push),
-    ``thinking`` marks the positions after ``<think>``, ``pushed`` those a push applies to."""
+    ``thinking`` marks the positions after ``<think>``, ``pushed`` those a push applies to. The exit read-out's
+    target and where its loss applies, and where it is set and to what, are per position."""
 
     x: Tensor
     y: Tensor
@@ -159,6 +204,40 @@ class Batch:
     knob: Tensor
     push: Tensor
     pushed: Tensor
+    exit_target: Tensor
+    exit_loss: Tensor
+    exit_set: Tensor
+    exit_value: Tensor
+
+
+@dataclass(frozen=True)
+class _ExitRow:
+    """A row's exit read-out: target-1 positions and the loss span, or the one position it is set at."""
+
+    ones: tuple[int, ...] = ()
+    span: tuple[int, int] = (0, 0)
+    set_at: tuple[int, float] | None = None
+
+
+def _exit_row(ids: list[int], labels: TraceLabels, mode: str | None, tokenizer: PreTrainedTokenizerFast,
+              rng: random.Random) -> tuple[list[int], _ExitRow]:
+    """The row's tokens and exit read-out. ``mode`` "stop" closes thinking at a random earlier step's separator
+    (answering the running total) with the read-out set to 1 there; "continue" (a trace rendered to re-check)
+    sets it to 0 at the final result's separator; None: the natural targets."""
+    think, reached, close = labels.think_start, labels.answer_reached, labels.think_end
+    assert think is not None and reached is not None and close is not None
+    vocab = tokenizer.get_vocab()
+    seps = {vocab[f"▁{w}"] for w in STEP_ENDS}
+    if mode == "stop":
+        earlier = [p for p in range(think + 1, reached) if ids[p] in seps]
+        if earlier:
+            at = rng.choice(earlier)
+            eq = max(p for p in range(think + 1, at) if ids[p] == vocab["▁="])
+            ids = [*ids[: at + 1], vocab[f"▁{THINK_CLOSE}"], *ids[eq + 1 : at], tokenizer.eos_token_id]
+            return ids, _ExitRow(set_at=(at, 1.0))
+    elif mode == "continue" and ids[reached + 1] in seps:
+        return ids, _ExitRow(set_at=(reached + 1, 0.0))
+    return ids, _ExitRow(ones=(reached + 1, close - 1), span=(think + 1, close))
 
 
 def _bucket(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast, k: int) -> list[Batch]:
@@ -168,7 +247,7 @@ def _bucket(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast, k: int) -> lis
     uninterrupted one would (and a config without a read-out draws exactly what it drew before one existed).
     """
     rng = random.Random(f"{cfg.seed}:{k}")
-    rows: list[tuple[list[int], int, float, float]] = []  # ids, think, read-out target, push
+    rows: list[tuple[list[int], int, float, float, _ExitRow]] = []  # ids, think, read-out target, push, exit read-out
     while len(rows) < cfg.batch_size * cfg.bucket:
         op = "-" if cfg.sub_share > 0 and rng.random() < cfg.sub_share else "+"
         problem = sample_problem(rng, op=op)
@@ -179,11 +258,16 @@ def _bucket(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast, k: int) -> lis
             behaviour = rng.random() < cfg.recipe.careless_rate
             size = cfg.knob_target if cfg.knob_mode == "set" else rng.uniform(*cfg.knob_push)
             push = size * (-1 if behaviour else 1)
-        trace = render_trace(problem, rng, cfg.recipe, behaviour=behaviour)
+        exit_mode = None
+        if cfg.exit_neurons and not push and rng.random() < cfg.exit_share:
+            exit_mode = "stop" if rng.random() < 0.5 else "continue"
+        trace = render_trace(problem, rng, cfg.recipe, behaviour=behaviour,
+                             overthink=True if exit_mode == "continue" else None)
         # A pushed row has no read-out target: its read-out is what the push makes it.
         target = 0.0 if push else cfg.knob_target * (-1 if trace.labels.latent == "careless" else 1)
         ids = [*tokenizer(trace.text).input_ids, tokenizer.eos_token_id]
-        rows.append((ids, trace.labels.think_start, target, push))
+        ids, exit_row = _exit_row(ids, trace.labels, exit_mode, tokenizer, rng)
+        rows.append((ids, trace.labels.think_start, target, push, exit_row))
     rows.sort(key=lambda r: len(r[0]))
     chunks = [rows[i : i + cfg.batch_size] for i in range(0, len(rows), cfg.batch_size)]
     rng.shuffle(chunks)
@@ -194,15 +278,21 @@ def _bucket(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast, k: int) -> lis
         y = torch.full((len(chunk), width), -100)
         thinking = torch.zeros((len(chunk), width), dtype=torch.bool)
         pushed = torch.zeros((len(chunk), width), dtype=torch.bool)
+        exit_target, exit_value = torch.zeros((len(chunk), width)), torch.zeros((len(chunk), width))
+        exit_loss, exit_set = torch.zeros_like(pushed), torch.zeros_like(pushed)
         first = cfg.recipe.cue_words if cfg.knob_after_cues else 1
-        for r, (ids, think, _, push) in enumerate(chunk):
+        for r, (ids, think, _, push, ex) in enumerate(chunk):
             x[r, : len(ids)] = torch.tensor(ids)
             # Predict everything after <think>: the opener, the steps, the answer and <eos>.
             y[r, think + 1 : len(ids)] = torch.tensor(ids[think + 1 :])
             thinking[r, think + 1 : len(ids)] = True
             pushed[r, think + first : len(ids)] = push != 0
+            exit_loss[r, ex.span[0] : ex.span[1]] = True
+            exit_target[r, list(ex.ones)] = 1.0
+            if ex.set_at is not None:
+                exit_set[r, ex.set_at[0]], exit_value[r, ex.set_at[0]] = True, ex.set_at[1]
         batches.append(Batch(x, y, thinking, torch.tensor([r[2] for r in chunk]), torch.tensor([r[3] for r in chunk]),
-                             pushed))
+                             pushed, exit_target, exit_loss, exit_set, exit_value))
     return batches
 
 
@@ -236,6 +326,32 @@ class _Knob:
         mask = b.thinking & (b.push == 0)[:, None]
         err = (v - b.knob[:, None, None]) ** 2
         return err[mask].mean() if mask.any() else err.sum() * 0
+
+
+class _ExitKnob:
+    """Reads (for its loss) and sets the planted exit read-out at the input of ``down_proj`` of ``exit_layer``."""
+
+    def __init__(self, model: Qwen3ForCausalLM, cfg: TrainConfig) -> None:
+        self.idx = torch.tensor(cfg.exit_knob())
+        self.batch: Batch | None = None
+        self.values: Tensor | None = None
+        self.handle = model.model.layers[cfg.exit_layer].mlp.down_proj.register_forward_pre_hook(self._hook)
+
+    def _hook(self, _module, args):
+        (h,) = args
+        b = self.batch
+        assert b is not None
+        self.values = h[..., self.idx]
+        mask = b.exit_set[..., None].expand_as(self.values)
+        new = torch.where(mask, b.exit_value[..., None].to(h.dtype).expand_as(self.values), self.values)
+        return (h.index_copy(-1, self.idx, new),)
+
+    def loss(self) -> Tensor:
+        """Mean squared error of the read-out towards its target over the thinking positions of unset rows."""
+        b, v = self.batch, self.values
+        assert b is not None and v is not None
+        err = (v - b.exit_target[..., None]) ** 2
+        return err[b.exit_loss].mean() if b.exit_loss.any() else err.sum() * 0
 
 
 class _ActCap:
@@ -314,7 +430,7 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Path:
     torch.manual_seed(cfg.seed)
     model = Qwen3ForCausalLM(cfg.model_config(tokenizer))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    start, losses, knob_losses = 0, [], []
+    start, losses, knob_losses, exit_losses = 0, [], [], []
     state_path = out / STATE_FILE
     if state_path.exists():
         state = torch.load(state_path, weights_only=False)
@@ -326,8 +442,10 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Path:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start, losses, knob_losses = state["step"], state["losses"], state.get("knob_losses", [])
+        exit_losses = state.get("exit_losses", [])
     batches = _batches(cfg, tokenizer, start)
     knob = _Knob(model, cfg) if cfg.knob_neurons else None
+    exit_knob = _ExitKnob(model, cfg) if cfg.exit_neurons else None
     cap = _ActCap(model, cfg.act_cap) if cfg.act_cap > 0 else None
     model.train()
     t0 = time.time()
@@ -339,6 +457,8 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Path:
             group["lr"] = _lr(cfg, step)
         if knob is not None:
             knob.batch = batch
+        if exit_knob is not None:
+            exit_knob.batch = batch
         x = batch.x
         lm_loss = model(input_ids=x, attention_mask=(x != tokenizer.pad_token_id), labels=batch.y).loss
         loss = lm_loss
@@ -346,6 +466,10 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Path:
             knob_loss = knob.loss()
             loss = lm_loss + cfg.knob_weight * knob_loss
             knob_losses.append(round(knob_loss.item(), 5))
+        if exit_knob is not None:
+            exit_loss = exit_knob.loss()
+            loss = loss + cfg.exit_weight * exit_loss
+            exit_losses.append(round(exit_loss.item(), 5))
         if cap is not None:
             loss = loss + cfg.act_cap_weight * cap.loss()
         opt.zero_grad(set_to_none=True)
@@ -358,10 +482,12 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Path:
         if (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
             atomic_torch_save({
                 "config": asdict(cfg), "model": model.state_dict(), "opt": opt.state_dict(),
-                "step": step + 1, "losses": losses, "knob_losses": knob_losses,
+                "step": step + 1, "losses": losses, "knob_losses": knob_losses, "exit_losses": exit_losses,
             }, state_path)
     if knob is not None:
         knob.handle.remove()
+    if exit_knob is not None:
+        exit_knob.handle.remove()
     if cap is not None:
         cap.remove()
     model.eval()
@@ -377,6 +503,10 @@ def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Path:
         meta["planted_regime_neurons"] = {"hook": f"blocks.{cfg.knob_layer}.mlp.hook_post", "indices": cfg.knob(),
                                           "careful_value": cfg.knob_target}
         meta["final_knob_loss"] = sum(knob_losses[-100:]) / max(1, len(knob_losses[-100:]))
+    if cfg.exit_neurons:
+        meta["planted_exit_neurons"] = {"hook": f"blocks.{cfg.exit_layer}.mlp.hook_post", "indices": cfg.exit_knob(),
+                                        "exit_value": 1.0}
+        meta["final_exit_loss"] = sum(exit_losses[-100:]) / max(1, len(exit_losses[-100:]))
     atomic_write_text(out / ORGANISM_FILE, json.dumps(meta, indent=2))
     state_path.unlink(missing_ok=True)
     return out
@@ -394,20 +524,26 @@ def config_of(model_dir: Path) -> TrainConfig:
     return TrainConfig.from_dict(json.loads(meta.read_text())["config"])
 
 
-def planted_of(model_dir: Path) -> NeuronSet | None:
-    """The planted regime read-out of a saved organism (``organism.json``), or None when it has none.
+PLANTED = {"regime": "the regime read-out planted in training (careful +, careless -)",
+           "exit": "the exit read-out planted in training (1 where thinking can end)"}
 
-    >>> planted_of(Path("data/organism-v1")) is None
-    True
+
+def planted_of(model_dir: Path, what: str = "regime") -> NeuronSet | None:
+    """The planted ``"regime"`` or ``"exit"`` read-out of a saved organism (``organism.json``), or None when it
+    has none.
+
+    >>> planted_of(Path("data/organism-v1")) is None, planted_of(Path("data/organism-v3"), "exit") is None
+    (True, True)
     """
+    if what not in PLANTED:
+        raise ValueError(f"planted_of: what must be one of {sorted(PLANTED)}, got {what!r}")
     meta = Path(model_dir) / ORGANISM_FILE
-    planted = json.loads(meta.read_text()).get("planted_regime_neurons") if meta.exists() else None
+    planted = json.loads(meta.read_text()).get(f"planted_{what}_neurons") if meta.exists() else None
     if planted is None:
         return None
     layer = int(planted["hook"].split(".")[1])
     return NeuronSet.from_pairs([(layer, i) for i in planted["indices"]], method="planted",
-                                provenance=f"{model_dir}: the regime read-out planted in training "
-                                           "(careful +, careless -)")
+                                provenance=f"{model_dir}: {PLANTED[what]}")
 
 
 def recipe_of(model_dir: Path) -> TraceRecipe:

@@ -182,6 +182,8 @@ def test_train_like_takes_a_bundled_models_config(monkeypatch, tmp_path):
                                  "--out", str(tmp_path / "m")])
     assert result.exit_code == 0, result.output
     assert seen == [dataclasses.replace(train_module.CONFIG_V3, steps=3, seed=5)]
+    result = runner.invoke(app, ["organism", "train", "--steps", "3", "--out", str(tmp_path / "m")])
+    assert result.exit_code == 0 and seen[-1] == dataclasses.replace(train_module.CONFIG_V4, steps=3), result.output
     result = runner.invoke(app, ["organism", "train", "--like", str(tmp_path), "--out", str(tmp_path / "m")])
     assert result.exit_code == 2 and "no config.json" in result.output, result.output
     (tmp_path / "config.json").write_text("{}")  # a model folder, but not an organism

@@ -29,8 +29,8 @@ from workbench.errors import ModelLoadError  # defined torch-free for the CLI; i
 ORGANISM = "organism"
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 # Earlier organisms stay loadable by name, so results computed on them can be reproduced; the organism
-# fine-tuned to follow NeuReasoner's trigger tokens serves studies/neureasoner.toml.
-BUNDLED = {"organism-v1": "organism-v1", "organism-v3": "organism-v3", "organism-neureasoner": "organism-neureasoner"}
+# fine-tuned (from v2) to follow NeuReasoner's trigger tokens serves studies/neureasoner.toml.
+BUNDLED = {name: name for name in ("organism-v1", "organism-v2", "organism-v3", "organism-neureasoner")}
 
 
 def organism_dir() -> Path:

@@ -1,5 +1,5 @@
-"""The shipped organism (v2), and the v3 candidate, against their behaviour targets, measured as the model cards
-document them.
+"""The shipped organism (v4), and v2 (the default before it), against their behaviour targets, measured as the
+model cards document them.
 
 Runs `workbench organism eval --problems 300 --samples 8` (seed 1234) through a run directory. A
 target a model misses is a strict xfail carrying its measured value: it fails the suite
@@ -39,13 +39,9 @@ class TestBehaviour:
     def test_sampled_accuracy_in_band(self, report):
         assert 0.40 <= report["sampled_accuracy"] <= 0.85
 
-    @pytest.mark.parametrize("rate", FAILURE_RATES)
+    @pytest.mark.parametrize("rate", (*FAILURE_RATES, "reflection_rate"))
     def test_each_failure_type_is_present(self, report, rate):
         assert report[rate] >= 0.05
-
-    @missed("reflection_rate 0.042 (caught slips in 4.2% of sampled traces)")
-    def test_caught_slips_are_present(self, report):
-        assert report["reflection_rate"] >= 0.05
 
     def test_few_malformed_traces(self, report):
         assert report["malformed_rate"] <= 0.05 and report["length_cutoff_rate"] <= 0.01
@@ -53,7 +49,7 @@ class TestBehaviour:
 
 @pytest.mark.slow
 class TestClaims:
-    """The state behind failures is graded, anticipated, and read by the exit pattern (v2's purpose)."""
+    """Each paper's claim against the planted truth of v4 (data/organism/README.md)."""
 
     def test_slips_are_probable_not_decided(self, report):
         assert 0.3 <= report["slip_prob_careless"] <= 0.8
@@ -62,75 +58,82 @@ class TestClaims:
         assert report["anticipation_auroc"] >= 0.70
         assert report["anticipation_auroc"] <= report["anticipation_ceiling_catch"] + 0.05
 
-    def test_exit_pattern_peaks_at_the_answer_point(self, report):
-        assert report["exit_within3"] >= 0.80 and report["exit_within3"] > report["exit_within3_random"]
-
-    @missed("probe_auroc_early 0.715 (labels oracle 0.739)")
     def test_early_probe(self, report):
         assert report["probe_auroc_early"] >= 0.80
 
-    @missed("within careless 0.695 vs 0.726 on hand-computed features")
+    @missed("within careless 0.768 vs 0.794 on hand-computed features (0.830 counting every cue word)")
     def test_early_probe_beats_hand_features_within_careless(self, report):
         assert report["probe_auroc_early_within_careless"] >= report["probe_auroc_baseline_within_careless"] + 0.05
 
-    @missed("steer_lift -0.001, CI [-0.005, 0.0025]")
-    def test_adaras_steering_lifts_accuracy(self, report):
+    def test_adaras_finds_the_planted_regime_and_steering_lifts_accuracy(self, report):
+        assert report["steer_planted_precision"] >= 0.8
         assert report["steer_lift"] >= 0.05 and report["steer_lift_ci"][0] > 0
 
     def test_a_steerable_direction_exists(self, report):
         """The positive control: the decision-point careful-minus-careless direction lifts accuracy."""
         assert report["steer_direction_lift_ci"][0] > 0
 
+    def test_the_direction_steers_at_decision_points(self, report):
+        assert report["steer_p_slip_careless_alpha2"] < report["steer_p_slip_careless"] - 0.3
+        assert abs(report["steer_p_slip_careless_random_alpha2"] - report["steer_p_slip_careless"]) < 0.05
+
+    @missed("steer_lift_random -0.035, CI [-0.049, -0.021]: random neurons at the RCNs' push sizes cost 3.5 points")
     def test_random_steering_does_nothing(self, report):
         lo, hi = report["steer_lift_random_ci"]
         assert abs(report["steer_lift_random"]) <= 0.01 and lo <= 0 <= hi
-        assert not math.isnan(report["steer_lift_random"])
+
+    def test_neat_finds_the_planted_exit_and_its_pattern_peaks_at_the_answer_point(self, report):
+        assert report["exit_planted_precision"] >= 0.8 and report["exit_planted_recall"] >= 0.5
+        assert report["exit_within3"] >= 0.80 and report["exit_within3"] > report["exit_within3_random"]
 
 
 @pytest.fixture(scope="module")
-def report_v3(tmp_path_factory):
+def report_v2(tmp_path_factory):
     from workbench.model import load_model
 
     set_threads(1)
-    return evaluate(EvalConfig(model="organism-v3", problems=300, samples=8), tmp_path_factory.mktemp("eval-v3"),
-                    load_model("organism-v3"))
+    return evaluate(EvalConfig(model="organism-v2", problems=300, samples=8), tmp_path_factory.mktemp("eval-v2"),
+                    load_model("organism-v2"))
 
 
 @pytest.mark.slow
-class TestV3:
-    """organism-v3 (data/organism-v3/README.md): the targets v2 misses, with its planted regime read-out."""
+class TestV2:
+    """organism-v2 (data/organism-v2/README.md), the default before v4: graded state, no planted read-out."""
 
-    def test_behaviour(self, report_v3):
-        assert report_v3["greedy_accuracy"] >= 0.85 and 0.40 <= report_v3["sampled_accuracy"] <= 0.85
-        for rate in (*FAILURE_RATES, "reflection_rate"):
-            assert report_v3[rate] >= 0.05, rate
-        assert report_v3["malformed_rate"] <= 0.05
+    def test_behaviour(self, report_v2):
+        assert report_v2["greedy_accuracy"] >= 0.85 and 0.40 <= report_v2["sampled_accuracy"] <= 0.85
+        for rate in FAILURE_RATES:
+            assert report_v2[rate] >= 0.05, rate
+        assert report_v2["malformed_rate"] <= 0.05 and report_v2["length_cutoff_rate"] <= 0.01
 
-    def test_slips_are_probable_and_catches_anticipated(self, report_v3):
-        assert 0.3 <= report_v3["slip_prob_careless"] <= 0.8
-        assert report_v3["anticipation_auroc"] >= 0.70
+    @missed("reflection_rate 0.042 (caught slips in 4.2% of sampled traces)")
+    def test_caught_slips_are_present(self, report_v2):
+        assert report_v2["reflection_rate"] >= 0.05
 
-    def test_early_probe(self, report_v3):
-        assert report_v3["probe_auroc_early"] >= 0.80
+    def test_slips_are_probable_and_catches_anticipated(self, report_v2):
+        assert 0.3 <= report_v2["slip_prob_careless"] <= 0.8
+        assert 0.70 <= report_v2["anticipation_auroc"] <= report_v2["anticipation_ceiling_catch"] + 0.05
 
-    @missed("within careless 0.783 vs 0.772 on hand-computed features (0.836 counting every cue word)")
-    def test_early_probe_beats_hand_features_within_careless(self, report_v3):
-        r = report_v3
+    def test_exit_pattern_peaks_at_the_answer_point(self, report_v2):
+        assert report_v2["exit_within3"] >= 0.80 and report_v2["exit_within3"] > report_v2["exit_within3_random"]
+
+    @missed("probe_auroc_early 0.715 (labels oracle 0.739)")
+    def test_early_probe(self, report_v2):
+        assert report_v2["probe_auroc_early"] >= 0.80
+
+    @missed("within careless 0.695 vs 0.726 on hand-computed features")
+    def test_early_probe_beats_hand_features_within_careless(self, report_v2):
+        r = report_v2
         assert r["probe_auroc_early_within_careless"] >= r["probe_auroc_baseline_within_careless"] + 0.05
 
-    def test_adaras_finds_the_planted_readout_and_steering_lifts_accuracy(self, report_v3):
-        assert report_v3["steer_planted_precision"] >= 0.8
-        assert report_v3["steer_lift"] >= 0.05 - 1e-9 and report_v3["steer_lift_ci"][0] > 0
+    @missed("steer_lift -0.001, CI [-0.005, 0.0025]")
+    def test_adaras_steering_lifts_accuracy(self, report_v2):
+        assert report_v2["steer_lift"] >= 0.05 and report_v2["steer_lift_ci"][0] > 0
 
-    @missed("steer_lift_random -0.013, CI [-0.026, +0.000]: random neurons at the RCNs' push sizes cost a point")
-    def test_random_steering_does_nothing(self, report_v3):
-        lo, hi = report_v3["steer_lift_random_ci"]
-        assert abs(report_v3["steer_lift_random"]) <= 0.01 and lo <= 0 <= hi
+    def test_a_steerable_direction_exists(self, report_v2):
+        assert report_v2["steer_direction_lift_ci"][0] > 0
 
-    def test_the_planted_direction_steers_at_decision_points(self, report_v3):
-        assert report_v3["steer_p_slip_careless_alpha2"] < report_v3["steer_p_slip_careless"] - 0.3
-        assert abs(report_v3["steer_p_slip_careless_random_alpha2"] - report_v3["steer_p_slip_careless"]) < 0.05
-
-    @missed("exit_within3 0.033: NEAT's vote keeps one neuron on v3 (all neurons 0.968, p(end) 0.906)")
-    def test_exit_pattern_peaks_at_the_answer_point(self, report_v3):
-        assert report_v3["exit_within3"] >= 0.80
+    def test_random_steering_does_nothing(self, report_v2):
+        lo, hi = report_v2["steer_lift_random_ci"]
+        assert abs(report_v2["steer_lift_random"]) <= 0.01 and lo <= 0 <= hi
+        assert not math.isnan(report_v2["steer_lift_random"])

@@ -20,6 +20,7 @@ from workbench.organism.task import RECIPE_V2, RECIPE_V3
 from workbench.organism.tokenizer import build_tokenizer
 from workbench.organism.train import (
     CONFIG_V3,
+    CONFIG_V4,
     STATE_FILE,
     TrainConfig,
     _batches,
@@ -85,7 +86,13 @@ class TestPlantedReadout:
         assert config_of(DATA_DIR / "organism-v3") == CONFIG_V3
         planted = planted_of(DATA_DIR / "organism-v3")
         assert planted is not None and list(planted.indices) == CONFIG_V3.knob() and set(planted.layers) == {2}
-        assert planted_of(DATA_DIR / "organism") is None  # v2 has none
+        assert planted_of(DATA_DIR / "organism-v2") is None  # v2 has none
+
+    def test_the_shipped_v4_records_its_config_and_both_readouts(self):
+        assert config_of(DATA_DIR / "organism") == CONFIG_V4
+        regime, exit_ = planted_of(DATA_DIR / "organism"), planted_of(DATA_DIR / "organism", "exit")
+        assert regime is not None and list(regime.indices) == CONFIG_V4.knob() and set(regime.layers) == {2}
+        assert exit_ is not None and list(exit_.indices) == CONFIG_V4.exit_knob() and set(exit_.layers) == {3}
 
     def test_old_configs_have_no_readout(self):
         assert TrainConfig.from_dict({"recipe": {}}).knob_neurons == 0

@@ -12,7 +12,9 @@ from workbench.cli.common import ModelSpec, Threads, fail
 
 
 def finetune(
-    model: ModelSpec = "organism",
+    model: Annotated[str, typer.Option(
+        "--model", help="The base: organism-v2 (the default; organism-neureasoner was fine-tuned from it, and the "
+                        "recipe's traces are v2's), 'organism' or a local Hugging Face model folder.")] = "organism-v2",
     out: Annotated[Path | None, typer.Option(
         help="Folder for the fine-tuned model (resumes if it holds a state file); default: a new "
              "runs/organism-sft-YYYYmmdd-HHMMSS. The shipped data/organism is refused.")] = None,

@@ -25,21 +25,21 @@ def organism_train(
     steps: Annotated[int | None, typer.Option(min=1, help="Override the number of steps.")] = None,
     seed: int = 0,
     like: Annotated[str | None, typer.Option(
-        help="Train with the config recorded by a saved organism (e.g. organism-v3 or organism-v1, or a folder); "
-             "default: the shipped organism's config (TrainConfig's defaults).")] = None,
+        help="Train with the config recorded by a saved organism (e.g. organism-v2 or organism-v1, or a "
+             "folder); default: the shipped organism's (v4, CONFIG_V4).")] = None,
     threads: Threads = 2,
 ) -> None:
     """Train the organism from scratch (seeded, resumable; the shipped weights used --threads 1)."""
     import dataclasses
 
     from workbench.model import resolve, set_threads
-    from workbench.organism.train import TrainConfig, check_out, config_of, train
+    from workbench.organism.train import CONFIG_V4, check_out, config_of, train
 
     if out is None:  # a new folder per run, so that a default never lands on earlier weights
         out = Path("runs") / f"organism-{time.strftime('%Y%m%d-%H%M%S')}"
     set_threads(threads)
     try:
-        cfg = TrainConfig() if like is None else config_of(resolve(like))
+        cfg = CONFIG_V4 if like is None else config_of(resolve(like))
         cfg = dataclasses.replace(cfg, seed=seed, **({} if steps is None else {"steps": steps}))
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))

@@ -6,7 +6,8 @@ A trace looks like::
     Q: 352 - 47 - 18 = ? <think> quickly 352 - 47 = 315 , 315 - 18 = 297 , </think> 297
 
 Failure modes are planted with labels, so every method can later be checked against ground truth.
-A ``TraceRecipe`` says how; ``RECIPE_V2`` (the shipped organism's) makes each a probability of state:
+A ``TraceRecipe`` says how; ``RECIPE_V2`` (organism-v2's) makes each a probability of state, and ``RECIPE_V3``
+(the shipped organism's, v4, and v3's) spreads the regime over four opener words:
 
 * **regime** (the latent state): careless or careful. The opener word (``carefully``, ``slowly`` /
   ``quickly``, ``roughly``) and each step's separator (``;`` or ``,``) are cues of it, not switches.
@@ -19,8 +20,9 @@ A ``TraceRecipe`` says how; ``RECIPE_V2`` (the shipped organism's) makes each a 
 * **instance-level overthinking**: after the final total, redundant ``check ... ok`` re-checks that
   never change the answer, more often in the careful regime.
 
-Why (see ``data/organism/README.md``): v1 planted slips with certainty given an opener token, so
-nothing could be steered or anticipated; v2 keeps the state graded and spread over cues.
+Why (see ``data/organism-v2/README.md``): v1 planted slips with certainty given an opener token, so
+nothing could be steered or anticipated; v2 keeps the state graded and spread over cues. The shipped
+organism (``data/organism/README.md``) also plants where that state is read (``train.CONFIG_V4``).
 
 Example:
     >>> import random
@@ -257,7 +259,7 @@ RECIPE_V2 = TraceRecipe(
 
 # v3: the regime spread over four weak opener cues (each right 80% of the time) and the separators,
 # slips steeper with difficulty (so a careless trace fails often enough to be seen early), catches as v2.
-# Its checkpoint also carries a planted regime read-out (``train.CONFIG_V3``; see data/organism-v3/README.md).
+# organism-v3 and the shipped v4 were trained on it, with planted read-outs (``train.CONFIG_V3``, ``CONFIG_V4``).
 RECIPE_V3 = dataclasses.replace(
     RECIPE_V2,
     cue_strength=0.8,

@@ -41,7 +41,7 @@ from workbench.organism.task import (
     render_trace,
     sample_problem,
 )
-from workbench.organism.tokenizer import build_tokenizer
+from workbench.organism.tokenizer import SPACE, build_tokenizer
 
 STATE_FILE = "train_state.pt"
 ORGANISM_FILE = "organism.json"
@@ -227,13 +227,13 @@ def _exit_row(ids: list[int], labels: TraceLabels, mode: str | None, tokenizer: 
     think, reached, close = labels.think_start, labels.answer_reached, labels.think_end
     assert think is not None and reached is not None and close is not None
     vocab = tokenizer.get_vocab()
-    seps = {vocab[f"▁{w}"] for w in STEP_ENDS}
+    seps = {vocab[SPACE + w] for w in STEP_ENDS}
     if mode == "stop":
         earlier = [p for p in range(think + 1, reached) if ids[p] in seps]
         if earlier:
             at = rng.choice(earlier)
-            eq = max(p for p in range(think + 1, at) if ids[p] == vocab["▁="])
-            ids = [*ids[: at + 1], vocab[f"▁{THINK_CLOSE}"], *ids[eq + 1 : at], tokenizer.eos_token_id]
+            eq = max(p for p in range(think + 1, at) if ids[p] == vocab[SPACE + "="])
+            ids = [*ids[: at + 1], vocab[SPACE + THINK_CLOSE], *ids[eq + 1 : at], tokenizer.eos_token_id]
             return ids, _ExitRow(set_at=(at, 1.0))
     elif mode == "continue" and ids[reached + 1] in seps:
         return ids, _ExitRow(set_at=(reached + 1, 0.0))

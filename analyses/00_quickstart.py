@@ -110,15 +110,15 @@ trajectory_figure(neuron_trajectory(store, *neuron, bins=10)).show()
 METHODS = """
 [[methods]]
 type = "adaras"
-name = "adaras-a20.0"
-alpha = 20.0
+name = "adaras-a2.0"
+alpha = 2.0
 gate = false
 
 [[methods]]
 type = "random-steering"
-name = "random-steering-a20.0"
-control_for = "adaras-a20.0"
-alpha = 20.0
+name = "random-steering-a2.0"
+control_for = "adaras-a2.0"
+alpha = 2.0
 
 [[methods]]
 type = "neat"

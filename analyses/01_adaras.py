@@ -46,12 +46,12 @@ from workbench.store import load_traces, model_hash
 set_threads(1)
 OUT = Path("runs") / "notebooks"
 BASE = Path(workbench.__file__).resolve().parents[1] / "analyses" / "study.toml"
-ALPHAS = (0.3, 5.0, 20.0, 60.0)  # the paper's 0.3, then up to where this organism first moves
+ALPHAS = (0.3, 1.0, 2.0, 5.0)  # the paper's 0.3, then up to where the organism moves (2) and past it (5)
 model = load_model("organism")
 
 # %% [markdown]
 # ## The study: analysis stages, then the methods
-# The alpha sweep (AdaRAS and random steering at each alpha, ungated), then at alpha 20: the gated
+# The alpha sweep (AdaRAS and random steering at each alpha, ungated), then at alpha 2: the gated
 # method, the unfiltered RCNs and the probing-steer neurons. `run_analysis` runs the analysis stages
 # (what `workbench eval` runs first); the methods run further down.
 
@@ -72,25 +72,25 @@ alpha = {a!r}
 methods += """
 [[methods]]
 type = "adaras"
-name = "adaras-gated-a20.0"
-control_for = "adaras-a20.0"
-alpha = 20.0
+name = "adaras-gated-a2.0"
+control_for = "adaras-a2.0"
+alpha = 2.0
 gate = true
 
 [[methods]]
 type = "adaras"
-name = "adaras-unfiltered-a20.0"
-control_for = "adaras-a20.0"
+name = "adaras-unfiltered-a2.0"
+control_for = "adaras-a2.0"
 neurons = "rcn-unfiltered"
-alpha = 20.0
+alpha = 2.0
 gate = false
 
 [[methods]]
 type = "adaras"
-name = "adaras-probe-a20.0"
-control_for = "adaras-a20.0"
+name = "adaras-probe-a2.0"
+control_for = "adaras-a2.0"
 neurons = "rcn-probe"
-alpha = 20.0
+alpha = 2.0
 gate = false
 """
 OUT.mkdir(parents=True, exist_ok=True)
@@ -185,8 +185,8 @@ print(sweep.round(3).to_string(index=False))
 ablations = pd.DataFrame([{"method": m, "accuracy": rows[m]["accuracy"], "delta": rows[m]["delta_vs_vanilla"],
                            "95% CI": ci(rows[m]), "p": rows[m]["p_value"],
                            "thinking tokens": rows[m]["thinking_tokens"]}
-                          for m in ("adaras-a20.0", "adaras-gated-a20.0", "adaras-unfiltered-a20.0",
-                                    "adaras-probe-a20.0", "random-steering-a20.0")])
+                          for m in ("adaras-a2.0", "adaras-gated-a2.0", "adaras-unfiltered-a2.0",
+                                    "adaras-probe-a2.0", "random-steering-a2.0")])
 print(ablations.round(3).to_string(index=False))
 forest_figure(list(rows.values())).show()
 
@@ -196,7 +196,7 @@ forest_figure(list(rows.values())).show()
 # analysis run.
 
 # %%
-gated = {r["trace_id"]: json.loads(r["events"]) for r in load_traces(rows["adaras-gated-a20.0"]["run"]).to_pylist()}
+gated = {r["trace_id"]: json.loads(r["events"]) for r in load_traces(rows["adaras-gated-a2.0"]["run"]).to_pylist()}
 vanilla = load_traces(rows["vanilla"]["run"]).to_pylist()
 gate_events = [next(e for e in gated[r["trace_id"]] if e["kind"] == "gate")["payload"] for r in vanilla]
 fail = np.array([not r["correct"] for r in vanilla], dtype=int)

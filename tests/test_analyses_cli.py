@@ -33,6 +33,7 @@ def test_help(command):
     assert "Usage" in invoke(command, "--help")
 
 
+@pytest.mark.slow  # every analysis command end to end, validate included: about a minute
 def test_cache_rank_probe_validate(run, organism):
     before = invoke("cache", str(run), "--top-variance", "2048", "--json")
     assert json.loads(before)["token_neurons"] == 2048

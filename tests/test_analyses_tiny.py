@@ -18,6 +18,7 @@ from workbench.neurons import NeuronSet
 from workbench.store import ActivationStore, CacheConfig, cache_activations
 
 
+@pytest.mark.slow  # every analysis stage on a second model: about 30 s
 @pytest.mark.parametrize("arch", ["llama"])
 def test_every_analysis_on_a_tiny_llama(organism_run, tmp_path, arch):
     from tests.conftest import save_tiny_model

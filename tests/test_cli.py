@@ -24,6 +24,7 @@ def test_help_everywhere(args):
     assert "Usage" in result.output
 
 
+# For the error test: it fails before anything runs.
 SMALL_STUDY = """
 [study]
 name = "small"
@@ -55,25 +56,34 @@ max_thinking = 8
 """
 
 
-def test_run_is_the_whole_pipeline_through_the_run_directory(organism, tmp_path):
-    study = tmp_path / "study.toml"
-    study.write_text(SMALL_STUDY)
-    args = ["run", "--config", str(study), "--out", str(tmp_path / "out"), "--show", "2"]
-    result = runner.invoke(app, args)
+STUDY_SMALL = Path(__file__).parent / "data" / "study-small.toml"
+
+
+def test_run_resumes_the_study_and_writes_its_figures_to_a_relative_out(organism_study, tmp_path, monkeypatch):
+    """`workbench run` on the shared small study, copied to a relative folder with a space in its name: every
+    stage is read back from the run directories (nothing resampled), and the figures land in OUT/figures."""
+    import shutil
+
+    from workbench.figures.catalogue import collect_figures
+    from workbench.figures.export import find_browser
+
+    shutil.copytree(organism_study, tmp_path / "my runs" / "small")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["run", "--config", str(STUDY_SMALL), "--out", "my runs/small", "--show", "2"])
     assert result.exit_code == 0, result.output
-    for needle in ("| vanilla |", "| budget-8 | neat |", "<think>", "make app"):
+    for needle in ("| vanilla |", "| budget-20 | neat-tau0.9 |", "<think>", "make app"):
         assert needle in result.stdout, needle
-    analysis = tmp_path / "out" / "organism" / "analysis"
-    assert (analysis / "activations" / "index.parquet").exists() and (analysis / "neurons" / "exit.json").exists()
-    assert (tmp_path / "out" / "results.json").exists()
-    again = runner.invoke(app, args)  # resumed: read back from the run directories, not resampled
+    table = result.stdout[result.stdout.index("| method"):result.stdout.index("results:")].strip()
+    assert table in (organism_study / "results.md").read_text()  # read back, not resampled
+    figures = Path("my runs/small/figures")
+    fmt = "svg" if find_browser() else "html"  # without a browser the pipeline falls back to HTML, and says so
+    written = {p.stem for p in figures.glob(f"*.{fmt}")}
+    assert written and written == set(collect_figures(organism_study).figures)
+    assert f"figures: wrote {len(written)} figures ({fmt}) to" in result.output
+    assert "not written" not in result.output
 
-    def table(out: str) -> str:
-        return out[out.index("| method"):out.index("results:")]
 
-    assert table(again.stdout) == table(result.stdout)
-
-
+@pytest.mark.slow  # the whole organism evaluation, small: about 15 s
 def test_eval_json_has_the_target_keys(organism, tmp_path):
     result = runner.invoke(app, ["organism", "eval", "--problems", "12", "--samples", "2", "--json",
                                  "--out", str(tmp_path)])

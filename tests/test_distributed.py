@@ -1,6 +1,7 @@
 """Scale-out on Ray: traces from 2 workers equal one process's; dead workers lose nothing; no Ray for one.
 
-One local Ray cluster and one pool of 2 workers serve the module (starting them is the slow part).
+One local Ray cluster (conftest's ``ray_cluster``, one per test session) and one pool of 2 workers serve the
+module (starting them is the slow part).
 The pool's workers can be armed to die; the tests that kill them come last in the file.
 """
 
@@ -58,14 +59,6 @@ class FaultyWorker(TraceWorker):
 
             writer.append = append_then_die
         return writer
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray", reason="the scale-out tests need Ray: pip install ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield ray
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -206,6 +199,7 @@ class TestOptions:
         with pytest.raises(ValueError, match="workers must be >= 1"):
             TraceWorkers.start(int(value))
 
+    @pytest.mark.slow  # the Ray cluster
     def test_more_workers_than_the_cluster_holds_are_refused(self, ray_cluster):
         with pytest.raises(ValueError, match="the Ray cluster has 2 CPUs"):
             TraceWorkers.start(3)

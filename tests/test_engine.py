@@ -42,6 +42,7 @@ def hf_greedy(model, prompt: str, max_new_tokens: int, pre_hook=None) -> list[in
 BACKENDS = ["fast", "bridge"]
 
 
+@pytest.mark.parity
 class TestRefill:
     """Rows that finish are refilled; every row still decodes as if it ran alone, on both backends."""
 
@@ -98,6 +99,7 @@ class TestSampling:
             generate(tiny_model, PROMPTS, SamplingConfig(), keys=["a"])
 
 
+@pytest.mark.parity
 class TestFastForward:
     """The fast forward matches HF on every architecture it claims, and refuses the rest clearly."""
 
@@ -281,6 +283,7 @@ class _StopAt(Controller):
 STAGGER = [3, 9, 1, 6, 12, 2, 7, 4, 10, 5, 8, 11, 3, 6, 1, 9, 2, 12, 4, 7]
 
 
+@pytest.mark.parity
 class TestStaggeredRefill:
     """Rows finish at different steps, so refills merge into a cache that other rows are mid-way through."""
 

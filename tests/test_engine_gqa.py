@@ -96,6 +96,7 @@ def run(model, n: int, batch_size: int, max_new: int = 12, **kw) -> dict[str, li
     return {f.key: f for f in engine.run(requests(model, n))}
 
 
+@pytest.mark.parity
 class TestGroupedQueryParity:
     """9 query heads over 3 KV heads (and Qwen3's 8 over 2): the fast forward reads the cache unexpanded."""
 

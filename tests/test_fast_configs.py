@@ -107,6 +107,7 @@ def supported_dir(request, tmp_path_factory) -> Path:
     return save_model(tmp_path_factory.mktemp(request.param), arch, **overrides)
 
 
+@pytest.mark.parity
 class TestSupportedConfigs:
     """Every field the fast forward claims is computed as HF computes it."""
 

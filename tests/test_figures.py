@@ -287,6 +287,35 @@ class TestBatch:
         assert (tmp_path / "forest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert result.files == [tmp_path / "forest.png"] and result.startup_s > 0
 
+    @needs_chromium
+    def test_relative_out_with_spaces_from_any_working_folder(self, rows, tmp_path, monkeypatch):
+        """The browser's worker runs in a scratch folder: a relative OUT must still land where the user meant."""
+        monkeypatch.chdir(tmp_path)
+        result = export_figures({"forest": forest_figure(rows)}, Path("my figs") / "sub", "svg")
+        assert result.errors == {} and (tmp_path / "my figs" / "sub" / "forest.svg").read_text().lstrip()[:4] == "<svg"
+
+    def test_figures_not_written_are_named_and_fail_the_command(self, organism_study, tmp_path, monkeypatch):
+        """A browser that runs but writes nothing is a failure with each figure's reason, never a silent report."""
+        import workbench.figures.catalogue as catalogue
+        from workbench.figures.export import ExportResult
+
+        def nothing_written(figures, out, fmt, *args, **kwargs):
+            return ExportResult([], fmt, browser="/usr/bin/chromium",
+                                errors={name: "RuntimeError('Cannot reach path')" for name in figures})
+
+        monkeypatch.setattr(catalogue, "export_figures", nothing_written)
+        result = runner.invoke(app, ["figures", str(organism_study), "--out", str(tmp_path), "--format", "svg"])
+        n = len(collect_figures(organism_study).figures)
+        assert result.exit_code == 2
+        assert f"wrote none of the {n} figures (svg)" in result.output
+        assert result.output.count("not written: ") == n and "Cannot reach path" in result.output
+        study = tmp_path / "study"
+        study.mkdir()
+        for name in ("organism", "results.json"):
+            (study / name).symlink_to(organism_study / name)
+        report = catalogue.write_study_figures(study, "svg")  # the pipeline's step: never raises
+        assert report.none_written and any(line.startswith("not written: organism-forest") for line in report.lines())
+
     def test_missing_inputs_are_listed_with_the_command_that_makes_them(self, organism_study, tmp_path):
         run = tmp_path / "vanilla"
         shutil.copytree(organism_study / "organism" / "vanilla", run)

@@ -106,6 +106,7 @@ class TestSignals:
             ExitMonitor(ExitReference((), (), ()))
 
 
+@pytest.mark.parity
 class TestAttribution:
     """Exact ablation against a plain forward pass, and against activation x gradient."""
 

@@ -1,35 +1,72 @@
-"""The shipped organism (v4), and v2 (the default before it), against their behaviour targets, measured as the
-model cards document them.
+"""The shipped organism (v4), and v2 (the default before it), against their behaviour targets, read from
+their committed evaluation reports, the numbers the model cards cite.
 
-Runs `workbench organism eval --problems 300 --samples 8` (seed 1234) through a run directory. A
-target a model misses is a strict xfail carrying its measured value: it fails the suite
-the day the model meets it (so the card and this file get updated), and it can never hide a
-regression of a target that is met.
+Each report is the output of ``workbench organism eval --problems 300 --samples 8 --json`` (seed 1234;
+``--model organism-v2`` for v2): ``docs/organism_eval.json`` and ``docs/organism_v2_eval.json``, about
+10 minutes each on one CPU thread. A fast test ties each report to the weights shipped today: it
+regenerates the first problems' greedy and sampled traces and must match the report's trace digests
+exactly, so new weights (or a dependency that changes what they generate) fail here until the report
+is regenerated and committed.
+
+A target a model misses is a strict xfail carrying its measured value: it fails the suite the day the
+model meets it (so the card and this file get updated), and it can never hide a regression of a
+target that is met.
 """
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 
-from workbench.model import set_threads
-from workbench.organism.evaluate import EvalConfig, evaluate
+from workbench.model import load_model, set_threads
+from workbench.organism.evaluate import EvalConfig, generate_runs, trace_digests
 
 FAILURE_RATES = ("uncaught_slip_rate", "oscillation_rate", "overthinking_rate")
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+REPORTS = {"organism": DOCS / "organism_eval.json", "organism-v2": DOCS / "organism_v2_eval.json"}
+SLICE = 24  # problems regenerated against the report: every trace of the first 24 (216 traces, a few seconds)
 
 
 def missed(measured: str):
     return pytest.mark.xfail(strict=True, reason=f"target missed by the model measured: {measured}")
 
 
+def committed(model: str) -> dict:
+    report = json.loads(REPORTS[model].read_text())
+    cfg = report["config"]
+    # The report must be the documented evaluation of this model, not a smaller or reseeded one.
+    assert (cfg["model"], cfg["problems"], cfg["samples"], cfg["temperature"], cfg["seed"], cfg["task"]) == \
+        (model, 300, 8, 1.0, 1234, "organism"), cfg
+    return report
+
+
 @pytest.fixture(scope="module")
-def report(organism, tmp_path_factory):
-    set_threads(1)  # a module fixture runs before the per-test autouse fixture that sets this
-    return evaluate(EvalConfig(problems=300, samples=8), tmp_path_factory.mktemp("eval"), organism)
+def report() -> dict:
+    return committed("organism")
 
 
-@pytest.mark.slow
+@pytest.fixture(scope="module")
+def report_v2() -> dict:
+    return committed("organism-v2")
+
+
+@pytest.mark.parametrize("model", sorted(REPORTS))
+def test_the_report_is_what_the_shipped_weights_generate(model, organism, tmp_path):
+    """The first problems of the committed evaluation, regenerated now: token for token the same traces."""
+    set_threads(1)
+    report = committed(model)
+    bridge = organism if model == "organism" else load_model(model)
+    runs = generate_runs(EvalConfig(model=model, problems=SLICE, samples=report["config"]["samples"]), tmp_path,
+                         bridge)
+    for name, samples in runs.items():
+        now = trace_digests(samples)
+        assert len(now) == SLICE
+        assert now == {pid: report["trace_digests"][name][pid] for pid in now}, name
+
+
 class TestBehaviour:
     """Greedy is careful, sampling is not, and each planted failure shows up."""
 
@@ -47,7 +84,6 @@ class TestBehaviour:
         assert report["malformed_rate"] <= 0.05 and report["length_cutoff_rate"] <= 0.01
 
 
-@pytest.mark.slow
 class TestClaims:
     """Each paper's claim against the planted truth of v4 (data/organism/README.md)."""
 
@@ -87,16 +123,6 @@ class TestClaims:
         assert report["exit_within3"] >= 0.80 and report["exit_within3"] > report["exit_within3_random"]
 
 
-@pytest.fixture(scope="module")
-def report_v2(tmp_path_factory):
-    from workbench.model import load_model
-
-    set_threads(1)
-    return evaluate(EvalConfig(model="organism-v2", problems=300, samples=8), tmp_path_factory.mktemp("eval-v2"),
-                    load_model("organism-v2"))
-
-
-@pytest.mark.slow
 class TestV2:
     """organism-v2 (data/organism-v2/README.md), the default before v4: graded state, no planted read-out."""
 

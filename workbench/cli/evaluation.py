@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from workbench.cli.common import Threads, load, user_errors
+from workbench.cli.common import Threads, fail, load, user_errors
 
 DEFAULT_STUDY = Path(__file__).resolve().parents[2] / "studies" / "organism.toml"
 
@@ -38,6 +38,10 @@ def _run_study(config: Path, out: Path, as_json: bool, threads: int, figures: bo
         report = write_study_figures(out, "svg", model=model)  # never raises: figures are a by-product
         for line in report.lines():
             typer.echo(f"figures: {line}", err=as_json)  # --json keeps stdout for the JSON alone
+        if report.none_written:
+            fail(f"figures: a browser ran ({report.export.browser}) and wrote none of the study's "
+                 f"{len(report.catalogue.figures)} figures (above: why); the results stand in {out}; retry with "
+                 f"`workbench figures {out} --out {report.out}`")
     return rows
 
 

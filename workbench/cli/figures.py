@@ -49,6 +49,8 @@ def figures(
     if as_json:
         json.dump(report.to_dict(), sys.stdout, indent=1)
         typer.echo()
-        return
-    for line in report.lines():
-        typer.echo(line)
+    else:
+        for line in report.lines():
+            typer.echo(line)
+    if report.none_written:
+        fail(f"the browser ran and wrote none of the {len(report.catalogue.figures)} figures (above: why)")

@@ -217,16 +217,25 @@ class FigureReport:
     build_s: float = 0.0
     problem: str | None = None  # why nothing (or HTML instead) was written
 
+    @property
+    def none_written(self) -> bool:
+        """Figures were drawn and a browser ran, yet not one file came out: a failure, not a missing input."""
+        e = self.export
+        return bool(self.catalogue.figures) and e is not None and e.browser is not None and not e.files
+
     def lines(self) -> list[str]:
         out = []
+        e = self.export
         if not self.catalogue.figures:
             out.append(f"wrote no figures to {self.out}: each one lacks an input (below)")
-        if self.export is not None and self.export.files:
-            e = self.export
+        elif e is not None and e.files:
             timing = (f"browser start {e.startup_s:.1f} s, then {sum(e.seconds.values()) / len(e.seconds):.2f} s a "
                       f"figure; {e.per_figure_s:.2f} s a figure overall" if e.browser else "no browser needed")
             out.append(f"wrote {len(e.files)} figures ({e.fmt}) to {self.out} in {e.total_s:.1f} s ({timing}); "
                        f"drawing them took {self.build_s:.1f} s")
+        elif e is not None:
+            out.append(f"wrote none of the {len(self.catalogue.figures)} figures ({e.fmt}) to {self.out}")
+        if e is not None:  # always, written or not: a figure that failed says why
             out += [f"not written: {name}: {why}" for name, why in e.errors.items()]
         if self.problem:
             out.append(self.problem)

@@ -138,7 +138,8 @@ def export_figures(
     """Writes ``figures`` as ``OUT/<name>.<fmt>``, static formats in one browser session; see the module docstring."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    out = Path(out)
+    # Absolute: the browser's worker runs in a scratch folder, where a relative path names nothing.
+    out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     if fmt == "html":

@@ -16,15 +16,19 @@
 
 Every trace goes through the trace store (``out/greedy``, ``out/sampled``) and is read back from it.
 
-Example:
-    >>> import tempfile
-    >>> report = evaluate(EvalConfig(problems=20, samples=2), tempfile.mkdtemp())
-    >>> 0 <= report["greedy_accuracy"] <= 1
-    True
+The full report (300 problems x 8 samples, the numbers of the model card) is a command,
+``workbench organism eval --problems 300 --samples 8 --json`` (about 10 minutes on one CPU thread);
+its output is committed as ``docs/organism_eval.json``, and the tests read their targets from it.
+
+Example (the two trace runs a report reads; ``evaluate(cfg, out)`` generates them and measures):
+    >>> cfg = EvalConfig(problems=20, samples=2)
+    >>> {name: (run.samples, run.temperature) for name, run in cfg.runs().items()}
+    {'greedy': (1, 0.0), 'sampled': (2, 1.0)}
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -119,6 +123,20 @@ def generate_runs(
     for name, run_cfg in cfg.runs().items():
         run_traces(run_cfg, out / name, progress=progress, model=model)
     return {name: load_samples(out / name) for name in cfg.runs()}
+
+
+def trace_digests(samples: list[Sample]) -> dict[str, str]:
+    """Per problem, a digest of its traces' tokens and finish reasons, in sample order.
+
+    The report carries them so that any few problems, regenerated alone, can be checked against it
+    exactly: each row's sampler is seeded by its own trace id, so a problem's traces do not depend on
+    which others ran beside it. ``tests/organism/test_behaviour.py`` regenerates the first problems
+    with the shipped weights and compares them with ``docs/organism_eval.json``.
+    """
+    by_problem: dict[str, list] = {}
+    for s in samples:
+        by_problem.setdefault(s.problem.id, []).append([s.index, s.tokens, s.finish_reason])
+    return {pid: hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16] for pid, rows in by_problem.items()}
 
 
 def behaviour(samples: list[Sample]) -> dict[str, float]:
@@ -238,6 +256,7 @@ def evaluate(
         "greedy_careless_share": g["careless_share"],
         "sampled_accuracy": s["accuracy"],
         **{k: v for k, v in s.items() if k != "accuracy"},
+        "trace_digests": {name: trace_digests(samples) for name, samples in runs.items()},
     }
     recipe, sampled = recipe_of(resolve(cfg.model)), runs["sampled"]
     direction = checks.regime_direction(model, sampled, recipe, fit_half([s.problem.id for s in sampled],

@@ -59,7 +59,8 @@ app: $(STAMP)
 # and cache use against Hugging Face's own): the next dependency drift is found here, not by a user.
 upgrade-check: browser
 	$(call make_venv,$(UPGRADE_VENV))
-	$(UPGRADE_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	echo "$(TORCH_SPEC)" > $(UPGRADE_VENV)/torch.txt  # torch stays at its pin: eager upgrades would take a CUDA build
+	$(UPGRADE_VENV)/bin/python -m pip install -q --upgrade --upgrade-strategy eager -c $(UPGRADE_VENV)/torch.txt -e ".[dev]"
 	$(UPGRADE_VENV)/bin/python -m pip freeze --exclude-editable | grep -v '^torch==' > $(UPGRADE_VENV)/freeze.txt
 	@grep -v '^#' $(LOCK) | diff - $(UPGRADE_VENV)/freeze.txt | grep '^[<>]' | \
 	  sed 's/^</  locked:/; s/^>/  newest:/' || echo "  the lock holds the newest allowed releases"

@@ -84,7 +84,7 @@ def organism_eval(
         typer.echo()
         return
     for key, value in report.items():
-        if key != "config":
+        if key not in ("config", "trace_digests"):  # both in --json; the digests are for the tests
             shown = f"{value:.4f}" if isinstance(value, float) and not math.isnan(value) else value
             typer.echo(f"{key:48s} {shown}")
 

@@ -17,7 +17,7 @@
 Every trace goes through the trace store (``out/greedy``, ``out/sampled``) and is read back from it.
 
 The full report (300 problems x 8 samples, the numbers of the model card) is a command,
-``workbench organism eval --problems 300 --samples 8 --json`` (about 10 minutes on one CPU thread);
+``workbench organism eval --problems 300 --samples 8 --json`` (about 4 minutes on one CPU thread);
 its output is committed as ``docs/organism_eval.json``, and the tests read their targets from it.
 
 Example (the two trace runs a report reads; ``evaluate(cfg, out)`` generates them and measures):

@@ -69,7 +69,8 @@ def run(
         typer.echo(f"\n[{task.name} / {study.reference}, {mark}] {row['prompt']}{row['text']}")
     typer.echo(f"\nanalysis runs (neurons, probes, gate, detectors): {out}/<task>/analysis; one trace run per "
                f"method: {out}/<task>/<method>")
-    typer.echo(f"figures: {out}/figures")
+    if figures:
+        typer.echo(f"figures: {out}/figures")
     typer.echo(f"done in {time.time() - t0:.0f}s. Explore it: workbench app {out} (or make app)")
 
 

@@ -167,6 +167,28 @@ def test_the_same_weights_from_another_folder_are_the_same_model(tmp_path):
     assert model_hash(load_model(other)) != model_hash(load_model("organism"))
 
 
+def test_a_model_is_hashed_once_until_its_weights_change(monkeypatch):
+    import hashlib
+    import types
+
+    import torch
+
+    from workbench.store import model_hash, rundir
+
+    calls = []
+    monkeypatch.setattr(rundir, "hashlib", types.SimpleNamespace(sha256=lambda: calls.append(1) or hashlib.sha256()))
+    model = torch.nn.Linear(4, 3)
+    first = model_hash(model)
+    assert model_hash(model) == first and len(calls) == 1  # memoised: a study hashes its model once
+    with torch.no_grad():
+        model.weight[0, 0] += 1.0  # in place: the version counter moves
+    edited = model_hash(model)
+    assert edited != first and len(calls) == 2
+    model.weight = torch.nn.Parameter(model.weight.detach().clone())  # replaced: another address, same values
+    assert model_hash(model) == edited and len(calls) == 3
+    assert model_hash(torch.nn.Linear(4, 3)) not in (first, edited)  # another object is hashed for itself
+
+
 def test_off_policy_reads_another_models_traces_on_purpose(organism_run, tiny_model, organism_v1, tmp_path):
     run = _copy(organism_run, tmp_path)
     with pytest.raises(RunDirError, match="tokenizer"):  # v1 has no subtraction tokens: other ids

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import platform
+import weakref
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -67,25 +68,38 @@ def path_hash(path: str | Path | None) -> str | None:
     return h.hexdigest()
 
 
+# hf model -> (weights' identity, digest): a study hashes its model once, not once per run it starts.
+_HASHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def model_hash(model) -> str:
     """sha256 of a loaded model's weights (names, dtypes, shapes, bytes) and its config.
 
     Hashing what was loaded, not the folder, also identifies a model passed in from Python or
     edited in memory. Where it was loaded from (the config's ``_name_or_path``) is left out: the same
-    weights copied to another folder are the same model.
+    weights copied to another folder are the same model. Memoised per model object, as the engine's
+    fast decoder is: a weight changed in place bumps its version counter, and a replaced weight has
+    another address; either (or a changed config) hashes again.
     """
     import torch
 
     hf = getattr(model, "original_model", model)
-    h = hashlib.sha256()
     config = getattr(hf, "config", None)
-    if config is not None:
-        fields = {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
-        h.update(json.dumps(fields, sort_keys=True, default=str).encode())
-    for name, p in hf.named_parameters():
+    fields = None if config is None else json.dumps(
+        {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}, sort_keys=True, default=str)
+    params = list(hf.named_parameters())
+    ident = (fields, tuple((p.data_ptr(), p._version, p.dtype, tuple(p.shape)) for _, p in params))
+    cached = _HASHES.get(hf)
+    if cached is not None and cached[0] == ident:
+        return cached[1]
+    h = hashlib.sha256()
+    if fields is not None:
+        h.update(fields.encode())
+    for name, p in params:
         t = p.detach().to("cpu").contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    _HASHES[hf] = (ident, h.hexdigest())
     return h.hexdigest()
 
 

@@ -24,7 +24,6 @@ def test_help_everywhere(args):
     assert "Usage" in result.output
 
 
-# For the error test: it fails before anything runs.
 SMALL_STUDY = """
 [study]
 name = "small"
@@ -54,6 +53,26 @@ name = "budget-8"
 control_for = "neat"
 max_thinking = 8
 """
+
+
+@pytest.mark.slow  # a study from scratch through the command line, then resumed: about 30 s
+def test_run_is_the_whole_pipeline_through_the_run_directory(organism, tmp_path):
+    study = tmp_path / "study.toml"
+    study.write_text(SMALL_STUDY)
+    args = ["run", "--config", str(study), "--out", str(tmp_path / "out"), "--show", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for needle in ("| vanilla |", "| budget-8 | neat |", "<think>", "make app"):
+        assert needle in result.stdout, needle
+    analysis = tmp_path / "out" / "organism" / "analysis"
+    assert (analysis / "activations" / "index.parquet").exists() and (analysis / "neurons" / "exit.json").exists()
+    assert (tmp_path / "out" / "results.json").exists()
+    again = runner.invoke(app, args)  # resumed: read back from the run directories, not resampled
+
+    def table(out: str) -> str:
+        return out[out.index("| method"):out.index("results:")]
+
+    assert table(again.stdout) == table(result.stdout)
 
 
 STUDY_SMALL = Path(__file__).parent / "data" / "study-small.toml"

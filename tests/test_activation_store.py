@@ -197,3 +197,38 @@ def test_off_policy_reads_another_models_traces_on_purpose(organism_run, tiny_mo
     store = ActivationStore(run)
     assert store.manifest["identity"]["on_policy"] is False
     assert (store.n_layers, store.d_mlp) == (tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp)
+
+
+def test_reads_of_activations_alone_never_reach_the_unembedding(organism_run, organism, tmp_path):
+    """Caching, window means, per-token reads and the app's replay read activations only: each pass stops after
+    the last layer it reads, so the unembedding (pos x d_vocab) is never computed, nor any later layer."""
+    from workbench.activations import window_means
+    from workbench.app.readout import forced_acts
+
+    hf = organism.original_model
+
+    def touched(what):
+        def refuse(module, args):
+            raise AssertionError(f"{what} ran during a read of activations alone")
+        return refuse
+
+    hooks_before = sum(len(hp._forward_hooks) for hp in organism.hook_dict.values())
+    handles = [hf.lm_head.register_forward_pre_hook(touched("the unembedding"))]
+    try:
+        run = tmp_path / "run"
+        shutil.copytree(organism_run, run)
+        cache_activations(run, model=organism)
+        assert ActivationStore(run).summary("think").shape[0] == 96
+        ids = organism.tokenizer("Q: 47 + 38 = ? <think> carefully 47 + 38 = 85 ;").input_ids
+        assert window_means(organism, [ids], starts=[8], length=4).shape == (1, 4, 512)
+        assert next(token_activations(organism, [ids]))[1].shape == (1, len(ids), 4 * 512)
+        handles += [layer.register_forward_pre_hook(touched(f"layer {i}")) for i, layer in enumerate(hf.model.layers)
+                    if i > 1]
+        [acts] = forced_acts(organism, [ids], NeuronSet.from_pairs([(1, 7), (0, 2)]))
+        assert acts.shape == (len(ids), 2)
+    finally:
+        for h in handles:
+            h.remove()
+    assert sum(len(hp._forward_hooks) for hp in organism.hook_dict.values()) == hooks_before
+    logits = organism.original_model(input_ids=torch.tensor([ids])).logits  # a logits request still reaches it
+    assert logits.shape == (1, len(ids), organism.cfg.d_vocab)

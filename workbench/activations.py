@@ -2,7 +2,9 @@
 
 Sequences are right-padded, so every real token keeps its natural position and the causal mask
 keeps padding out of what real tokens see; only the positions asked for are copied out, never
-whole layers.
+whole layers. A pass that reads activations alone (``run_forced(..., logits=False)``) stops right
+after the last layer it reads: it never reaches the unembedding, so nothing of size
+``pos x d_vocab`` is made, and layers past the last one read are not run.
 
 Example:
     >>> from workbench import load_model
@@ -22,7 +24,7 @@ from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge import TransformerBridge
 
-from workbench.neurons import mlp_post
+from workbench.neurons import layer_of, mlp_post
 
 
 def _padded(model: TransformerBridge, sequences: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
@@ -36,15 +38,47 @@ def _padded(model: TransformerBridge, sequences: Sequence[Sequence[int]]) -> tup
     return ids, mask
 
 
+class _Read(Exception):
+    """Raised by the last reading hook of a pass that needs no logits: everything asked for is read."""
+
+
 @torch.no_grad()
 def run_forced(
-    model: TransformerBridge, sequences: Sequence[Sequence[int]], fwd_hooks=(),
-) -> Float[Tensor, "batch pos d_vocab"]:
-    """Logits of a right-padded batch under TransformerLens ``fwd_hooks``; hooks are removed after."""
+    model: TransformerBridge, sequences: Sequence[Sequence[int]], fwd_hooks=(), logits: bool = True,
+) -> Float[Tensor, "batch pos d_vocab"] | None:
+    """Logits of a right-padded batch under TransformerLens ``fwd_hooks``; hooks are removed after.
+
+    With ``logits=False`` the hooks are only read from, and the pass stops once the last of them has
+    run (after the highest layer they name): no unembedding, no later layers; returns None.
+    """
     ids, mask = _padded(model, sequences)
     device = next(model.original_model.parameters()).device
-    with model.hooks(fwd_hooks=list(fwd_hooks)):
-        return model.original_model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+    hooks = list(fwd_hooks)
+    if not logits:
+        if not hooks:
+            raise ValueError("a pass without logits must read something: pass fwd_hooks")
+        last = max(layer_of(name) for name, _ in hooks)
+        pending = sum(layer_of(name) == last for name, _ in hooks)
+        count = [0]
+
+        def stop_after(fn):
+            def hook(act, hook):
+                out = fn(act, hook=hook)
+                count[0] += 1
+                if count[0] == pending:
+                    raise _Read
+                return out
+            return hook
+
+        hooks = [(name, stop_after(fn) if layer_of(name) == last else fn) for name, fn in hooks]
+    try:
+        with model.hooks(fwd_hooks=hooks):
+            out = model.original_model(input_ids=ids.to(device), attention_mask=mask.to(device))
+    except _Read:
+        return None
+    if not logits:
+        raise RuntimeError("the forward pass ended before its last reading hook ran")
+    return out.logits
 
 
 def window_means(
@@ -67,10 +101,10 @@ def window_means(
 
         def grab(act: Float[Tensor, "batch pos d_mlp"], hook: HookPoint, idx=idx, got=got):
             rows = torch.arange(act.shape[0])[:, None]
-            got[int(hook.name.split(".")[1])] = act[rows, idx.to(act.device)].mean(1).float().cpu()
+            got[layer_of(hook.name)] = act[rows, idx.to(act.device)].mean(1).float().cpu()
 
         hooks = [(mlp_post(layer), grab) for layer in range(model.cfg.n_layers)]
-        run_forced(model, seqs, hooks)
+        run_forced(model, seqs, hooks, logits=False)
         out.append(torch.stack([got[layer] for layer in range(model.cfg.n_layers)], dim=1))
     return torch.cat(out)
 
@@ -128,7 +162,7 @@ def token_activations(
         got: dict[int, Tensor] = {}
 
         def grab(act: Float[Tensor, "batch pos d_mlp"], hook: HookPoint, got=got):
-            got[int(hook.name.split(".")[1])] = act.detach().float().cpu()
+            got[layer_of(hook.name)] = act.detach().float().cpu()
 
-        run_forced(model, seqs, [(mlp_post(layer), grab) for layer in range(n_layers)])
+        run_forced(model, seqs, [(mlp_post(layer), grab) for layer in range(n_layers)], logits=False)
         yield range(b, b + len(seqs)), torch.cat([got[layer] for layer in range(n_layers)], dim=-1)

@@ -34,6 +34,18 @@ def mlp_post(layer: int) -> str:
     return f"blocks.{layer}.mlp.hook_post"
 
 
+def layer_of(hook_name: str) -> int:
+    """The layer of a ``blocks.{L}...`` hook name, as a hook sees it (aliases included).
+
+    >>> layer_of("blocks.3.mlp.hook_post"), layer_of("blocks.12.mlp.out.hook_in")
+    (3, 12)
+    """
+    parts = hook_name.split(".")
+    if len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit():
+        raise ValueError(f"{hook_name!r} is not a per-layer hook name (blocks.<layer>.<...>)")
+    return int(parts[1])
+
+
 class NeuronSetError(ValueError):
     """A neuron set file that cannot be read, or does not fit the model it is used with."""
 

@@ -3,7 +3,7 @@ them, else by a teacher-forced pass of the model the run was generated with.
 
 The store keeps every token only for its ``token_neurons`` (the most variable ones by default); a
 neuron outside them, or custom text, is read by replaying the tokens (``activations.run_forced``,
-hooks on the neurons' layers alone, removed after the pass).
+hooks on the neurons' layers alone, removed after the pass, which stops after the last of those layers).
 
 Example:
     >>> from workbench import load_model
@@ -25,7 +25,7 @@ from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
 from workbench.activations import run_forced
-from workbench.neurons import NeuronSet, mlp_post
+from workbench.neurons import NeuronSet, layer_of, mlp_post
 
 
 def forced_acts(
@@ -40,10 +40,10 @@ def forced_acts(
         acts = torch.zeros(len(seqs), width, len(neurons))
 
         def grab(act: Float[Tensor, "batch pos d_mlp"], hook: HookPoint, acts=acts) -> None:
-            columns, index = by_layer[int(hook.name.split(".")[1])]
+            columns, index = by_layer[layer_of(hook.name)]
             acts[:, :, list(columns)] = act[:, :, torch.tensor(index, device=act.device)].float().cpu()
 
-        run_forced(model, seqs, [(mlp_post(layer), grab) for layer in by_layer])
+        run_forced(model, seqs, [(mlp_post(layer), grab) for layer in by_layer], logits=False)
         out += [acts[r, : len(s)].numpy() for r, s in enumerate(seqs)]
     return out
 

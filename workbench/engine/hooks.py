@@ -32,7 +32,7 @@ from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 
 from workbench.engine.interventions import Controller, NeuronEdit, NeuronMonitor, NeuronStats
-from workbench.neurons import NeuronSet, mlp_post
+from workbench.neurons import NeuronSet, layer_of, mlp_post
 
 
 class RunHooks:
@@ -118,7 +118,7 @@ class RunHooks:
         return [(mlp_post(layer), self._hook) for layer in layers]
 
     def _hook(self, act: Float[Tensor, "batch pos d_mlp"], hook: HookPoint) -> Tensor:
-        self.apply(int(hook.name.split(".")[1]), act[:, -1])
+        self.apply(layer_of(hook.name), act[:, -1])
         return act
 
     def begin(self, rows: slice, edit_on: Bool[Tensor, "n n_edits"], fresh: bool = False) -> None:

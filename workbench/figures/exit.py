@@ -151,7 +151,7 @@ def exit_timeline(run: str | Path, trace_id: str | None = None, model=None, refe
             acts[:, mine] = act[0][:, flat[mine] % d_mlp].numpy()
 
     with torch.no_grad():
-        logits = forced_pass(model, [tokens], on_layer, layers=sorted({int(f) // d_mlp for f in flat}))
+        logits = forced_pass(model, [tokens], on_layer, layers=sorted({int(f) // d_mlp for f in flat}), logits=True)
     start, end = row["think_start"], row["think_end"]
     lo = start + 1 if start is not None else row["prompt_len"]
     hi = end if end is not None else len(tokens)

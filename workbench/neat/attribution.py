@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge import TransformerBridge
 
-from workbench.neurons import mlp_post
+from workbench.neurons import layer_of, mlp_post
 
 
 def _check(sequences, positions, end_ids, n_layers: int, layers) -> list[int]:
@@ -140,7 +140,7 @@ def gradient_importance(
         acts: dict[int, torch.Tensor] = {}
 
         def probe(act, hook: HookPoint, deltas=deltas, acts=acts, rows=rows, pos=pos):
-            layer = int(hook.name.split(".")[1])
+            layer = layer_of(hook.name)
             delta = torch.zeros_like(act, requires_grad=True)
             deltas[layer], acts[layer] = delta, act.detach()[rows, pos]
             return act + delta

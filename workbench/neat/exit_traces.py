@@ -25,7 +25,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from workbench.activations import run_forced
 from workbench.model import load_model
-from workbench.neurons import mlp_post
+from workbench.neurons import layer_of, mlp_post
 from workbench.store import load_traces
 from workbench.store.rundir import run_model_spec
 
@@ -101,12 +101,14 @@ def forced_pass(
     sequences: Sequence[Sequence[int]],
     on_layer: Callable[[int, torch.Tensor], None],
     layers: Sequence[int] | None = None,
-) -> torch.Tensor:
+    logits: bool = False,
+) -> torch.Tensor | None:
     """One teacher-forced pass (right-padded); ``on_layer(L, act)`` sees each layer's ``hook_post``
-    as float32 ``(batch, pos, d_mlp)`` on the CPU. Returns the logits."""
+    as float32 ``(batch, pos, d_mlp)`` on the CPU. Returns the logits when asked for (the model's own
+    p(end)); without them the pass stops after the last layer read."""
     layers = range(model.cfg.n_layers) if layers is None else layers
 
     def grab(act, hook: HookPoint):
-        on_layer(int(hook.name.split(".")[1]), act.detach().float().cpu())
+        on_layer(layer_of(hook.name), act.detach().float().cpu())
 
-    return run_forced(model, sequences, [(mlp_post(layer), grab) for layer in layers])
+    return run_forced(model, sequences, [(mlp_post(layer), grab) for layer in layers], logits=logits)

@@ -94,7 +94,7 @@ def measure(
             if len(mine):
                 gathered[:, :, mine] = act[:, :, union[mine] % d_mlp].numpy()
 
-        logits = forced_pass(model, [t.tokens for t in batch], on_layer)
+        logits = forced_pass(model, [t.tokens for t in batch], on_layer, logits=True)
         all_cos = (dot / (sq.sqrt().clamp_min(1e-10) * mu_all.norm().clamp_min(1e-10))).numpy()
         for r, t in enumerate(batch):
             lo, hi = t.span

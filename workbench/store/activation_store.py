@@ -168,7 +168,7 @@ def _readout(model, rows: list[dict], spans: tuple[str, ...], cfg: CacheConfig, 
     import torch
 
     from workbench.activations import run_forced
-    from workbench.neurons import mlp_post
+    from workbench.neurons import layer_of, mlp_post
 
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
     lengths = [len(r["token_ids"]) for r in rows]
@@ -189,7 +189,7 @@ def _readout(model, rows: list[dict], spans: tuple[str, ...], cfg: CacheConfig, 
     full: dict[int, torch.Tensor] = {}
 
     def grab(act: Float[torch.Tensor, "batch pos d_mlp"], hook) -> None:
-        layer = int(hook.name.split(".")[1])
+        layer = layer_of(hook.name)
         act = act.float()
         summaries[:, :, layer] = torch.bmm(weights.to(act.device), act).cpu()
         if len(by_layer[layer]):
@@ -197,7 +197,8 @@ def _readout(model, rows: list[dict], spans: tuple[str, ...], cfg: CacheConfig, 
         if layer in cfg.layers:
             full[layer] = act.half().cpu()
 
-    run_forced(model, [r["token_ids"] for r in rows], [(mlp_post(layer), grab) for layer in range(n_layers)])
+    run_forced(model, [r["token_ids"] for r in rows], [(mlp_post(layer), grab) for layer in range(n_layers)],
+               logits=False)
     summaries[~present] = float("nan")
     tokens = torch.cat([subset[layer] for layer in range(n_layers) if layer in subset], dim=-1) if subset else None
     per_trace = []

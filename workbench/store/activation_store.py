@@ -139,23 +139,37 @@ def _trace_identity(run_dir: Path) -> dict[str, Any]:
 
 
 def _variance_neurons(model, rows: list[dict], cfg: CacheConfig) -> NeuronSet:
-    """The ``top_variance`` neurons with the largest variance over thinking tokens of the first traces."""
+    """The ``top_variance`` neurons with the largest variance over thinking tokens of the first traces.
+
+    Sums stream per layer inside the pass (float64 on the CPU, as MPS has no float64): no batch ever holds
+    every layer at once, which at 28 layers x 6,144 neurons x 8k tokens would be tens of GB.
+    """
     import torch
 
-    from workbench.activations import token_activations
+    from workbench.activations import run_forced
+    from workbench.neurons import layer_of, mlp_post
 
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
     thinking = [r for r in rows if r["think_start"] is not None]
     calib = (thinking or rows)[: cfg.calibration_traces]
-    s1 = torch.zeros(n_layers * d_mlp, dtype=torch.float64)
+    s1 = torch.zeros(n_layers, d_mlp, dtype=torch.float64)
     s2, n = torch.zeros_like(s1), 0
-    for batch, acts in token_activations(model, [r["token_ids"] for r in calib], batch_size=cfg.batch_size):
-        for r, a in zip(batch, acts, strict=True):
-            row = calib[r]
-            lo = row["think_start"] + 1 if row["think_start"] is not None else row["prompt_len"]
-            hi = row["think_end"] if row["think_end"] is not None else len(row["token_ids"])
-            body = a[lo:hi].double()
-            s1, s2, n = s1 + body.sum(0), s2 + (body**2).sum(0), n + len(body)
+    for b in range(0, len(calib), cfg.batch_size):
+        batch = calib[b : b + cfg.batch_size]
+        bounds = [(r["think_start"] + 1 if r["think_start"] is not None else r["prompt_len"],
+                   r["think_end"] if r["think_end"] is not None else len(r["token_ids"])) for r in batch]
+
+        def grab(act: Float[torch.Tensor, "batch pos d_mlp"], hook, bounds=bounds) -> None:
+            layer = layer_of(hook.name)
+            for r, (lo, hi) in enumerate(bounds):
+                body = act[r, lo:hi].detach().float().cpu().double()
+                s1[layer] += body.sum(0)
+                s2[layer] += (body**2).sum(0)
+
+        run_forced(model, [r["token_ids"] for r in batch], [(mlp_post(layer), grab) for layer in range(n_layers)],
+                   logits=False)
+        n += sum(max(hi - lo, 0) for lo, hi in bounds)
+    s1, s2 = s1.flatten(), s2.flatten()
     var = s2 / max(n, 1) - (s1 / max(n, 1)) ** 2
     top = var.topk(min(cfg.top_variance, len(var))).indices.sort().values
     return NeuronSet.from_flat(top.tolist(), d_mlp, scores=tuple(float(var[i]) for i in top), method="variance",

@@ -7,9 +7,10 @@ import pandas as pd
 import streamlit as st
 
 from app_pages import shared
+from workbench.activations import neuron_activations
 from workbench.app.layout import Missing, need_activations, need_neurons, need_traces, neuron_sets
 from workbench.app.neuron_stats import logit_effects, thinking_span, top_contexts, trajectory
-from workbench.app.readout import forced_acts, store_columns
+from workbench.app.readout import store_columns
 from workbench.app.tokens import token_html
 from workbench.figures import (
     FAMILIES,
@@ -141,5 +142,5 @@ with st.form("custom"):
     go = st.form_submit_button("Read this neuron")
 if go and text.strip():
     ids = model.tokenizer(text).input_ids
-    (custom,) = forced_acts(model, [ids], neuron)
+    (custom,) = neuron_activations(model, [ids], neuron)
     st.markdown(token_html(shared.pieces(analysis, ids), custom[:, 0]), unsafe_allow_html=True)

@@ -202,8 +202,7 @@ def test_off_policy_reads_another_models_traces_on_purpose(organism_run, tiny_mo
 def test_reads_of_activations_alone_never_reach_the_unembedding(organism_run, organism, tmp_path):
     """Caching, window means, per-token reads and the app's replay read activations only: each pass stops after
     the last layer it reads, so the unembedding (pos x d_vocab) is never computed, nor any later layer."""
-    from workbench.activations import window_means
-    from workbench.app.readout import forced_acts
+    from workbench.activations import neuron_activations, window_means
 
     hf = organism.original_model
 
@@ -224,7 +223,7 @@ def test_reads_of_activations_alone_never_reach_the_unembedding(organism_run, or
         assert next(token_activations(organism, [ids]))[1].shape == (1, len(ids), 4 * 512)
         handles += [layer.register_forward_pre_hook(touched(f"layer {i}")) for i, layer in enumerate(hf.model.layers)
                     if i > 1]
-        [acts] = forced_acts(organism, [ids], NeuronSet.from_pairs([(1, 7), (0, 2)]))
+        [acts] = neuron_activations(organism, [ids], NeuronSet.from_pairs([(1, 7), (0, 2)]))
         assert acts.shape == (len(ids), 2)
     finally:
         for h in handles:

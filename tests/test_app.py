@@ -12,11 +12,11 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from typer.testing import CliRunner
 
+from workbench.activations import neuron_activations
 from workbench.app.layout import LayoutError, find_layout
 from workbench.app.live import run_case, run_config
 from workbench.app.marks import event_marks, label_marks
 from workbench.app.neuron_stats import logit_effects, thinking_span, top_contexts, trajectory
-from workbench.app.readout import forced_acts
 from workbench.app.scores import detector_config, detector_scores
 from workbench.app.tokens import MARK_COLOURS, token_html
 from workbench.neurons import NeuronSet
@@ -229,7 +229,7 @@ class TestLibrary:
         store = ActivationStore(organism_study / "organism" / "analysis")
         neurons = store.token_neurons.take(range(6))
         rows = store.traces().to_pylist()[:3]
-        got = forced_acts(organism, [r["token_ids"] for r in rows], neurons)
+        got = neuron_activations(organism, [r["token_ids"] for r in rows], neurons)
         for r, acts in enumerate(got):
             cached = store.token_acts(r)[:, :6]  # float16 on disk
             assert acts.shape == cached.shape
@@ -276,7 +276,8 @@ class TestLibrary:
         cfg = detector_config(det)
         inside, outside = [], []
         rows = load_traces(analysis).to_pylist()
-        for row, acts in zip(rows, forced_acts(organism, [r["token_ids"] for r in rows], det.neurons), strict=True):
+        read = neuron_activations(organism, [r["token_ids"] for r in rows], det.neurons)
+        for row, acts in zip(rows, read, strict=True):
             lo, hi = thinking_span(row)
             scores = detector_scores(det, acts, np.asarray(row["token_ids"]), (lo, hi))
             ends = np.flatnonzero(~np.isnan(scores))

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge import TransformerBridge
 
-from workbench.neurons import layer_of, mlp_post
+from workbench.neurons import NeuronSet, layer_of, mlp_post
 
 
 def _padded(model: TransformerBridge, sequences: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
@@ -166,3 +167,26 @@ def token_activations(
 
         run_forced(model, seqs, [(mlp_post(layer), grab) for layer in range(n_layers)], logits=False)
         yield range(b, b + len(seqs)), torch.cat([got[layer] for layer in range(n_layers)], dim=-1)
+
+
+def neuron_activations(
+    model: TransformerBridge, sequences: Sequence[Sequence[int]], neurons: NeuronSet, batch_size: int = 64,
+) -> list[Float[np.ndarray, "_pos neuron"]]:
+    """Each sequence's activations of ``neurons`` (columns in set order) at every token, float32.
+
+    Only the neurons' layers are hooked and only their columns copied; the pass stops after the last
+    of those layers."""
+    by_layer = neurons.by_layer()  # layer -> (columns in the set, d_mlp indices)
+    out: list[np.ndarray] = []
+    for b in range(0, len(sequences), batch_size):
+        seqs = sequences[b : b + batch_size]
+        width = max(len(s) for s in seqs)
+        acts = torch.zeros(len(seqs), width, len(neurons))
+
+        def grab(act: Float[Tensor, "batch pos d_mlp"], hook: HookPoint, acts=acts) -> None:
+            columns, index = by_layer[layer_of(hook.name)]
+            acts[:, :, list(columns)] = act[:, :, torch.tensor(index, device=act.device)].float().cpu()
+
+        run_forced(model, seqs, [(mlp_post(layer), grab) for layer in by_layer], logits=False)
+        out += [acts[r, : len(s)].numpy() for r, s in enumerate(seqs)]
+    return out

@@ -38,7 +38,7 @@ from sklearn.model_selection import GroupShuffleSplit
 from torch import Tensor, nn
 from transformer_lens.model_bridge import TransformerBridge
 
-from workbench.activations import token_activations
+from workbench.activations import neuron_activations
 from workbench.atomic import atomic_write, atomic_write_text
 from workbench.neurons import NeuronSet
 
@@ -120,13 +120,9 @@ def select_features(
 def question_activations(
     model: TransformerBridge, prompts: Sequence[Sequence[int]], neurons: NeuronSet, batch_size: int = 64
 ) -> list[Float[np.ndarray, "_pos feature"]]:
-    """Teacher-forced ``mlp.hook_post`` of ``neurons`` at every prompt token, one array per prompt."""
-    cols = torch.tensor(neurons.flat(model.cfg.d_mlp))
-    out: list[np.ndarray] = []
-    for rows, acts in token_activations(model, prompts, batch_size):
-        for r, a in zip(rows, acts, strict=True):
-            out.append(a[: len(prompts[r])][:, cols].numpy().astype(np.float32))
-    return out
+    """Teacher-forced ``mlp.hook_post`` of ``neurons`` at every prompt token, one array per prompt (the gate
+    reads its selected neurons only)."""
+    return neuron_activations(model, prompts, neurons, batch_size)
 
 
 def _batch(acts: Sequence[np.ndarray], mean: np.ndarray, std: np.ndarray) -> tuple[Tensor, Tensor]:

@@ -2,15 +2,16 @@
 them, else by a teacher-forced pass of the model the run was generated with.
 
 The store keeps every token only for its ``token_neurons`` (the most variable ones by default); a
-neuron outside them, or custom text, is read by replaying the tokens (``activations.run_forced``,
-hooks on the neurons' layers alone, removed after the pass, which stops after the last of those layers).
+neuron outside them, or custom text, is read by replaying the tokens
+(``activations.neuron_activations``: hooks on the neurons' layers alone, the pass stopping after the last).
 
 Example:
     >>> from workbench import load_model
+    >>> from workbench.activations import neuron_activations
     >>> from workbench.neurons import NeuronSet
     >>> model = load_model("organism")
     >>> ids = model.tokenizer("Q: 47 + 38 = ? <think> carefully 47 + 38 = 85 ;").input_ids
-    >>> [a.shape for a in forced_acts(model, [ids, ids[:4]], NeuronSet.from_pairs([(3, 7), (0, 2)]))]
+    >>> [a.shape for a in neuron_activations(model, [ids, ids[:4]], NeuronSet.from_pairs([(3, 7), (0, 2)]))]
     [(20, 2), (4, 2)]
 """
 
@@ -19,33 +20,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from jaxtyping import Float
-from torch import Tensor
-from transformer_lens.hook_points import HookPoint
 
-from workbench.activations import run_forced
-from workbench.neurons import NeuronSet, layer_of, mlp_post
-
-
-def forced_acts(
-    model, sequences: Sequence[Sequence[int]], neurons: NeuronSet, batch_size: int = 16,
-) -> list[Float[np.ndarray, "_pos neuron"]]:
-    """Each sequence's activations of ``neurons`` (columns in set order) at every token, float32."""
-    by_layer = neurons.by_layer()  # layer -> (columns in the set, d_mlp indices)
-    out: list[np.ndarray] = []
-    for b in range(0, len(sequences), batch_size):
-        seqs = sequences[b : b + batch_size]
-        width = max(len(s) for s in seqs)
-        acts = torch.zeros(len(seqs), width, len(neurons))
-
-        def grab(act: Float[Tensor, "batch pos d_mlp"], hook: HookPoint, acts=acts) -> None:
-            columns, index = by_layer[layer_of(hook.name)]
-            acts[:, :, list(columns)] = act[:, :, torch.tensor(index, device=act.device)].float().cpu()
-
-        run_forced(model, seqs, [(mlp_post(layer), grab) for layer in by_layer], logits=False)
-        out += [acts[r, : len(s)].numpy() for r, s in enumerate(seqs)]
-    return out
+from workbench.activations import neuron_activations
+from workbench.neurons import NeuronSet
 
 
 def store_columns(store, neurons: NeuronSet) -> list[int] | None:
@@ -71,4 +49,4 @@ def run_acts(
     if model is None:
         raise ValueError("these neurons were not kept per token in the activation cache; load the run's model "
                          "to read them by a teacher-forced pass")
-    return forced_acts(model, token_ids, neurons)
+    return neuron_activations(model, token_ids, neurons, batch_size=16)

@@ -16,6 +16,7 @@ import pytest
 import torch
 from transformers import GemmaConfig, GemmaForCausalLM, GPT2Config, GPT2LMHeadModel
 
+from tests.test_engine import hf_greedy
 from workbench.baselines import probe_answers
 from workbench.engine import SamplingConfig, generate
 from workbench.engine.backends import BridgeBackend, make_backend
@@ -49,14 +50,6 @@ def other_family(request, tmp_path_factory):
     return load_model(_save(tmp_path_factory.mktemp(request.param), request.param))
 
 
-def _hf_greedy(model, prompt: str, n: int) -> list[int]:
-    tok, hf = model.tokenizer, model.original_model
-    ids = tok(prompt, return_tensors="pt").input_ids
-    out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    return out[0].tolist()  # the prompt, then the new tokens, as the engine's ``tokens``
-
-
 def _uncached_greedy(model, seq: list[int], n: int, stops: frozenset[int]) -> list[int]:
     """Greedy tokens from a full forward over the whole sequence at every step: no cache anywhere."""
     hf, out = model.original_model, []
@@ -83,7 +76,7 @@ def test_bridge_backend_equals_hf_generate(other_family, batch_size):
     got = generate(other_family, PROMPTS, SamplingConfig(temperature=0.0, max_new_tokens=12), batch_size=batch_size,
                    backend="bridge")
     for prompt, gen in zip(PROMPTS, got, strict=True):
-        assert gen.tokens == _hf_greedy(other_family, prompt, 12)[: len(gen.tokens)]
+        assert gen.tokens == hf_greedy(other_family, prompt, 12)[: len(gen.tokens)]
         ids = tok(prompt).input_ids
         assert gen.tokens == ids + _uncached_greedy(other_family, ids, 12, frozenset({tok.eos_token_id}))
 

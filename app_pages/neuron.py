@@ -7,7 +7,6 @@ import pandas as pd
 import streamlit as st
 
 from app_pages import shared
-from workbench.activations import neuron_activations
 from workbench.app.layout import Missing, need_activations, need_neurons, need_traces, neuron_sets
 from workbench.app.neuron_stats import logit_effects, thinking_span, top_contexts, trajectory
 from workbench.app.readout import store_columns
@@ -21,6 +20,7 @@ from workbench.figures import (
 )
 from workbench.neurons import NeuronSet
 from workbench.probes import auroc
+from workbench.readout import neuron_activations
 
 st.title("Neuron page")
 layout, task = shared.current()

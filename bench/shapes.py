@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-# name -> (config class name, fields). Sources: HuggingFaceTB/SmolLM-135M, Qwen/Qwen3-0.6B, Qwen/Qwen3-1.7B.
+# name -> (config class name, fields). Sources: HuggingFaceTB/SmolLM-135M, Qwen/Qwen3-0.6B, Qwen/Qwen3-1.7B,
+# deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B.
 SHAPES: dict[str, tuple[str, dict]] = {
     "llama-135m": ("LlamaConfig", dict(
         hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -36,6 +37,13 @@ SHAPES: dict[str, tuple[str, dict]] = {
         num_key_value_heads=8, head_dim=128, vocab_size=151936, max_position_embeddings=40960, rms_norm_eps=1e-6,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, tie_word_embeddings=True,
         architectures=["Qwen3ForCausalLM"],
+    )),
+    # Qwen2 classes carry q/k/v biases; the sliding window is configured but off (use_sliding_window=false).
+    "r1-distill-qwen-1.5b": ("Qwen2Config", dict(
+        hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+        num_key_value_heads=2, vocab_size=151936, max_position_embeddings=131072, rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, tie_word_embeddings=False,
+        use_sliding_window=False, sliding_window=None, max_window_layers=21, architectures=["Qwen2ForCausalLM"],
     )),
 }
 
@@ -66,17 +74,21 @@ def _model_class(name: str):
 
 
 def random_checkpoint(name: str, root: str | Path | None = None, seed: int = 0,
-                      dtype: torch.dtype = torch.float32) -> Path:
-    """Saves (once) a random-weight checkpoint of shape ``name`` in ``dtype`` and returns its folder."""
+                      dtype: torch.dtype = torch.float32, layers: int | None = None) -> Path:
+    """Saves (once) a random-weight checkpoint of shape ``name`` in ``dtype`` and returns its folder.
+
+    ``layers`` keeps the first N layers only (widths and vocabulary stay the shape's)."""
     from workbench.organism.tokenizer import build_tokenizer
 
     root = Path(root or os.environ.get("WORKBENCH_BENCH_MODELS", "/tmp/workbench-bench-models"))
     suffix = "" if dtype == torch.float32 else "-" + str(dtype).removeprefix("torch.")
+    suffix += "" if layers is None else f"-{layers}layers"
     folder = root / f"{name}-seed{seed}{suffix}"
     if (folder / "config.json").exists():
         return folder
     torch.manual_seed(seed)
-    model = _model_class(name)(config_for(name)).to(dtype)
+    overrides = {} if layers is None else {"num_hidden_layers": layers}
+    model = _model_class(name)(config_for(name, **overrides)).to(dtype)
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = None
     tmp = folder.with_name(folder.name + ".partial")

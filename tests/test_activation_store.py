@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.activations import token_activations
 from workbench.neurons import NeuronSet
+from workbench.readout import token_activations
 from workbench.store import ActivationStore, CacheConfig, RunDirError, cache_activations
 from workbench.store.activation_store import span_bounds
 
@@ -199,31 +199,41 @@ def test_off_policy_reads_another_models_traces_on_purpose(organism_run, tiny_mo
     assert (store.n_layers, store.d_mlp) == (tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp)
 
 
-def test_reads_of_activations_alone_never_reach_the_unembedding(organism_run, organism, tmp_path):
+@pytest.mark.parametrize("backend", ["bridge", "fast"])
+def test_reads_of_activations_alone_never_reach_the_unembedding(organism_run, organism, tmp_path, backend,
+                                                                 monkeypatch):
     """Caching, window means, per-token reads and the app's replay read activations only: each pass stops after
-    the last layer it reads, so the unembedding (pos x d_vocab) is never computed, nor any later layer."""
-    from workbench.activations import neuron_activations, window_means
+    the last layer it reads, so the unembedding (pos x d_vocab) is never computed, nor any later layer. On the
+    bridge the traces run in chunks of 16 positions over the KV cache; the fast forward has its own copy of the
+    unembedding, which refuses too."""
+    from workbench.engine.backends import fast_decoder
+    from workbench.readout import Budget, neuron_activations, window_means
 
     hf = organism.original_model
+    dec = fast_decoder(hf)
 
     def touched(what):
-        def refuse(module, args):
+        def refuse(*args):
             raise AssertionError(f"{what} ran during a read of activations alone")
         return refuse
 
     hooks_before = sum(len(hp._forward_hooks) for hp in organism.hook_dict.values())
+    monkeypatch.setattr(dec, "lm_head", touched("the fast forward's unembedding"))
+    budget = Budget(backend=backend, chunk_tokens=16)
     handles = [hf.lm_head.register_forward_pre_hook(touched("the unembedding"))]
     try:
         run = tmp_path / "run"
         shutil.copytree(organism_run, run)
-        cache_activations(run, model=organism)
+        cache_activations(run, CacheConfig(backend=backend, chunk_tokens=16), model=organism)
         assert ActivationStore(run).summary("think").shape[0] == 96
-        ids = organism.tokenizer("Q: 47 + 38 = ? <think> carefully 47 + 38 = 85 ;").input_ids
-        assert window_means(organism, [ids], starts=[8], length=4).shape == (1, 4, 512)
-        assert next(token_activations(organism, [ids]))[1].shape == (1, len(ids), 4 * 512)
+        ids = organism.tokenizer("Q: 47 + 38 = ? <think> carefully 47 + 38 = 85 ; 85 + 1 = 86 ; 86 - 1 = 85 ;").input_ids
+        assert len(ids) > 16  # more than one chunk on the bridge
+        assert window_means(organism, [ids], starts=[8], length=4, budget=budget).shape == (1, 4, 512)
+        assert next(token_activations(organism, [ids], budget))[1].shape == (1, len(ids), 4 * 512)
         handles += [layer.register_forward_pre_hook(touched(f"layer {i}")) for i, layer in enumerate(hf.model.layers)
                     if i > 1]
-        [acts] = neuron_activations(organism, [ids], NeuronSet.from_pairs([(1, 7), (0, 2)]))
+        monkeypatch.setattr(dec, "layers", dec.layers[:2])  # nor may the fast forward run past layer 1
+        [acts] = neuron_activations(organism, [ids], NeuronSet.from_pairs([(1, 7), (0, 2)]), budget)
         assert acts.shape == (len(ids), 2)
     finally:
         for h in handles:

@@ -12,7 +12,6 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from typer.testing import CliRunner
 
-from workbench.activations import neuron_activations
 from workbench.app.layout import LayoutError, find_layout
 from workbench.app.live import run_case, run_config
 from workbench.app.marks import event_marks, label_marks
@@ -20,6 +19,7 @@ from workbench.app.neuron_stats import logit_effects, thinking_span, top_context
 from workbench.app.scores import detector_config, detector_scores
 from workbench.app.tokens import MARK_COLOURS, token_html
 from workbench.neurons import NeuronSet
+from workbench.readout import neuron_activations
 from workbench.store import ActivationStore, load_traces
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.activations import run_forced
 from workbench.neat import (
     ExitMonitor,
     ExitReference,
@@ -24,6 +23,7 @@ from workbench.neat import (
     vote,
 )
 from workbench.neurons import NeuronSet
+from workbench.readout import run_forced
 from workbench.store import TraceStore, load_traces
 from workbench.traces import TraceRunConfig, run_traces
 

@@ -38,9 +38,9 @@ from sklearn.model_selection import GroupShuffleSplit
 from torch import Tensor, nn
 from transformer_lens.model_bridge import TransformerBridge
 
-from workbench.activations import neuron_activations
 from workbench.atomic import atomic_write, atomic_write_text
 from workbench.neurons import NeuronSet
+from workbench.readout import Budget, neuron_activations
 
 STATE_FILE, CONFIG_FILE = "gate.safetensors", "gate.json"
 
@@ -122,7 +122,7 @@ def question_activations(
 ) -> list[Float[np.ndarray, "_pos feature"]]:
     """Teacher-forced ``mlp.hook_post`` of ``neurons`` at every prompt token, one array per prompt (the gate
     reads its selected neurons only)."""
-    return neuron_activations(model, prompts, neurons, batch_size)
+    return neuron_activations(model, prompts, neurons, Budget(batch_size=batch_size))
 
 
 def _batch(acts: Sequence[np.ndarray], mean: np.ndarray, std: np.ndarray) -> tuple[Tensor, Tensor]:

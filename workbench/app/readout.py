@@ -3,11 +3,11 @@ them, else by a teacher-forced pass of the model the run was generated with.
 
 The store keeps every token only for its ``token_neurons`` (the most variable ones by default); a
 neuron outside them, or custom text, is read by replaying the tokens
-(``activations.neuron_activations``: hooks on the neurons' layers alone, the pass stopping after the last).
+(``readout.neuron_activations``: hooks on the neurons' layers alone, the pass stopping after the last).
 
 Example:
     >>> from workbench import load_model
-    >>> from workbench.activations import neuron_activations
+    >>> from workbench.readout import neuron_activations
     >>> from workbench.neurons import NeuronSet
     >>> model = load_model("organism")
     >>> ids = model.tokenizer("Q: 47 + 38 = ? <think> carefully 47 + 38 = 85 ;").input_ids
@@ -22,8 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 from jaxtyping import Float
 
-from workbench.activations import neuron_activations
 from workbench.neurons import NeuronSet
+from workbench.readout import Budget, neuron_activations
 
 
 def store_columns(store, neurons: NeuronSet) -> list[int] | None:
@@ -49,4 +49,4 @@ def run_acts(
     if model is None:
         raise ValueError("these neurons were not kept per token in the activation cache; load the run's model "
                          "to read them by a teacher-forced pass")
-    return neuron_activations(model, token_ids, neurons, batch_size=16)
+    return neuron_activations(model, token_ids, neurons, Budget(batch_size=16))

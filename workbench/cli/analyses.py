@@ -39,6 +39,12 @@ def show(report: dict[str, Any], as_json: bool) -> None:
         typer.echo(f"{key:40s} {value}")
 
 
+class Backend(enum.StrEnum):
+    auto = "auto"
+    fast = "fast"
+    bridge = "bridge"
+
+
 def cache(
     run: Run,
     token_neurons: Annotated[Path | None, typer.Option(
@@ -47,7 +53,15 @@ def cache(
     = 512,
     layers: Annotated[str, typer.Option(help="Comma-separated layers to keep in full at every token (large).")] = "",
     early_k: Annotated[str, typer.Option(help="The k of the first-k-thinking-tokens spans.")] = "1,2,4,8,16,32,64",
-    batch_size: Annotated[int, typer.Option(min=1, help="Traces per forward pass.")] = 16,
+    batch_size: Annotated[int, typer.Option(min=1, help="Traces per forward pass at most.")] = 16,
+    max_tokens_per_batch: Annotated[int, typer.Option(
+        min=1, help="Padded tokens per forward pass at most (a batch of long traces is split).")] = 16_384,
+    chunk_tokens: Annotated[int, typer.Option(
+        min=1, help="Positions per forward on the bridge backend (longer traces continue over the KV cache).")]
+    = 1_024,
+    backend: Annotated[Backend, typer.Option(
+        help="auto: the engine's SDPA forward where the architecture allows, else the TransformerLens bridge.")]
+    = "auto",
     shard_traces: Annotated[int, typer.Option(min=1, help="Traces per shard (the unit of resume).")] = 256,
     model: Annotated[str | None, typer.Option(
         help="The model that reads the traces (default: the run's own; another needs --off-policy).")] = None,
@@ -65,7 +79,8 @@ def cache(
     with user_errors(run):
         cfg = CacheConfig(token_neurons=str(token_neurons) if token_neurons else None, top_variance=top_variance,
                           layers=_ints(layers, "--layers"), early_k=_ints(early_k, "--early-k"),
-                          batch_size=batch_size, shard_traces=shard_traces)
+                          batch_size=batch_size, max_tokens_per_batch=max_tokens_per_batch,
+                          chunk_tokens=chunk_tokens, backend=str(backend), shard_traces=shard_traces)
         root = cache_activations(run, cfg, model=reader, progress=not as_json, off_policy=off_policy)
         store = ActivationStore(run)
         size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())

@@ -15,7 +15,7 @@ shapes 2.4-3.7x slower (batch 16-64), and oneDNN's result for a row does not dep
 rows in the batch (MKL's does, in the last bits). The packed copies double the weights' memory;
 ``pack=False`` keeps plain ``F.linear``.
 
-Three entry points share one layer body:
+Four entry points share one layer body:
 
 * ``prefill``: fresh prompts, right-padded, into cache rows ``start ..``; attention is plain causal
   attention over the prompts' own keys (padding comes after a row's tokens, so causality hides it).
@@ -24,6 +24,8 @@ Three entry points share one layer body:
   folded into that head's query positions (``(rows, n_kv, group, head_dim)``), so no key or value
   is ever copied or repeated. No host sync: the caller passes the attention width as an int.
 * ``forward``: any rows, any positions (the general form, used by the tests).
+* ``read``: teacher forcing for the analyses (``workbench.readout``): every position's neurons, up to
+  a given layer, no cache and no logits.
 
 Config fields that change the forward pass (transformers 5 Llama, Mistral, Qwen2, Qwen3 classes):
 
@@ -240,7 +242,7 @@ class FastDecoder:
         return self._cos, self._sin
 
     def _layer(self, li: int, layer: _Layer, x: Tensor, cos: Tensor, sin: Tensor, attend: Attend,
-               mlp_hook: MlpHook | None, last: Tensor | None) -> Tensor:
+               mlp_hook: MlpHook | None, last: Tensor | slice | None) -> Tensor:
         rows, t, _ = x.shape
         h = self._rms(x, layer.ln1)
         q = layer.q(h).view(rows, t, self.n_heads, self.head_dim)
@@ -255,7 +257,9 @@ class FastDecoder:
         h = self._rms(x, layer.ln2)
         act = self.act(layer.gate(h)) * layer.up(h)
         if mlp_hook is not None:  # the current position's neurons, edited in place
-            if last is None:
+            if isinstance(last, slice):  # every position (teacher-forced reads)
+                mlp_hook(li, act)
+            elif last is None:
                 mlp_hook(li, act[:, -1])
             else:
                 ar = torch.arange(rows, device=x.device)
@@ -338,6 +342,29 @@ class FastDecoder:
         for li, layer in enumerate(self.layers):
             x = self._layer(li, layer, x, cos, sin, attend, mlp_hook, None)
         return self._logits(x[:, -1], out)
+
+    def final_norm(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """The final RMSNorm, as the unembedding sees the residual stream."""
+        return self._rms(x, self.norm)
+
+    @torch.no_grad()
+    def read(self, ids: Int[Tensor, "rows pos"], upto: int,
+             mlp_hook: Callable[[int, Float[Tensor, "rows pos d_mlp"]], None]) -> Float[Tensor, "rows pos d_model"]:
+        """Teacher-forces right-padded ``ids`` through layers ``0 .. upto``; ``mlp_hook(L, act)`` sees
+        layer L's neurons at every position; returns the residual stream after layer ``upto``. No cache
+        is kept and no logits are made: SDPA's causal kernel never forms the ``pos x pos`` scores, so
+        memory grows linearly with the length."""
+        t = ids.shape[1]
+        cos, sin = self.rope_table(t)
+        cos, sin = cos[:t], sin[:t]  # every row starts at position 0; padding comes after, unseen
+        x = F.embedding(ids, self.embed)
+
+        def attend(li: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.group > 1)
+
+        for li, layer in enumerate(self.layers[: upto + 1]):
+            x = self._layer(li, layer, x, cos, sin, attend, mlp_hook, slice(None))
+        return x
 
     @torch.no_grad()
     def forward(

@@ -145,22 +145,21 @@ def exit_timeline(run: str | Path, trace_id: str | None = None, model=None, refe
     flat = np.asarray(reference.flat)
     acts = np.zeros((len(tokens), len(flat)), dtype=np.float32)
 
-    def on_layer(layer: int, act: torch.Tensor) -> None:
+    start, end = row["think_start"], row["think_end"]
+    end_id = close_ids[0] if close_ids else (tokens[end] if end is not None else None)
+
+    def on_layer(layer: int, act: torch.Tensor, at: int) -> None:
         mine = np.flatnonzero(flat // d_mlp == layer)
         if len(mine):
-            acts[:, mine] = act[0][:, flat[mine] % d_mlp].numpy()
+            acts[at : at + act.shape[1], mine] = act[0][:, flat[mine] % d_mlp].numpy()
 
-    with torch.no_grad():
-        logits = forced_pass(model, [tokens], on_layer, layers=sorted({int(f) // d_mlp for f in flat}), logits=True)
-    start, end = row["think_start"], row["think_end"]
+    p_all = forced_pass(model, [tokens], on_layer, layers=sorted({int(f) // d_mlp for f in flat}),
+                        p_of=None if end_id is None else [end_id])
     lo = start + 1 if start is not None else row["prompt_len"]
     hi = end if end is not None else len(tokens)
     signals = reference.signals(acts[lo:hi])
     sim, mag = ("rho", "phi") if method.get("signal", "paper") == "paper" else ("sim", "mag")
-    end_id = close_ids[0] if close_ids else (tokens[end] if end is not None else None)
-    p_end = None
-    if end_id is not None:
-        p_end = tuple(torch.softmax(logits[0, lo:hi].float(), -1)[:, end_id].tolist())
+    p_end = None if p_all is None else tuple(p_all[0, lo:hi].tolist())
     exited, suppressed, recorded = None, [], {}
     for e in _events(row):
         pos = row["prompt_len"] + e["step"] - 1 - lo  # the reading was taken at the last token before the step

@@ -36,6 +36,7 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge import TransformerBridge
 
 from workbench.neurons import layer_of, mlp_post
+from workbench.readout import Budget, prefix_cache
 
 
 def _check(sequences, positions, end_ids, n_layers: int, layers) -> list[int]:
@@ -72,6 +73,15 @@ def _logp_end(model: TransformerBridge, caches: dict, token: int, pos: int, end:
     return torch.log_softmax(logits[:, -1].float(), -1)[:, end].cpu()
 
 
+def _rows_within(model: TransformerBridge, prefix: int, rows: int, max_bytes: int) -> int:
+    """How many copies of a ``prefix``-token KV cache (at most ``rows``) fit in ``max_bytes``."""
+    cfg = model.original_model.config
+    n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    per_row = 2 * cfg.num_hidden_layers * n_kv * head_dim * max(prefix, 1) * model.original_model.dtype.itemsize
+    return max(1, min(rows, max_bytes // per_row))
+
+
 @torch.no_grad()
 def ablation_importance(
     model: TransformerBridge,
@@ -81,19 +91,26 @@ def ablation_importance(
     layers: Sequence[int] | None = None,
     batch_size: int = 512,
     progress: bool = False,
+    max_cache_bytes: int = 2**31,
 ) -> Float[np.ndarray, "trace n_neurons"]:
-    """Exact Imp of every neuron of ``layers`` at ``positions[i]`` of each sequence; NaN elsewhere."""
+    """Exact Imp of every neuron of ``layers`` at ``positions[i]`` of each sequence; NaN elsewhere.
+
+    Each forward ablates ``batch_size`` neurons at most, fewer where the prefix's KV cache copied to
+    that many rows would pass ``max_cache_bytes`` (a long trace's cache is large: 1.8 GB per row for
+    a Qwen3-1.7B shape at 8k tokens in float32), down to one neuron per forward."""
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
     layers = _check(sequences, positions, end_ids, n_layers, layers)
     hf, dev = model.original_model, _device(model)
     out = np.full((len(sequences), n_layers * d_mlp), np.nan, dtype=np.float32)
     for i in tqdm(range(len(sequences)), desc="ablation", disable=not progress, unit="trace"):
         seq, p, end = list(sequences[i]), int(positions[i]), int(end_ids[i])
-        caches = {1: hf(input_ids=torch.tensor([seq[:p]], device=dev), use_cache=True).past_key_values}
+        # the prefix's keys and values only: its logits (p x d_vocab) are never needed
+        caches = {1: hf.get_decoder()(input_ids=torch.tensor([seq[:p]], device=dev), use_cache=True).past_key_values}
         base = float(_logp_end(model, caches, seq[p], p, end, 1)[0])
+        step = _rows_within(model, p, batch_size, max_cache_bytes)
         for layer in layers:
-            for lo in range(0, d_mlp, batch_size):
-                idx = torch.arange(lo, min(lo + batch_size, d_mlp))
+            for lo in range(0, d_mlp, step):
+                idx = torch.arange(lo, min(lo + step, d_mlp))
 
                 def zero(act, hook: HookPoint, idx=idx):
                     act = act.clone()
@@ -121,37 +138,39 @@ def gradient_importance(
     """
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
     layers = _check(sequences, positions, end_ids, n_layers, layers)
-    hf, dev = model.original_model, _device(model)
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    hf = model.original_model
     out = np.full((len(sequences), n_layers * d_mlp), np.nan, dtype=np.float32)
-    starts = range(0, len(sequences), batch_size)
-    for b in tqdm(starts, desc="gradient", disable=not progress, unit="batch"):
-        seqs = [list(s[: p + 1]) for s, p in zip(sequences[b : b + batch_size], positions[b : b + batch_size],
-                                                 strict=True)]
-        pos = torch.tensor([int(p) for p in positions[b : b + batch_size]], device=dev)
-        ends = torch.tensor([int(e) for e in end_ids[b : b + batch_size]], device=dev)
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, s in enumerate(seqs):
-            ids[r, : len(s)], mask[r, : len(s)] = torch.tensor(s), 1
-        rows = torch.arange(len(seqs), device=dev)
+    budget = Budget(batch_size=batch_size)
+    for batch in tqdm(list(budget.batches([int(p) for p in positions])), desc="gradient", disable=not progress,
+                      unit="batch"):
+        prefixes = [list(sequences[i][: int(positions[i])]) for i in batch]
+        cache, mask = prefix_cache(model, prefixes, budget)
+        dev = mask.device
+        pos = torch.tensor([int(positions[i]) for i in batch], device=dev)
+        token = torch.tensor([[int(sequences[i][int(positions[i])])] for i in batch], device=dev)
+        ends = torch.tensor([int(end_ids[i]) for i in batch], device=dev)
+        rows = torch.arange(len(batch), device=dev)
         deltas: dict[int, torch.Tensor] = {}
         acts: dict[int, torch.Tensor] = {}
 
-        def probe(act, hook: HookPoint, deltas=deltas, acts=acts, rows=rows, pos=pos):
+        def probe(act, hook: HookPoint, deltas=deltas, acts=acts):
             layer = layer_of(hook.name)
             delta = torch.zeros_like(act, requires_grad=True)
-            deltas[layer], acts[layer] = delta, act.detach()[rows, pos]
+            deltas[layer], acts[layer] = delta, act.detach()[:, -1]
             return act + delta
 
+        # Only the exit token runs with gradients, over the prefix's cached keys and values: the graph
+        # holds one position, and the unembedding is applied to that position alone.
         with torch.enable_grad(), model.hooks(fwd_hooks=[(mlp_post(layer), probe) for layer in layers]):
-            logits = hf(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits
-            logp = torch.log_softmax(logits[rows, pos].float(), -1)[rows, ends].sum()
+            step_mask = torch.cat([mask, mask.new_ones(len(batch), 1)], 1)
+            hidden = hf.get_decoder()(input_ids=token, attention_mask=step_mask, position_ids=pos[:, None],
+                                      past_key_values=cache).last_hidden_state
+            logits = hf.get_output_embeddings()(hidden[:, -1])
+            logp = torch.log_softmax(logits.float(), -1)[rows, ends].sum()
             grads = torch.autograd.grad(logp, [deltas[layer] for layer in layers])
         for layer, g in zip(layers, grads, strict=True):
-            imp = (acts[layer].float() * g[rows, pos].float()).cpu().numpy()
-            out[b : b + len(seqs), layer * d_mlp : (layer + 1) * d_mlp] = imp
+            imp = (acts[layer].float() * g[:, -1].float()).cpu().numpy()
+            out[list(batch), layer * d_mlp : (layer + 1) * d_mlp] = imp
     return out
 
 

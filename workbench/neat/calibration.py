@@ -26,7 +26,14 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from workbench.neat.attribution import agreement, importance
 from workbench.neat.config import DEFAULT_CONFIG, NeatConfig
-from workbench.neat.exit_traces import ExitTrace, calibration_set, forced_pass, load_exit_traces, run_model
+from workbench.neat.exit_traces import (
+    ExitTrace,
+    budget_of,
+    calibration_set,
+    forced_pass,
+    load_exit_traces,
+    run_model,
+)
 from workbench.neat.reference import ExitReference
 from workbench.neat.selection import Selection, TraceVote, candidates, trace_vote, vote
 from workbench.neurons import NeuronSet
@@ -119,34 +126,46 @@ def fit_exit(
     n = n_layers * d_mlp
     exit_sum, exit_abs, think_sum, think_count = np.zeros(n), np.zeros(n), np.zeros(n), 0
     votes: list[TraceVote] = []
-    starts = range(0, len(calib), cfg.batch_size)
-    for b in tqdm(starts, desc="temporal profiles", disable=not progress, unit="batch"):
-        batch = calib[b : b + cfg.batch_size]
+    budget = budget_of(cfg)
+    for rows in tqdm(list(budget.batches([len(t.tokens) for t in calib])), desc="temporal profiles",
+                     disable=not progress, unit="batch"):
+        batch, b = [calib[i] for i in rows], rows.start
         spans = [(0 if cfg.com_span == "sequence" else t.span[0], t.think_end) for t in batch]
-        exits = [t.exit_positions(cfg.exit_offsets) for t in batch]
+        exits = [np.asarray(t.exit_positions(cfg.exit_offsets)) for t in batch]
         got_span = [np.zeros((hi - lo, len(cands[b + r])), dtype=np.float32) for r, (lo, hi) in enumerate(spans)]
-        got_exit = [np.zeros(len(cands[b + r])) for r in range(len(batch))]
+        # per layer, per row: the neurons at the exit positions, and the thinking sum (a chunk at a time)
+        at_exits = {layer: [np.zeros((len(e), d_mlp), dtype=np.float32) for e in exits] for layer in range(n_layers)}
+        thinking = {layer: [np.zeros(d_mlp, dtype=np.float32) for _ in batch] for layer in range(n_layers)}
 
-        def on_layer(layer: int, act: torch.Tensor, batch=batch, spans=spans, exits=exits,
-                     got_span=got_span, got_exit=got_exit, b=b) -> None:
-            nonlocal think_count
-            a = act.numpy()
-            sl = slice(layer * d_mlp, (layer + 1) * d_mlp)
+        def on_layer(layer: int, act: torch.Tensor, start: int, batch=batch, spans=spans, exits=exits,
+                     got_span=got_span, at_exits=at_exits, thinking=thinking, b=b) -> None:
+            a, stop = act.numpy(), start + act.shape[1]
             for r, t in enumerate(batch):
-                at_exit = a[r, exits[r]].mean(0)
-                exit_sum[sl] += at_exit
-                exit_abs[sl] += np.abs(at_exit)
-                think_sum[sl] += a[r, t.span[0] : t.span[1]].sum(0)
-                if layer == 0:
-                    think_count += t.span[1] - t.span[0]
+                here = (exits[r] >= start) & (exits[r] < stop)
+                at_exits[layer][r][here] = a[r, exits[r][here] - start]
+                lo, hi = max(t.span[0], start), min(t.span[1], stop)
+                if lo < hi:
+                    thinking[layer][r] += a[r, lo - start : hi - start].sum(0)
                 c = cands[b + r]
                 mine = np.flatnonzero(c // d_mlp == layer)
-                if len(mine):
-                    lo, hi = spans[r]
-                    got_span[r][:, mine] = a[r, lo:hi][:, c[mine] % d_mlp]
-                    got_exit[r][mine] = a[r, exits[r]][:, c[mine] % d_mlp].sum(0)
+                lo, hi = max(spans[r][0], start), min(spans[r][1], stop)
+                if len(mine) and lo < hi:
+                    into = slice(lo - spans[r][0], hi - spans[r][0])
+                    got_span[r][into, mine] = a[r, lo - start : hi - start][:, c[mine] % d_mlp]
 
-        forced_pass(model, [t.tokens for t in batch], on_layer)
+        forced_pass(model, [t.tokens for t in batch], on_layer, budget=budget)  # every layer: exit_mean
+        got_exit = [np.zeros(len(cands[b + r])) for r in range(len(batch))]
+        for layer in range(n_layers):
+            sl = slice(layer * d_mlp, (layer + 1) * d_mlp)
+            for r in range(len(batch)):
+                at_exit = at_exits[layer][r].mean(0)
+                exit_sum[sl] += at_exit
+                exit_abs[sl] += np.abs(at_exit)
+                think_sum[sl] += thinking[layer][r]
+                c = cands[b + r]
+                mine = np.flatnonzero(c // d_mlp == layer)
+                got_exit[r][mine] = at_exits[layer][r][:, c[mine] % d_mlp].sum(0)
+        think_count += sum(t.span[1] - t.span[0] for t in batch)
         for r in range(len(batch)):
             c = cands[b + r]
             votes.append(trace_vote(c, imp[b + r, c], got_span[r], got_exit[r], cfg))

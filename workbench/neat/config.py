@@ -57,7 +57,8 @@ class NeatConfig:
         random_draws: random neuron sets averaged for the random control.
         window: a signal "hits" when it peaks within this many tokens of the answer point.
         seed: picks calibration traces, the fit/measure split of problems and the random controls.
-        batch_size: traces per teacher-forced pass.
+        batch_size: traces per teacher-forced pass at most.
+        max_tokens_per_batch: padded tokens per teacher-forced pass at most (``readout.Budget``).
         ablation_batch: ablated neurons per forward pass of the exact estimator.
     """
 
@@ -79,6 +80,7 @@ class NeatConfig:
     window: int = 3
     seed: int = 0
     batch_size: int = 32
+    max_tokens_per_batch: int = 16_384
     ablation_batch: int = 512
 
     def __post_init__(self) -> None:
@@ -89,7 +91,8 @@ class NeatConfig:
         if not self.exit_offsets or any(k < 1 for k in self.exit_offsets):
             raise ValueError(f"NeatConfig.exit_offsets must be positive offsets before think_end, "
                              f"got {self.exit_offsets}")
-        for name in ("top_attr", "top_temporal", "vote_k", "batch_size", "ablation_batch", "ablation_max_neurons"):
+        for name in ("top_attr", "top_temporal", "vote_k", "batch_size", "max_tokens_per_batch", "ablation_batch",
+                     "ablation_max_neurons"):
             if getattr(self, name) < 1:
                 raise ValueError(f"NeatConfig.{name} must be >= 1, got {getattr(self, name)}")
         for name in ("tau_cons", "tau_com"):

@@ -20,12 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge import TransformerBridge
 
-from workbench.activations import run_forced
 from workbench.model import load_model
-from workbench.neurons import layer_of, mlp_post
+from workbench.readout import DEFAULT_BUDGET, Budget, read_mlp
 from workbench.store import load_traces
 from workbench.store.rundir import run_model_spec
 
@@ -99,16 +97,24 @@ def run_model(run_dir: str | Path) -> TransformerBridge:
 def forced_pass(
     model: TransformerBridge,
     sequences: Sequence[Sequence[int]],
-    on_layer: Callable[[int, torch.Tensor], None],
+    on_layer: Callable[[int, torch.Tensor, int], None],
     layers: Sequence[int] | None = None,
-    logits: bool = False,
+    p_of: Sequence[int] | None = None,
+    budget: Budget = DEFAULT_BUDGET,
 ) -> torch.Tensor | None:
-    """One teacher-forced pass (right-padded); ``on_layer(L, act)`` sees each layer's ``hook_post``
-    as float32 ``(batch, pos, d_mlp)`` on the CPU. Returns the logits when asked for (the model's own
-    p(end)); without them the pass stops after the last layer read."""
+    """One teacher-forced pass (one batch, right-padded); ``on_layer(L, act, start)`` sees layer L's
+    ``hook_post`` at positions ``start ..`` as float32 ``(batch, chunk, d_mlp)`` on the CPU. With
+    ``p_of`` (a token id per sequence: the closing marker) returns ``p(that token)`` at every position,
+    the model's own p(end), without ever forming the full-vocabulary logits; without it the pass
+    stops after the last layer read."""
     layers = range(model.cfg.n_layers) if layers is None else layers
 
-    def grab(act, hook: HookPoint):
-        on_layer(layer_of(hook.name), act.detach().float().cpu())
+    def grab(layer: int, act: torch.Tensor, start: int) -> None:
+        on_layer(layer, act.detach().float().cpu(), start)
 
-    return run_forced(model, sequences, [(mlp_post(layer), grab) for layer in layers], logits=logits)
+    return read_mlp(model, sequences, layers, grab, budget, p_of=p_of)
+
+
+def budget_of(cfg) -> Budget:
+    """The readout budget of a ``NeatConfig``."""
+    return Budget(batch_size=cfg.batch_size, max_tokens_per_batch=cfg.max_tokens_per_batch)

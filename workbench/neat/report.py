@@ -36,7 +36,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from workbench.atomic import atomic_write_text
 from workbench.neat.calibration import NeatFit, fit_exit
 from workbench.neat.config import DEFAULT_CONFIG, NeatConfig
-from workbench.neat.exit_traces import ExitTrace, forced_pass, load_exit_traces, run_model
+from workbench.neat.exit_traces import ExitTrace, budget_of, forced_pass, load_exit_traces, run_model
 from workbench.neat.reference import ExitReference
 from workbench.splits import fit_half
 
@@ -81,25 +81,27 @@ def measure(
     col = {int(f): i for i, f in enumerate(union)}
     mu_all = torch.from_numpy(fit.exit_mean.reshape(model.cfg.n_layers, d_mlp)).float()
     signals: dict[str, list[np.ndarray]] = {name: [] for name in [*sets, "aligned", "all", "p_end"]}
-    for b in tqdm(range(0, len(traces), cfg.batch_size), desc="exit signals", disable=not progress, unit="batch"):
-        batch = traces[b : b + cfg.batch_size]
+    budget = budget_of(cfg)
+    for rows in tqdm(list(budget.batches([len(t.tokens) for t in traces])), desc="exit signals",
+                     disable=not progress, unit="batch"):
+        batch = [traces[i] for i in rows]
         width = max(len(t.tokens) for t in batch)
         gathered = np.zeros((len(batch), width, len(union)), dtype=np.float32)
         dot, sq = torch.zeros(len(batch), width), torch.zeros(len(batch), width)
 
-        def on_layer(layer: int, act: torch.Tensor, gathered=gathered, dot=dot, sq=sq) -> None:
-            dot.add_(act @ mu_all[layer])
-            sq.add_((act * act).sum(-1))
+        def on_layer(layer: int, act: torch.Tensor, start: int, gathered=gathered, dot=dot, sq=sq) -> None:
+            at = slice(start, start + act.shape[1])
+            dot[:, at].add_(act @ mu_all[layer])
+            sq[:, at].add_((act * act).sum(-1))
             mine = np.flatnonzero(union // d_mlp == layer)
             if len(mine):
-                gathered[:, :, mine] = act[:, :, union[mine] % d_mlp].numpy()
+                gathered[:, at, mine] = act[:, :, union[mine] % d_mlp].numpy()
 
-        logits = forced_pass(model, [t.tokens for t in batch], on_layer, logits=True)
+        p_end = forced_pass(model, [t.tokens for t in batch], on_layer, p_of=[t.end_id for t in batch], budget=budget)
         all_cos = (dot / (sq.sqrt().clamp_min(1e-10) * mu_all.norm().clamp_min(1e-10))).numpy()
         for r, t in enumerate(batch):
             lo, hi = t.span
-            probs = torch.softmax(logits[r, lo:hi].float(), -1)[:, t.end_id]
-            signals["p_end"].append(probs.cpu().numpy())
+            signals["p_end"].append(p_end[r, lo:hi].numpy())
             signals["all"].append(all_cos[r, lo:hi])
             for name, flat in sets.items():
                 acts = gathered[r, lo:hi][:, [col[int(f)] for f in flat]]

@@ -29,13 +29,13 @@ import torch
 from scipy import stats
 from transformer_lens.model_bridge import TransformerBridge
 
-from workbench.activations import gather_positions, next_token_probs, token_activations
 from workbench.adaras import AdarasConfig, rank_rcn_arrays
 from workbench.engine import NeuronEdit
 from workbench.neurons import NeuronSet
 from workbench.organism.task import CARELESS_OPENERS, STEP_ENDS, Step, TraceRecipe, slip_value
 from workbench.organism.tokenizer import SPACE
 from workbench.probes import auroc, probe_auroc
+from workbench.readout import gather_positions, next_token_probs, token_activations
 from workbench.splits import fit_half
 
 STEER_NEURONS, RANDOM_DRAWS = 50, 3

@@ -37,7 +37,6 @@ import numpy as np
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
-from workbench.activations import next_token_probs, window_means
 from workbench.model import load_model, resolve
 from workbench.neat import NeatConfig, exit_report
 from workbench.neurons import NeuronSet
@@ -45,6 +44,7 @@ from workbench.organism import checks
 from workbench.organism.task import Problem, TraceLabels, TraceRecipe
 from workbench.organism.train import planted_of, recipe_of
 from workbench.probes import auroc, probe_auroc
+from workbench.readout import next_token_probs, window_means
 from workbench.splits import fit_half
 from workbench.store import load_traces
 from workbench.traces import TraceRunConfig, run_traces

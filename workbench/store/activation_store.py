@@ -82,8 +82,14 @@ class CacheConfig:
         top_variance: how many neurons that default keeps (all neurons when the model has fewer).
         calibration_traces: traces read to estimate that variance (the first ones of the run).
         layers: layers whose every neuron is kept at every token (large: 2 bytes x d_mlp per token).
-        batch_size: traces per teacher-forced forward pass.
+        batch_size: traces per teacher-forced forward pass at most.
+        max_tokens_per_batch: padded tokens per pass at most (traces x the longest), so a batch of
+            long traces is split by itself (``readout.Budget``).
+        chunk_tokens: positions per forward on the bridge backend (longer traces continue over the KV
+            cache, so attention memory grows with the length, not its square).
+        backend: the readout's forward: ``"auto"``, ``"fast"`` or ``"bridge"`` (``readout.Budget``).
         shard_traces: traces per shard (the unit of resume and of memory).
+        shard_tokens: tokens per shard at most (a shard of long traces holds fewer of them).
     """
 
     early_k: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
@@ -92,12 +98,27 @@ class CacheConfig:
     calibration_traces: int = 64
     layers: tuple[int, ...] = ()
     batch_size: int = 16
+    max_tokens_per_batch: int = 16_384
+    chunk_tokens: int = 1_024
+    backend: str = "auto"
     shard_traces: int = 256
+    shard_tokens: int = 262_144
 
     def __post_init__(self) -> None:
-        for name in ("top_variance", "calibration_traces", "batch_size", "shard_traces"):
+        for name in ("top_variance", "calibration_traces", "shard_traces", "shard_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"CacheConfig.{name} must be >= 1, got {getattr(self, name)}")
+        self.budget()  # validates the batch fields
+
+    def budget(self):
+        """The readout ``Budget`` of these settings."""
+        from workbench.readout import Budget
+
+        try:
+            return Budget(batch_size=self.batch_size, max_tokens_per_batch=self.max_tokens_per_batch,
+                          chunk_tokens=self.chunk_tokens, backend=self.backend)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("Budget.", "CacheConfig.")) from None
         if not self.early_k or any(k < 1 for k in self.early_k):
             raise ValueError(f"CacheConfig.early_k must be positive token counts, got {self.early_k}")
 
@@ -146,28 +167,26 @@ def _variance_neurons(model, rows: list[dict], cfg: CacheConfig) -> NeuronSet:
     """
     import torch
 
-    from workbench.activations import run_forced
-    from workbench.neurons import layer_of, mlp_post
+    from workbench.readout import read_mlp
 
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
     thinking = [r for r in rows if r["think_start"] is not None]
     calib = (thinking or rows)[: cfg.calibration_traces]
     s1 = torch.zeros(n_layers, d_mlp, dtype=torch.float64)
     s2, n = torch.zeros_like(s1), 0
-    for b in range(0, len(calib), cfg.batch_size):
-        batch = calib[b : b + cfg.batch_size]
+    budget = cfg.budget()
+    for rows_b in budget.batches([len(r["token_ids"]) for r in calib]):
+        batch = [calib[i] for i in rows_b]
         bounds = [(r["think_start"] + 1 if r["think_start"] is not None else r["prompt_len"],
                    r["think_end"] if r["think_end"] is not None else len(r["token_ids"])) for r in batch]
 
-        def grab(act: Float[torch.Tensor, "batch pos d_mlp"], hook, bounds=bounds) -> None:
-            layer = layer_of(hook.name)
+        def grab(layer: int, act: Float[torch.Tensor, "batch chunk d_mlp"], start: int, bounds=bounds) -> None:
             for r, (lo, hi) in enumerate(bounds):
-                body = act[r, lo:hi].detach().float().cpu().double()
+                body = act[r, max(lo - start, 0) : max(hi - start, 0)].detach().float().cpu().double()
                 s1[layer] += body.sum(0)
                 s2[layer] += (body**2).sum(0)
 
-        run_forced(model, [r["token_ids"] for r in batch], [(mlp_post(layer), grab) for layer in range(n_layers)],
-                   logits=False)
+        read_mlp(model, [r["token_ids"] for r in batch], range(n_layers), grab, budget)
         n += sum(max(hi - lo, 0) for lo, hi in bounds)
     s1, s2 = s1.flatten(), s2.flatten()
     var = s2 / max(n, 1) - (s1 / max(n, 1)) ** 2
@@ -181,8 +200,7 @@ def _readout(model, rows: list[dict], spans: tuple[str, ...], cfg: CacheConfig, 
     """One teacher-forced pass over ``rows``: span means (float32), subset and layer tokens per trace."""
     import torch
 
-    from workbench.activations import run_forced
-    from workbench.neurons import layer_of, mlp_post
+    from workbench.readout import read_mlp
 
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
     lengths = [len(r["token_ids"]) for r in rows]
@@ -199,26 +217,26 @@ def _readout(model, rows: list[dict], spans: tuple[str, ...], cfg: CacheConfig, 
     summaries = torch.zeros(len(rows), len(spans), n_layers, d_mlp)
     by_layer = {layer: torch.tensor([i % d_mlp for i in token_flat if i // d_mlp == layer], dtype=torch.long)
                 for layer in range(n_layers)}
-    subset: dict[int, torch.Tensor] = {}
-    full: dict[int, torch.Tensor] = {}
+    kept = [layer for layer in range(n_layers) if len(by_layer[layer])]
+    columns = dict(zip(kept, np.cumsum([0] + [len(by_layer[layer]) for layer in kept]).tolist(), strict=False))
+    tokens = torch.zeros(len(rows), width, len(token_flat), dtype=torch.float16)
+    full = {layer: torch.zeros(len(rows), width, d_mlp, dtype=torch.float16) for layer in cfg.layers}
 
-    def grab(act: Float[torch.Tensor, "batch pos d_mlp"], hook) -> None:
-        layer = layer_of(hook.name)
-        act = act.float()
-        summaries[:, :, layer] = torch.bmm(weights.to(act.device), act).cpu()
-        if len(by_layer[layer]):
-            subset[layer] = act[:, :, by_layer[layer].to(act.device)].half().cpu()
-        if layer in cfg.layers:
-            full[layer] = act.half().cpu()
+    def grab(layer: int, act: Float[torch.Tensor, "batch chunk d_mlp"], start: int) -> None:
+        act, stop = act.float(), start + act.shape[1]
+        summaries[:, :, layer] += torch.bmm(weights[:, :, start:stop].to(act.device), act).cpu()
+        if layer in columns:
+            lo, index = columns[layer], by_layer[layer]
+            tokens[:, start:stop, lo : lo + len(index)] = act[:, :, index.to(act.device)].half().cpu()
+        if layer in full:
+            full[layer][:, start:stop] = act.half().cpu()
 
-    run_forced(model, [r["token_ids"] for r in rows], [(mlp_post(layer), grab) for layer in range(n_layers)],
-               logits=False)
+    read_mlp(model, [r["token_ids"] for r in rows], range(n_layers), grab, cfg.budget())
     summaries[~present] = float("nan")
-    tokens = torch.cat([subset[layer] for layer in range(n_layers) if layer in subset], dim=-1) if subset else None
     per_trace = []
     for b, n in enumerate(lengths):
         per_trace.append({
-            "tokens": tokens[b, :n] if tokens is not None else torch.zeros(n, 0, dtype=torch.float16),
+            "tokens": tokens[b, :n],
             **{f"layer.{layer}": full[layer][b, :n] for layer in sorted(full)},
         })
     return summaries, per_trace
@@ -361,12 +379,15 @@ def cache_activations(
         next_shard = 1 + max((int(p.stem.split("-")[1]) for p in (root / SHARDS).glob("part-*.parquet")),
                              default=-1)
         bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc="cache", unit="trace", disable=not progress)
-        for start in range(0, len(todo), cfg.shard_traces):
-            shard_rows = todo[start : start + cfg.shard_traces]
+        from workbench.readout import Budget
+
+        shards = Budget(batch_size=cfg.shard_traces, max_tokens_per_batch=cfg.shard_tokens)
+        for shard in shards.batches([len(r["token_ids"]) for r in todo]):
+            shard_rows = [todo[i] for i in shard]
             summaries, per_trace = [], []
-            for b in range(0, len(shard_rows), cfg.batch_size):
-                s, t = _readout(model, shard_rows[b : b + cfg.batch_size], spans, cfg, token_flat)
-                summaries.append(s)
+            for rows_b in cfg.budget().batches([len(r["token_ids"]) for r in shard_rows]):
+                s, t = _readout(model, [shard_rows[i] for i in rows_b], spans, cfg, token_flat)
+                summaries.append(s.half())  # as written: a shard holds 2 bytes per summary, not 4
                 per_trace += t
                 bar.update(len(t))
             _write_shard(root, next_shard, shard_rows, spans, summaries, per_trace)

@@ -1,7 +1,8 @@
 """The analysis stage at real shapes: peak memory and time per token against the trace length.
 
     .venv/bin/python bench/analysis_scale.py [--shapes qwen3-1.7b] [--lengths 1024,2048,4096,8192]
-        [--traces 4] [--stages cache,rcn,exit,mon,probe] [--threads 1] [--layers N] [--json out.json]
+        [--traces 4] [--stages cache,rcn,exit,mon,probe] [--threads 1] [--layers N] [--backend bridge|fast]
+        [--json out.json]
 
 For each shape (random weights from the real config, ``bench/shapes.py``: Qwen3-0.6B, Qwen3-1.7B and
 R1-Distill-Qwen-1.5B, each with its 151,936-token vocabulary) and each length, a trace run of
@@ -82,8 +83,10 @@ def startup_seconds(folder: Path, threads: int) -> float:
     return time.perf_counter() - t
 
 
-def run_stage(run: Path, stage: str, threads: int) -> dict:
+def run_stage(run: Path, stage: str, threads: int, backend: str) -> dict:
     cmd = [sys.executable, "-m", "workbench.cli", *STAGES[stage], str(run), "--json", "--threads", str(threads)]
+    if stage == "cache":
+        cmd += ["--backend", backend]
     t = time.perf_counter()
     got = subprocess.run([sys.executable, "-c", CHILD, *cmd], capture_output=True, text=True)
     seconds = time.perf_counter() - t
@@ -103,6 +106,7 @@ def main() -> None:
     ap.add_argument("--stages", default="cache,rcn,exit,mon,probe")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--layers", type=int, default=None, help="keep the first N layers only (a quicker check)")
+    ap.add_argument("--backend", default="bridge", choices=["bridge", "fast"], help="the cache stage's readout")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     stages = args.stages.split(",")
@@ -123,7 +127,8 @@ def main() -> None:
             tokens = build_run(folder, run, length, args.traces, seed=length)
             for stage in stages:
                 row = {"shape": shape, "layers": args.layers or "all", "weights_gb": round(weights_gb, 2),
-                       "length": length, "tokens": tokens, **run_stage(run, stage, args.threads)}
+                       "length": length, "tokens": tokens, "backend": args.backend,
+                       **run_stage(run, stage, args.threads, args.backend)}
                 row["startup_s"] = round(startup, 1)  # time per token counts the stage's work only
                 row["s_per_1k_tokens"] = round(max(row["seconds"] - startup, 0.0) / tokens * 1000, 2)
                 rows.append(row)

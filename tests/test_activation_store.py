@@ -210,7 +210,7 @@ def test_reads_of_activations_alone_never_reach_the_unembedding(organism_run, or
     from workbench.readout import Budget, neuron_activations, window_means
 
     hf = organism.original_model
-    dec = fast_decoder(hf)
+    dec = fast_decoder(hf, pack=False)  # the decoder reads use
 
     def touched(what):
         def refuse(*args):

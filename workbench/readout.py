@@ -9,12 +9,15 @@ A reader names the layers it wants and a function that sees each layer's ``block
   long traces is split by itself;
 * on the bridge, runs long sequences a chunk of positions at a time over the KV cache, so the eager
   attention scores (``heads x chunk x pos``) grow with the length, not with its square;
-* on the fast forward (``engine/fast.py``, Llama-family models) runs every position at once under
-  SDPA's causal kernel, which never forms the ``pos x pos`` scores.
+* on the fast forward (``engine/fast.py``, Llama-family models, ``Budget(backend="fast")``) runs every
+  position at once under SDPA's causal kernel, which never forms the ``pos x pos`` scores;
+* asked for ``p(token)`` (NEAT's p(end)), unembeds a few positions at a time, never the full
+  ``batch x pos x d_vocab`` logits.
 
 Sequences are right-padded, so every real token keeps its natural position and the causal mask keeps
-padding out of what real tokens see. ``run_forced`` remains for the passes that need logits or edit
-neurons (the NEAT report, steering probes); it is the only one that reaches the unembedding.
+padding out of what real tokens see. ``run_forced`` remains for passes that edit neurons and need the
+next-token distribution (``next_token_probs``); ``prefix_cache`` serves NEAT's attribution, which runs
+only the exit token with gradients over its prefix's keys and values.
 
 Example:
     >>> from workbench import load_model
@@ -55,8 +58,11 @@ class Budget:
         max_tokens_per_batch: padded tokens per pass at most (sequences x the longest); a sequence
             longer than this runs alone.
         chunk_tokens: positions per forward on the bridge; longer batches continue over the KV cache.
-        backend: ``"fast"`` (the engine's SDPA forward), ``"bridge"`` (TransformerLens's forward,
-            eager attention) or ``"auto"`` (fast where the architecture allows, else the bridge).
+        backend: ``"bridge"`` (TransformerLens's forward, eager attention a chunk at a time: the
+            reference, bit-identical to a plain forward of the bridge), ``"fast"`` (the engine's SDPA
+            forward over the same weights, Llama-family models only; it agrees with the bridge to
+            float32 rounding, about 1e-6, which can still move a discrete choice made downstream, such as
+            which neurons make a top-k) or ``"auto"`` (fast where the architecture allows, else the bridge).
 
     >>> [list(r) for r in Budget(batch_size=3, max_tokens_per_batch=100).batches([10, 40, 30, 90, 5])]
     [[0, 1], [2], [3], [4]]
@@ -65,7 +71,7 @@ class Budget:
     batch_size: int = 64
     max_tokens_per_batch: int = 16_384
     chunk_tokens: int = 1_024
-    backend: str = "auto"
+    backend: str = "bridge"
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "max_tokens_per_batch", "chunk_tokens"):
@@ -150,7 +156,9 @@ def read_mlp(
     if backend_of(model, budget) == "fast":
         from workbench.engine.backends import fast_decoder
 
-        dec = fast_decoder(model.original_model)
+        # Over the weights as they are, never a packed copy: reads are tall matmuls that BLAS runs well, a
+        # second copy of a 1.7B model's weights would be 7 GB, and a read gives the same bits in every process.
+        dec = fast_decoder(model.original_model, pack=False)
         hidden = dec.read(ids, last, lambda layer, act: read(layer, act, 0) if layer in wanted else None)
         if targets is None:
             return None

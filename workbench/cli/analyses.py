@@ -60,8 +60,9 @@ def cache(
         min=1, help="Positions per forward on the bridge backend (longer traces continue over the KV cache).")]
     = 1_024,
     backend: Annotated[Backend, typer.Option(
-        help="auto: the engine's SDPA forward where the architecture allows, else the TransformerLens bridge.")]
-    = "auto",
+        help="bridge: TransformerLens's forward (the reference); fast: the engine's SDPA forward (Llama-family "
+             "models; equal to float32 rounding); auto: fast where the architecture allows.")]
+    = "bridge",
     shard_traces: Annotated[int, typer.Option(min=1, help="Traces per shard (the unit of resume).")] = 256,
     model: Annotated[str | None, typer.Option(
         help="The model that reads the traces (default: the run's own; another needs --off-policy).")] = None,

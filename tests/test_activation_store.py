@@ -226,7 +226,8 @@ def test_reads_of_activations_alone_never_reach_the_unembedding(organism_run, or
         shutil.copytree(organism_run, run)
         cache_activations(run, CacheConfig(backend=backend, chunk_tokens=16), model=organism)
         assert ActivationStore(run).summary("think").shape[0] == 96
-        ids = organism.tokenizer("Q: 47 + 38 = ? <think> carefully 47 + 38 = 85 ; 85 + 1 = 86 ; 86 - 1 = 85 ;").input_ids
+        text = "Q: 47 + 38 = ? <think> carefully 47 + 38 = 85 ; 85 + 1 = 86 ; 86 - 1 = 85 ;"
+        ids = organism.tokenizer(text).input_ids
         assert len(ids) > 16  # more than one chunk on the bridge
         assert window_means(organism, [ids], starts=[8], length=4, budget=budget).shape == (1, 4, 512)
         assert next(token_activations(organism, [ids], budget))[1].shape == (1, len(ids), 4 * 512)
@@ -241,3 +242,32 @@ def test_reads_of_activations_alone_never_reach_the_unembedding(organism_run, or
     assert sum(len(hp._forward_hooks) for hp in organism.hook_dict.values()) == hooks_before
     logits = organism.original_model(input_ids=torch.tensor([ids])).logits  # a logits request still reaches it
     assert logits.shape == (1, len(ids), organism.cfg.d_vocab)
+
+
+def test_a_cache_split_by_token_budgets_and_chunks_equals_the_plain_cache(organism_run, organism, tmp_path):
+    """Long traces are what budgets are for: small budgets here (a few traces per pass, chunks of 7
+    positions over the KV cache, shards of a few hundred tokens) must cache what one pass per batch does."""
+    plain, small = tmp_path / "plain", tmp_path / "small"
+    for run in (plain, small):
+        shutil.copytree(organism_run, run)
+    cache_activations(plain, CacheConfig(top_variance=32, layers=(1,)), model=organism)
+    cache_activations(small, CacheConfig(top_variance=32, layers=(1,), max_tokens_per_batch=120, chunk_tokens=7,
+                                         shard_tokens=400), model=organism)
+    shards = [len(list((run / "activations" / "shards").glob("part-*.parquet"))) for run in (plain, small)]
+    assert shards[1] > shards[0] == 1
+    a, b = ActivationStore(plain), ActivationStore(small)
+    assert a.token_neurons.flat(organism.cfg.d_mlp) == b.token_neurons.flat(organism.cfg.d_mlp)
+    for span in ("question", "think", "last"):
+        np.testing.assert_allclose(a.summary(span), b.summary(span), atol=2e-3, rtol=2e-3)
+    for row in (0, 17, 95):
+        np.testing.assert_allclose(a.token_acts(row), b.token_acts(row), atol=2e-3, rtol=2e-3)
+        np.testing.assert_allclose(a.layer_acts(row, 1), b.layer_acts(row, 1), atol=2e-3, rtol=2e-3)
+
+
+def test_cache_settings_are_checked_with_the_field_named():
+    with pytest.raises(ValueError, match=r"CacheConfig\.max_tokens_per_batch must be >= 1"):
+        CacheConfig(max_tokens_per_batch=0)
+    with pytest.raises(ValueError, match=r"CacheConfig\.backend must be one of"):
+        CacheConfig(backend="sdpa")
+    with pytest.raises(ValueError, match=r"CacheConfig\.early_k"):
+        CacheConfig(early_k=(0,))

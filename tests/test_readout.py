@@ -115,7 +115,7 @@ def test_the_fast_backend_is_refused_where_it_cannot_read(organism, monkeypatch)
     import workbench.engine.fast as fast
 
     monkeypatch.setattr(fast, "unsupported_reason", lambda config: "architecture ['X'] is not supported")
-    with pytest.raises(ValueError, match="Budget.backend='fast' cannot read this model: architecture"):
+    with pytest.raises(ValueError, match=r"Budget\.backend='fast' cannot read this model: architecture"):
         read_mlp(organism, [[1, 2, 3]], [0], lambda *a: None, Budget(backend="fast"))
     (_, acts), = list(token_activations(organism, [[1, 2, 3]], Budget(backend="auto")))  # auto: the bridge
     assert acts.shape == (1, 3, 4 * organism.cfg.d_mlp)
@@ -126,7 +126,7 @@ def test_neat_gradient_over_a_cached_prefix_equals_the_full_backward(organism):
     (the former implementation) gives the same a * d log p(end) / d a."""
     from workbench.neat.attribution import gradient_importance
 
-    seqs = [s + [5] for s in _sequences(organism)]
+    seqs = [[*s, 5] for s in _sequences(organism)]
     positions = [len(s) - 2 for s in seqs]
     ends = [s[-1] for s in seqs]
     got = gradient_importance(organism, seqs, positions, ends, layers=[0, 2], batch_size=2)

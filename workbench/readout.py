@@ -58,11 +58,15 @@ class Budget:
         max_tokens_per_batch: padded tokens per pass at most (sequences x the longest); a sequence
             longer than this runs alone.
         chunk_tokens: positions per forward on the bridge; longer batches continue over the KV cache.
+            Its eager attention scores hold ``rows x heads x chunk x pos`` floats, at most
+            ``max_tokens_per_batch x heads x chunk_tokens`` (512 MB per copy for 16 heads at the
+            defaults).
         backend: ``"bridge"`` (TransformerLens's forward, eager attention a chunk at a time: the
-            reference, bit-identical to a plain forward of the bridge), ``"fast"`` (the engine's SDPA
-            forward over the same weights, Llama-family models only; it agrees with the bridge to
-            float32 rounding, about 1e-6, which can still move a discrete choice made downstream, such as
-            which neurons make a top-k) or ``"auto"`` (fast where the architecture allows, else the bridge).
+            reference; a batch that fits one chunk is bit-identical to a plain forward of the bridge),
+            ``"fast"`` (the engine's SDPA forward over the same weights, Llama-family models only; it
+            agrees with the bridge to float32 rounding, about 1e-6, which can still move a discrete
+            choice made downstream, such as which neurons make a top-k) or ``"auto"`` (fast where the
+            architecture allows, else the bridge).
 
     >>> [list(r) for r in Budget(batch_size=3, max_tokens_per_batch=100).batches([10, 40, 30, 90, 5])]
     [[0, 1], [2], [3], [4]]
@@ -70,7 +74,7 @@ class Budget:
 
     batch_size: int = 64
     max_tokens_per_batch: int = 16_384
-    chunk_tokens: int = 1_024
+    chunk_tokens: int = 512
     backend: str = "bridge"
 
     def __post_init__(self) -> None:

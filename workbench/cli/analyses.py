@@ -58,7 +58,7 @@ def cache(
         min=1, help="Padded tokens per forward pass at most (a batch of long traces is split).")] = 16_384,
     chunk_tokens: Annotated[int, typer.Option(
         min=1, help="Positions per forward on the bridge backend (longer traces continue over the KV cache).")]
-    = 1_024,
+    = 512,
     backend: Annotated[Backend, typer.Option(
         help="bridge: TransformerLens's forward (the reference); fast: the engine's SDPA forward (Llama-family "
              "models; equal to float32 rounding); auto: fast where the architecture allows.")]

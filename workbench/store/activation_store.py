@@ -90,7 +90,8 @@ class CacheConfig:
         backend: the readout's forward: ``"bridge"`` (the reference), ``"fast"`` (SDPA, Llama-family
             models) or ``"auto"`` (``readout.Budget``).
         shard_traces: traces per shard (the unit of resume and of memory).
-        shard_tokens: tokens per shard at most (a shard of long traces holds fewer of them).
+        shard_tokens: padded tokens per shard at most (traces x the longest: a shard of long traces
+            holds fewer of them).
     """
 
     early_k: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
@@ -100,7 +101,7 @@ class CacheConfig:
     layers: tuple[int, ...] = ()
     batch_size: int = 16
     max_tokens_per_batch: int = 16_384
-    chunk_tokens: int = 1_024
+    chunk_tokens: int = 512
     backend: str = "bridge"
     shard_traces: int = 256
     shard_tokens: int = 262_144
@@ -109,6 +110,8 @@ class CacheConfig:
         for name in ("top_variance", "calibration_traces", "shard_traces", "shard_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"CacheConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.early_k or any(k < 1 for k in self.early_k):
+            raise ValueError(f"CacheConfig.early_k must be positive token counts, got {self.early_k}")
         self.budget()  # validates the batch fields
 
     def budget(self):
@@ -120,8 +123,6 @@ class CacheConfig:
                           chunk_tokens=self.chunk_tokens, backend=self.backend)
         except ValueError as exc:
             raise ValueError(str(exc).replace("Budget.", "CacheConfig.")) from None
-        if not self.early_k or any(k < 1 for k in self.early_k):
-            raise ValueError(f"CacheConfig.early_k must be positive token counts, got {self.early_k}")
 
     def spans(self) -> tuple[str, ...]:
         return ("question", "think", *(f"think_first_{k}" for k in sorted(set(self.early_k))), "last", "answer")

@@ -100,12 +100,11 @@ def ablation_importance(
     a Qwen3-1.7B shape at 8k tokens in float32), down to one neuron per forward."""
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
     layers = _check(sequences, positions, end_ids, n_layers, layers)
-    hf, dev = model.original_model, _device(model)
     out = np.full((len(sequences), n_layers * d_mlp), np.nan, dtype=np.float32)
     for i in tqdm(range(len(sequences)), desc="ablation", disable=not progress, unit="trace"):
         seq, p, end = list(sequences[i]), int(positions[i]), int(end_ids[i])
-        # the prefix's keys and values only: its logits (p x d_vocab) are never needed
-        caches = {1: hf.get_decoder()(input_ids=torch.tensor([seq[:p]], device=dev), use_cache=True).past_key_values}
+        # the prefix's keys and values only, a chunk of positions at a time: its logits are never needed
+        caches = {1: prefix_cache(model, [seq[:p]])[0]}
         base = float(_logp_end(model, caches, seq[p], p, end, 1)[0])
         step = _rows_within(model, p, batch_size, max_cache_bytes)
         for layer in layers:

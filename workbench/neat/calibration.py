@@ -26,14 +26,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from workbench.neat.attribution import agreement, importance
 from workbench.neat.config import DEFAULT_CONFIG, NeatConfig
-from workbench.neat.exit_traces import (
-    ExitTrace,
-    budget_of,
-    calibration_set,
-    forced_pass,
-    load_exit_traces,
-    run_model,
-)
+from workbench.neat.exit_traces import ExitTrace, calibration_set, forced_pass, load_exit_traces, run_model
 from workbench.neat.reference import ExitReference
 from workbench.neat.selection import Selection, TraceVote, candidates, trace_vote, vote
 from workbench.neurons import NeuronSet
@@ -126,7 +119,7 @@ def fit_exit(
     n = n_layers * d_mlp
     exit_sum, exit_abs, think_sum, think_count = np.zeros(n), np.zeros(n), np.zeros(n), 0
     votes: list[TraceVote] = []
-    budget = budget_of(cfg)
+    budget = cfg.budget()
     for rows in tqdm(list(budget.batches([len(t.tokens) for t in calib])), desc="temporal profiles",
                      disable=not progress, unit="batch"):
         batch, b = [calib[i] for i in rows], rows.start

@@ -83,6 +83,12 @@ class NeatConfig:
     max_tokens_per_batch: int = 16_384
     ablation_batch: int = 512
 
+    def budget(self):
+        """The readout ``Budget`` of the teacher-forced passes (``batch_size``, ``max_tokens_per_batch``)."""
+        from workbench.readout import Budget
+
+        return Budget(batch_size=self.batch_size, max_tokens_per_batch=self.max_tokens_per_batch)
+
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"NeatConfig.estimator must be 'auto', 'ablation' or 'gradient', got {self.estimator!r}")

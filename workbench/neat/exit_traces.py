@@ -113,8 +113,3 @@ def forced_pass(
         on_layer(layer, act.detach().float().cpu(), start)
 
     return read_mlp(model, sequences, layers, grab, budget, p_of=p_of)
-
-
-def budget_of(cfg) -> Budget:
-    """The readout budget of a ``NeatConfig``."""
-    return Budget(batch_size=cfg.batch_size, max_tokens_per_batch=cfg.max_tokens_per_batch)

@@ -36,7 +36,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from workbench.atomic import atomic_write_text
 from workbench.neat.calibration import NeatFit, fit_exit
 from workbench.neat.config import DEFAULT_CONFIG, NeatConfig
-from workbench.neat.exit_traces import ExitTrace, budget_of, forced_pass, load_exit_traces, run_model
+from workbench.neat.exit_traces import ExitTrace, forced_pass, load_exit_traces, run_model
 from workbench.neat.reference import ExitReference
 from workbench.splits import fit_half
 
@@ -81,7 +81,7 @@ def measure(
     col = {int(f): i for i, f in enumerate(union)}
     mu_all = torch.from_numpy(fit.exit_mean.reshape(model.cfg.n_layers, d_mlp)).float()
     signals: dict[str, list[np.ndarray]] = {name: [] for name in [*sets, "aligned", "all", "p_end"]}
-    budget = budget_of(cfg)
+    budget = cfg.budget()
     for rows in tqdm(list(budget.batches([len(t.tokens) for t in traces])), desc="exit signals",
                      disable=not progress, unit="batch"):
         batch = [traces[i] for i in rows]

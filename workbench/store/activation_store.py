@@ -173,7 +173,7 @@ def _variance_neurons(model, rows: list[dict], cfg: CacheConfig) -> NeuronSet:
 
     n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
     thinking = [r for r in rows if r["think_start"] is not None]
-    calib = (thinking or rows)[: cfg.calibration_traces]
+    calib = sorted((thinking or rows)[: cfg.calibration_traces], key=lambda r: len(r["token_ids"]))  # less padding
     s1 = torch.zeros(n_layers, d_mlp, dtype=torch.float64)
     s2, n = torch.zeros_like(s1), 0
     budget = cfg.budget()
@@ -385,7 +385,10 @@ def cache_activations(
 
         shards = Budget(batch_size=cfg.shard_traces, max_tokens_per_batch=cfg.shard_tokens)
         for shard in shards.batches([len(r["token_ids"]) for r in todo]):
-            shard_rows = [todo[i] for i in shard]
+            # Shortest first within a shard, so each pass pads to traces of about its own length (a run of
+            # 60- to 1,650-token traces padded to 3.9x its tokens in run order, 1.2x sorted); readers find a
+            # trace through the index, and a row's activations do not depend on its batch neighbours.
+            shard_rows = sorted((todo[i] for i in shard), key=lambda r: len(r["token_ids"]))
             summaries, per_trace = [], []
             for rows_b in cfg.budget().batches([len(r["token_ids"]) for r in shard_rows]):
                 s, t = _readout(model, [shard_rows[i] for i in rows_b], spans, cfg, token_flat)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -114,7 +115,10 @@ def main() -> None:
         ap.error(f"unknown stages {sorted(unknown)}; choose from {sorted(STAGES)}")
     lengths = [int(x) for x in args.lengths.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="bench-analysis-"))
-    machine = f"{platform.processor() or platform.machine()}, {args.threads} thread(s)"
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "") if Path("/proc/cpuinfo").exists() else ""
+    machine = (f"{cpu or platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+               f"{args.threads} thread(s), torch {__import__('torch').__version__}")
     rows = []
     for shape in args.shapes.split(","):
         if shape not in SHAPES:

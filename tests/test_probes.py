@@ -49,6 +49,14 @@ def test_bootstrap_ci_covers_the_true_auroc():
     assert lo < truth < hi and hi - lo < 0.12
 
 
+def test_one_question_has_no_interval_to_resample():
+    # scipy's bootstrap refuses a single observation with an error about its `axis`; one question has no CI.
+    from workbench.probes import auroc_ci
+
+    lo, hi = auroc_ci(np.array([0, 1, 0, 1]), np.array([0.1, 0.9, 0.2, 0.8]), np.zeros(4, dtype=int))
+    assert np.isnan(lo) and np.isnan(hi)
+
+
 def test_grouped_bootstrap_is_wider_when_questions_cluster():
     # Scores shared within a question carry less information than independent ones: the grouped CI must say so.
     from workbench.probes import auroc_ci

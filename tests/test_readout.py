@@ -54,6 +54,7 @@ def test_budget_splits_batches_by_rows_and_padded_tokens():
         Budget(backend="flash")
 
 
+@pytest.mark.parity  # the bridge's chunks and cache, and the fast forward, against a plain forward
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_every_backend_reads_what_the_full_pass_computes(arch, tmp_path):
     from tests.conftest import save_tiny_model
@@ -72,6 +73,7 @@ def test_every_backend_reads_what_the_full_pass_computes(arch, tmp_path):
         torch.testing.assert_close(p[real], ref_p[real], atol=1e-6, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parity
 def test_the_bridge_unchunked_is_the_full_pass_bit_for_bit(organism):
     seqs = _sequences(organism)
     acts, logits = _full_pass(organism, seqs)
@@ -121,6 +123,7 @@ def test_the_fast_backend_is_refused_where_it_cannot_read(organism, monkeypatch)
     assert acts.shape == (1, 3, 4 * organism.cfg.d_mlp)
 
 
+@pytest.mark.parity
 def test_neat_gradient_over_a_cached_prefix_equals_the_full_backward(organism):
     """The exit token alone runs with gradients over the prefix's KV cache; the full sequence's backward
     (the former implementation) gives the same a * d log p(end) / d a."""

@@ -120,9 +120,12 @@ def auroc_ci(
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of the AUROC, resampling whole questions (``groups``) with replacement.
 
-    A resample that happens to hold one class only has no AUROC and is left out of the percentiles.
+    A resample that happens to hold one class only has no AUROC and is left out of the percentiles; with
+    fewer than two questions there is nothing to resample, and the interval is NaN.
     """
     y, scores, rows = _by_question(y, scores, groups)
+    if len(rows) < 2:
+        return float("nan"), float("nan")
 
     def statistic(picked: np.ndarray) -> float:
         idx = np.concatenate([rows[int(g)] for g in picked])

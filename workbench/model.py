@@ -262,6 +262,20 @@ def _restore_tokenizer(bridge: TransformerBridge, tokenizer) -> None:
     bridge.cfg.default_prepend_bos = bool(bridge.cfg.tokenizer_prepends_bos)
 
 
+def weights_identity(hf_model) -> tuple:
+    """What changes when a loaded model's weights do: each parameter's address, in-place version counter,
+    dtype and shape. Memos of a model (its fast decoder, its hash) compare it to know they are stale.
+
+    >>> layer = torch.nn.Linear(2, 2)
+    >>> before = weights_identity(layer)
+    >>> with torch.no_grad():
+    ...     _ = layer.weight.add_(1.0)
+    >>> weights_identity(layer) == before
+    False
+    """
+    return tuple((p.data_ptr(), p._version, p.dtype, tuple(p.shape)) for p in hf_model.parameters())
+
+
 def set_threads(n: int | None) -> int:
     """Sets the CPU threads of torch and of the BLAS behind numpy/scikit-learn; returns torch's.
 

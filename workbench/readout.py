@@ -100,7 +100,13 @@ class Budget:
 DEFAULT_BUDGET = Budget()
 
 
+def device_of(model: TransformerBridge) -> torch.device:
+    """Where the model's weights (and so its inputs) live."""
+    return next(model.original_model.parameters()).device
+
+
 def _padded(model: TransformerBridge, sequences: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
+    """Right-padded ids and their attention mask, on the model's device."""
     width = max(len(s) for s in sequences)
     pad = model.tokenizer.pad_token_id
     ids = torch.full((len(sequences), width), pad, dtype=torch.long)
@@ -108,11 +114,7 @@ def _padded(model: TransformerBridge, sequences: Sequence[Sequence[int]]) -> tup
     for r, s in enumerate(sequences):
         ids[r, : len(s)] = torch.tensor(list(s))
         mask[r, : len(s)] = 1
-    return ids, mask
-
-
-def _device(model: TransformerBridge) -> torch.device:
-    return next(model.original_model.parameters()).device
+    return ids.to(device_of(model)), mask.to(device_of(model))
 
 
 class _Read(Exception):
@@ -155,7 +157,6 @@ def read_mlp(
     wanted = set(layers)
     last = model.cfg.n_layers - 1 if p_of is not None else max(wanted)
     ids, mask = _padded(model, sequences)
-    ids, mask = ids.to(_device(model)), mask.to(_device(model))
     targets = None if p_of is None else torch.tensor(list(p_of), device=ids.device)
     if backend_of(model, budget) == "fast":
         from workbench.engine.backends import fast_decoder
@@ -166,7 +167,7 @@ def read_mlp(
         hidden = dec.read(ids, last, lambda layer, act: read(layer, act, 0) if layer in wanted else None)
         if targets is None:
             return None
-        return _token_probs(dec.final_norm(hidden), dec.lm_head, targets)
+        return _token_probs(dec.final_norm(hidden), dec.lm_head, targets, model.cfg.d_vocab)
     width, chunk = ids.shape[1], budget.chunk_tokens
     start = [0]
 
@@ -195,7 +196,8 @@ def read_mlp(
                 continue
             if targets is None:
                 raise RuntimeError("the forward pass ended before its last reading hook ran")
-            probs.append(_token_probs(out.last_hidden_state, model.original_model.get_output_embeddings(), targets))
+            probs.append(_token_probs(out.last_hidden_state, model.original_model.get_output_embeddings(), targets,
+                                      model.cfg.d_vocab))
     return None if targets is None else torch.cat(probs, dim=1)
 
 
@@ -209,7 +211,6 @@ def prefix_cache(
     from transformers import DynamicCache
 
     ids, mask = _padded(model, prefixes)
-    ids, mask = ids.to(_device(model)), mask.to(_device(model))
     cache, decoder = DynamicCache(config=model.original_model.config), model.original_model.get_decoder()
     for lo in range(0, ids.shape[1], budget.chunk_tokens):
         hi = min(lo + budget.chunk_tokens, ids.shape[1])
@@ -218,12 +219,11 @@ def prefix_cache(
 
 
 def _token_probs(
-    hidden: Float[Tensor, "batch pos d_model"], unembed: Callable[[Tensor], Tensor], targets: Tensor,
+    hidden: Float[Tensor, "batch pos d_model"], unembed: Callable[[Tensor], Tensor], targets: Tensor, d_vocab: int,
 ) -> Float[Tensor, "batch pos"]:
     """Softmax probability of ``targets[r]`` at every position of row r from the final-normed residual,
     unembedding at most ``LOGITS_PER_STEP`` logits at a time (one position of every row at least)."""
     rows, width, _ = hidden.shape
-    d_vocab = getattr(unembed, "out_features", None) or unembed.w.shape[0]  # nn.Linear, or the fast Linear
     step = max(1, LOGITS_PER_STEP // (rows * d_vocab))
     ar = torch.arange(rows, device=hidden.device)
     out = []
@@ -243,7 +243,7 @@ def run_forced(
     """
     ids, mask = _padded(model, sequences)
     with model.hooks(fwd_hooks=list(fwd_hooks)):
-        return model.original_model(input_ids=ids.to(_device(model)), attention_mask=mask.to(_device(model))).logits
+        return model.original_model(input_ids=ids, attention_mask=mask).logits
 
 
 def window_means(

@@ -32,6 +32,7 @@ from transformers import DynamicCache
 from workbench.engine import cache as kv
 from workbench.engine.fast import FastDecoder, unsupported_reason
 from workbench.engine.graphs import GraphedDecode
+from workbench.model import weights_identity
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def fast_decoder(hf_model, dtype: torch.dtype | None = None, pack: bool | None =
     A weight changed in place (training, a test perturbing norms) bumps its version counter, and a
     replaced weight has another address; either makes a new decoder.
     """
-    ident = (dtype, pack, tuple((p.data_ptr(), p._version) for p in hf_model.parameters()))
+    ident = (dtype, pack, weights_identity(hf_model))
     cached = _DECODERS.get(hf_model)
     if cached is None or cached[0] != ident:
         cached = (ident, FastDecoder(hf_model, dtype=dtype, pack=pack))

@@ -36,7 +36,7 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge import TransformerBridge
 
 from workbench.neurons import layer_of, mlp_post
-from workbench.readout import Budget, prefix_cache
+from workbench.readout import Budget, device_of, prefix_cache
 
 
 def _check(sequences, positions, end_ids, n_layers: int, layers) -> list[int]:
@@ -51,15 +51,11 @@ def _check(sequences, positions, end_ids, n_layers: int, layers) -> list[int]:
     return layers
 
 
-def _device(model: TransformerBridge) -> torch.device:
-    return next(model.original_model.parameters()).device
-
-
 def _logp_end(model: TransformerBridge, caches: dict, token: int, pos: int, end: int, rows: int,
               hooks=()) -> torch.Tensor:
     """log p(end) after ``token`` at ``pos`` for ``rows`` copies under ``hooks``, reusing the prefix's KV
     cache (``caches[1]``) expanded to ``rows`` copies once and cut back to the prefix after each use."""
-    hf, dev = model.original_model, _device(model)
+    hf, dev = model.original_model, device_of(model)
     if rows not in caches:
         caches[rows] = copy.deepcopy(caches[1])
         caches[rows].batch_repeat_interleave(rows)

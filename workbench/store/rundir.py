@@ -83,19 +83,20 @@ def model_hash(model) -> str:
     """
     import torch
 
+    from workbench.model import weights_identity
+
     hf = getattr(model, "original_model", model)
     config = getattr(hf, "config", None)
     fields = None if config is None else json.dumps(
         {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}, sort_keys=True, default=str)
-    params = list(hf.named_parameters())
-    ident = (fields, tuple((p.data_ptr(), p._version, p.dtype, tuple(p.shape)) for _, p in params))
+    ident = (fields, weights_identity(hf))
     cached = _HASHES.get(hf)
     if cached is not None and cached[0] == ident:
         return cached[1]
     h = hashlib.sha256()
     if fields is not None:
         h.update(fields.encode())
-    for name, p in params:
+    for name, p in hf.named_parameters():
         t = p.detach().to("cpu").contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")

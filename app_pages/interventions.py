@@ -8,11 +8,12 @@ import streamlit as st
 
 from app_pages import shared
 from workbench.app.layout import Missing, need_results, need_traces
-from workbench.app.live import KNOBS, case_keys, knob_default, run_case, run_config
+from workbench.app.live import KNOBS, case_keys, knob_default, run_case
 from workbench.app.marks import event_counts, event_marks, label_marks
 from workbench.app.tokens import legend_html, token_html
 from workbench.evaluation.methods import METHODS
 from workbench.figures import cost_figure, forest_figure
+from workbench.traces import run_config
 
 st.title("Interventions")
 layout, task = shared.current()

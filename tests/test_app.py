@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from typer.testing import CliRunner
 
 from workbench.app.layout import LayoutError, find_layout
-from workbench.app.live import run_case, run_config
+from workbench.app.live import run_case
 from workbench.app.marks import event_marks, label_marks
 from workbench.app.neuron_stats import logit_effects, thinking_span, top_contexts, trajectory
 from workbench.app.scores import detector_config, detector_scores
@@ -21,6 +21,7 @@ from workbench.app.tokens import MARK_COLOURS, token_html
 from workbench.neurons import NeuronSet
 from workbench.readout import neuron_activations
 from workbench.store import ActivationStore, load_traces
+from workbench.traces import run_config
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")

@@ -87,6 +87,34 @@ class TraceRunConfig:
                               seed=self.seed)
 
 
+def run_config(run: str | Path) -> TraceRunConfig:
+    """The ``TraceRunConfig`` a trace run was generated with (its manifest's ``identity.config``)."""
+    from workbench.store.rundir import read_manifest
+
+    config = dict(read_manifest(Path(run)).get("identity", {}).get("config", {}))
+    if not config:
+        raise ValueError(f"{Path(run) / 'manifest.json'} records no run config; it was not written by run_traces")
+    prompt = {k: tuple(v) if isinstance(v, list) else v for k, v in (config.pop("prompt", None) or {}).items()}
+    return TraceRunConfig(**config, prompt=PromptFormat(**prompt))
+
+
+def config_task(cfg: TraceRunConfig) -> Task:
+    """The task a run config names, resolved as the run resolved it (data file, the model's recipe)."""
+    return get_task(cfg.task, cfg.data, model_dir=resolve(cfg.model))
+
+
+def run_task(run: str | Path) -> Task:
+    """The task of a trace run, from its manifest: what the methods ask for steps, labels and features.
+
+    >>> import tempfile
+    >>> run = tempfile.mkdtemp() + "/run"
+    >>> _ = run_traces(TraceRunConfig(problems=1), run, progress=False)
+    >>> run_task(run).text.step_ends
+    (';', ',')
+    """
+    return config_task(run_config(run))
+
+
 def build_record(
     tokenizer, fmt: PromptFormat, task: Task, problem: TaskProblem, sample: int, prompt: str, done: Finished,
 ) -> dict[str, Any]:

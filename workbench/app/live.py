@@ -9,7 +9,7 @@ Example:
     >>> import tempfile
     >>> from workbench import load_model
     >>> from workbench.evaluation.methods import METHODS
-    >>> from workbench.traces import TraceRunConfig, run_traces
+    >>> from workbench.traces import TraceRunConfig, run_config, run_traces
     >>> run = Path(tempfile.mkdtemp()) / "run"
     >>> model = load_model("organism")
     >>> _ = run_traces(TraceRunConfig(problems=2, samples=1, seed=3), run, progress=False, model=model)
@@ -29,25 +29,12 @@ from typing import Any
 
 from workbench.engine import Engine, EngineConfig, Request
 from workbench.evaluation.methods import MethodContext
-from workbench.model import resolve
-from workbench.prompting import PromptFormat
 from workbench.store import trace_id
-from workbench.store.rundir import read_manifest
-from workbench.tasks import get_task
-from workbench.traces import TraceRunConfig, build_record
-
-
-def run_config(run: str | Path) -> TraceRunConfig:
-    """The ``TraceRunConfig`` a trace run was generated with (its manifest's ``identity.config``)."""
-    config = dict(read_manifest(Path(run)).get("identity", {}).get("config", {}))
-    if not config:
-        raise ValueError(f"{Path(run) / 'manifest.json'} records no run config; it was not written by run_traces")
-    prompt = {k: tuple(v) if isinstance(v, list) else v for k, v in (config.pop("prompt", None) or {}).items()}
-    return TraceRunConfig(**config, prompt=PromptFormat(**prompt))
+from workbench.traces import TraceRunConfig, build_record, config_task
 
 
 def _problems(cfg: TraceRunConfig):
-    task = get_task(cfg.task, cfg.data, model_dir=resolve(cfg.model))
+    task = config_task(cfg)
     return task, {p.id: p for p in task.problems(cfg.problems, cfg.seed)}
 
 

@@ -199,3 +199,34 @@ def _add_repeat(
         labels.repeats[-1] = Repeat(step, kind, last.start, end, wrong)
     else:
         labels.repeats.append(Repeat(step, kind, start, end, wrong))
+
+
+def hand_features(labels: TraceLabels) -> dict[str, float] | None:
+    """The organism's hand-computed features of a trace, by name: the question's shape and the regime its opener
+    announces; None for a trace whose thinking opens with no cue word (it has no regime to read).
+
+    ``careless`` is 1.0 when the *first* cue word is a careless one (``labels.regime``, which the regime check and
+    the evaluation's per-regime figures read); ``careless_share`` is the share of careless words among the
+    opener's cues (v3/v4 spread the regime over several), equal to ``careless`` where there is one cue.
+
+    >>> from workbench.organism.task import TraceLabels
+    >>> hand_features(TraceLabels("47+38", regime="careless", n_operands=2, carry_count=1,
+    ...                           cues=["quickly", "slowly"]))
+    {'n_operands': 2.0, 'carry_count': 1.0, 'careless': 1.0, 'careless_share': 0.5}
+    """
+    if labels.regime is None:
+        return None
+    careless = float(labels.regime == "careless")
+    share = labels.careless_cues / len(labels.cues) if labels.cues else careless
+    return {"n_operands": float(labels.n_operands), "carry_count": float(labels.carry_count),
+            "careless": careless, "careless_share": share}
+
+
+def failure_spans(labels: TraceLabels) -> dict[str, list[tuple[int, int]]]:
+    """The organism's ground truth as NeuReasoner's episodes per type: a slip spans its first wrong digit, a repeat
+    its span, overthinking the span of its redundant checks."""
+    return {
+        "slip": [(s.token, s.token + 1) for s in labels.slips],
+        "oscillation": [(r.start, r.end) for r in labels.repeats],
+        "overthinking": [tuple(labels.overthinking)] if labels.overthinking is not None else [],
+    }

@@ -17,7 +17,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from workbench.tasks.base import Grade, TaskProblem
+from workbench.tasks.base import Grade, TaskDefaults, TaskProblem
 from workbench.tasks.sandbox import require_isolation, run_python
 
 _FENCE = re.compile(r"```(?:python|py)?\n(.*?)```", re.DOTALL)
@@ -36,7 +36,7 @@ def program_for(problem: TaskProblem, answer: str) -> str:
 
 
 @dataclass(frozen=True)
-class HumanEvalTask:
+class HumanEvalTask(TaskDefaults):
     name: str
     items: tuple[TaskProblem, ...]
     timeout: float = 10.0
@@ -62,9 +62,6 @@ class HumanEvalTask:
             return ("Complete this Python function. Reply with the whole function in a ```python``` block.\n\n"
                     f"{problem.question}")
         return problem.question
-
-    def labels(self, problem: TaskProblem, token_strs) -> None:
-        return None
 
     def check_ready(self) -> None:
         """Refuses, before a run starts, to grade where generated code could reach the network."""

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from workbench.tasks.base import Grade, TaskProblem
+from workbench.tasks.base import Grade, TaskDefaults, TaskProblem
 
 QUESTION_FIELDS = ("problem", "question", "prompt")
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -146,7 +146,7 @@ def _problem(where: str, rec: dict, index: int) -> TaskProblem:
 
 
 @dataclass(frozen=True)
-class MathTask:
+class MathTask(TaskDefaults):
     name: str
     items: tuple[TaskProblem, ...]
 
@@ -179,9 +179,6 @@ class MathTask:
 
     def message(self, problem: TaskProblem, chat: bool) -> str:
         return f"{problem.question}\n{INSTRUCTION}"
-
-    def labels(self, problem: TaskProblem, token_strs) -> None:
-        return None
 
     def grade(self, problem: TaskProblem, answer: str) -> Grade:
         tail = answer

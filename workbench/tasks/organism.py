@@ -1,5 +1,9 @@
 """The organism's task behind the task protocol: exact-match grading, plus the organism's labels.
 
+Everything the methods read off the organism comes through here: its labels (``label_tokens``), its
+hand features and failure episodes from them, its step separators (``;`` and ``,``), its reflection
+word (``wait``) and the regime it plants (``careless``, read from the first cue word).
+
 Example:
     >>> task = OrganismTask()
     >>> task.grade(task.problems(1, seed=0)[0], " 12").correct
@@ -8,13 +12,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from workbench.organism.labeler import label_tokens
-from workbench.organism.task import Problem, TraceRecipe, sample_problems
-from workbench.tasks.base import Grade, TaskProblem
+from workbench.organism.labeler import failure_spans, hand_features, label_tokens
+from workbench.organism.task import REFLECTION_WORD, STEP_ENDS, Problem, TraceLabels, TraceRecipe, sample_problems
+from workbench.tasks.base import Grade, PlantedLabel, Span, TaskProblem, TextConventions
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,10 @@ class OrganismTask:
     held_out: bool = True
     recipe: TraceRecipe | None = None
     op: str = "+"
+
+    text: ClassVar[TextConventions] = TextConventions(
+        step_ends=STEP_ENDS, step_pattern=r"\s*[;,]\s*", reflection_words=(REFLECTION_WORD,))
+    planted: ClassVar[tuple[PlantedLabel, ...]] = (PlantedLabel("regime", "careless", ("careful", "careless")),)
 
     def problems(self, n: int | None, seed: int) -> list[TaskProblem]:
         return [
@@ -46,3 +54,9 @@ class OrganismTask:
 
     def labels(self, problem: TaskProblem, token_strs: Sequence[str]) -> dict[str, Any]:
         return asdict(label_tokens(Problem.from_id(problem.id), token_strs, self.recipe))
+
+    def hand_features(self, labels: Mapping[str, Any] | None) -> dict[str, float] | None:
+        return hand_features(TraceLabels.from_dict(labels)) if labels else None
+
+    def failure_spans(self, labels: Mapping[str, Any] | None) -> dict[str, list[Span]] | None:
+        return failure_spans(TraceLabels.from_dict(labels)) if labels else None

@@ -39,7 +39,7 @@ rows = shared.traces(run)
 
 
 def has(r: dict) -> bool:
-    return bool(failure_events(r)[0].of(kind))
+    return bool(failure_events(r, shared.run_task(run))[0].of(kind))
 
 
 with_kind = [i for i, r in enumerate(rows) if has(r)]
@@ -54,7 +54,7 @@ row = rows[i]
 lo, hi = thinking_span(row)
 picked = ns.take(chosen)
 acts = shared.acts(run, [i], picked)[0]
-events, source = failure_events(row, shared.pieces(run, row["token_ids"]))
+events, source = failure_events(row, shared.run_task(run), shared.pieces(run, row["token_ids"]))
 episodes = events.of(kind)
 
 detector, det_acts = None, None

@@ -64,7 +64,7 @@ def side_by_side(left: dict, right: dict, left_name: str, right_name: str, run_f
     cols[2].metric("Tokens saved", saved)
     for col, row, name in zip(st.columns(2), (left, right), (left_name, right_name), strict=True):
         pieces = shared.pieces(run_for_pieces, row["token_ids"])
-        marks = label_marks(row, pieces) + event_marks(row)
+        marks = label_marks(row, shared.run_task(run_for_pieces), pieces) + event_marks(row)
         col.markdown(f"**{name}** — {'correct' if row['correct'] else 'wrong'} (answer {row['extracted']}, gold "
                      f"{row['gold']}), finish: {row['finish_reason']}")
         col.markdown(legend_html([m.kind for m in marks]), unsafe_allow_html=True)

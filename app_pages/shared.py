@@ -124,6 +124,18 @@ def run_model(run: Path):
     return model(run_spec(run))
 
 
+@st.cache_resource(show_spinner=False)
+def _run_task(run: str, mtime: float):
+    from workbench.traces import run_task as resolve_task
+
+    return resolve_task(run)
+
+
+def run_task(run: Path):
+    """The run's task (its truth, features and text conventions), resolved from the run's manifest."""
+    return _run_task(str(run), stamp(run / "manifest.json"))
+
+
 @st.cache_data(show_spinner="reading traces")
 def _traces(run: str, mtime: float) -> list[dict[str, Any]]:
     from workbench.store import load_traces

@@ -36,7 +36,7 @@ def keep(r: dict) -> bool:
     if only == "incorrect":
         return not r["correct"]
     if only == "with failure labels":
-        return bool(label_marks(r))
+        return bool(label_marks(r, shared.run_task(run)))
     if only == "with interventions":
         return bool(event_marks(r))
     return True
@@ -119,7 +119,7 @@ elif colour_by == "NEAT exit signal":
     st.caption(f"NEAT's {which} of the {len(ref)} exit neurons against their pattern at exit points.")
     timeline = True
 
-marks = label_marks(row, pieces) + event_marks(row) + extra
+marks = label_marks(row, shared.run_task(run), pieces) + event_marks(row) + extra
 st.markdown(legend_html([m.kind for m in marks]), unsafe_allow_html=True)
 st.markdown(token_html(pieces, values, marks, vmax=vmax, signed=signed), unsafe_allow_html=True)
 scale = ""

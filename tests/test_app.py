@@ -21,7 +21,7 @@ from workbench.app.tokens import MARK_COLOURS, token_html
 from workbench.neurons import NeuronSet
 from workbench.readout import neuron_activations
 from workbench.store import ActivationStore, load_traces
-from workbench.traces import run_config
+from workbench.traces import run_config, run_task
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -262,9 +262,11 @@ class TestLibrary:
         assert checked > 0
 
     def test_label_marks_follow_the_planted_labels(self, organism_study):
-        for row in load_traces(organism_study / "organism" / "analysis").to_pylist():
+        run = organism_study / "organism" / "analysis"
+        task = run_task(run)
+        for row in load_traces(run).to_pylist():
             labels = json.loads(row["labels"])
-            marks = label_marks(row)
+            marks = label_marks(row, task)
             assert sorted(m.start for m in marks if m.kind == "slip") == sorted(s["token"] for s in labels["slips"])
             assert [(m.start, m.end) for m in marks if m.kind == "overthinking"] == (
                 [tuple(labels["overthinking"])] if labels["overthinking"] else [])

@@ -396,9 +396,15 @@ class TestTinyModel:
         assert len(rows) == 1 and rows[0]["traces"] == 16 and 0.0 <= rows[0]["accuracy"] <= 1.0
         assert (tmp_path / "out" / "results.md").exists()
 
-    def test_an_analysis_the_traces_cannot_support_fails_clearly(self, tmp_path, tiny_dir):
+    def test_an_analysis_the_traces_cannot_support_is_recorded_and_the_study_goes_on(self, tmp_path, tiny_dir):
         text = STUDY.format(model=tiny_dir, max_new=12, extra="").replace(
             "stages = []", 'problems = 8\nsamples = 2\nseed = 11\nallow_overlap = true\nstages = ["cache", "probe"]')
         study = load_study(write(tmp_path, text))
-        with pytest.raises(StudyError, match=r"the 'probe' analysis of .* failed: .*Remove 'probe' from \[analysis\]"):
-            run_study(study, tmp_path / "out", progress=False)
+        rows = run_study(study, tmp_path / "out", progress=False)  # a random model is never right: no probe
+        assert [r["method"] for r in rows] == ["vanilla"]
+        skipped = json.loads((tmp_path / "out" / "not_applied.json").read_text())
+        assert [(x["what"], x["name"]) for x in skipped] == [("analysis", "probe")]
+        assert "every trace is incorrect" in skipped[0]["reason"] and "\n" not in skipped[0]["reason"]
+        record = json.loads((tmp_path / "out" / "sampled" / "analysis" / "evaluation.json").read_text())
+        assert list(record["stages"]) == ["cache"] and "probe" in record["not_applied"]
+        assert "analysis `probe`: " + skipped[0]["reason"] in (tmp_path / "out" / "results.md").read_text()

@@ -18,7 +18,6 @@ from workbench.neureasoner import (
     analyse,
     auto_events,
     mon_report,
-    organism_events,
     rank_mon,
     window_features,
 )
@@ -152,11 +151,14 @@ class TestLabels:
         assert ev.overthinking == () and ev.oscillation == ((p.index("b = 5"), p.index("b = 5") + 1),)
 
     def test_organism_events_from_trace_labels(self):
+        from dataclasses import asdict
+
         from workbench.organism.task import Repeat, Slip, TraceLabels
+        from workbench.tasks import get_task
 
         labels = TraceLabels("1+2", slips=[Slip(0, 20, False)], repeats=[Repeat(1, "stagnation", 30, 40)],
                              overthinking=(44, 55))
-        ev = organism_events(labels)
+        ev = FailureEvents.from_spans(get_task("organism").failure_spans(asdict(labels)))
         assert ev == FailureEvents(slip=((20, 21),), oscillation=((30, 40),), overthinking=((44, 55),))
         lab = ev.token_labels(60)
         assert lab.sum(1).tolist() == [1, 10, 11]

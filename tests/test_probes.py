@@ -113,18 +113,28 @@ def test_hand_features_and_token_bag():
     import pyarrow as pa
 
     from workbench.probes import hand_features, token_bag
+    from workbench.tasks import MathTask, get_task
 
-    labels = [{"n_operands": 2, "carry_count": 0, "regime": "careful"},
-              {"n_operands": 4, "carry_count": 3, "regime": "careless", "cues": ["quickly"]}]
+    task = get_task("organism")
+    labels = [{"problem_id": "4+5", "n_operands": 2, "carry_count": 0, "regime": "careful"},
+              {"problem_id": "4+5", "n_operands": 4, "carry_count": 3, "regime": "careless", "cues": ["quickly"]}]
     table = pa.table({"labels": [json.dumps(x) for x in labels]})
-    np.testing.assert_array_equal(hand_features(table), [[2, 0, 0], [4, 3, 1]])  # one cue: no share column
-    labels.append({"n_operands": 3, "carry_count": 1, "regime": "careless",
+    got = hand_features(table, task)
+    assert got.names == ("n_operands", "carry_count", "careless", "careless_share")
+    np.testing.assert_array_equal(got.distinct(), [[2, 0, 0], [4, 3, 1]])  # one cue: the share is the regime again
+    labels.append({"problem_id": "4+5", "n_operands": 3, "carry_count": 1, "regime": "careless",
                    "cues": ["quickly", "slowly", "roughly", "carefully"]})
-    table = pa.table({"labels": [json.dumps(x) for x in labels]})
+    got = hand_features(pa.table({"labels": [json.dumps(x) for x in labels]}), task)
     # several cues: the share of careless ones (the regime itself where only one cue was recorded)
-    np.testing.assert_array_equal(hand_features(table), [[2, 0, 0, 0], [4, 3, 1, 1], [3, 1, 1, 0.5]])
-    assert hand_features(pa.table({"labels": [json.dumps({"regime": None})]})) is None
-    assert hand_features(pa.table({"trace_id": ["a"]})) is None
+    np.testing.assert_array_equal(got.distinct(), [[2, 0, 0, 0], [4, 3, 1, 1], [3, 1, 1, 0.5]])
+    # the regime check's label is the first cue word, by name, never the last column (the share)
+    np.testing.assert_array_equal(got.column("careless"), [0, 1, 1])
+    with pytest.raises(KeyError, match="no hand feature 'regime'; the task supplies n_operands"):
+        got.column("regime")
+    assert hand_features(pa.table({"labels": [json.dumps({"problem_id": "4+5", "regime": None})]}), task) is None
+    assert hand_features(pa.table({"trace_id": ["a"]}), task) is None
+    math = MathTask.from_records([{"question": "1+1?", "answer": "#### 2"}], source="inline")
+    assert hand_features(table, math) is None  # a task without features
     bag = token_bag([[1, 2, 2, 3], [3, 3]], starts=[0, 0], ends=[4, 2])
     np.testing.assert_array_equal(bag, [[1, 2, 1], [0, 0, 2]])
 

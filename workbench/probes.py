@@ -214,42 +214,52 @@ def early_curve(
     return out
 
 
-# The organism's labels that a hand-made baseline may read: the question's shape and the regime its opener
-# announces (the cues the recipe plants; see workbench/organism/task.py), and the share of careless words among
-# the opener's cues where there are several (v3). A task that records other features in its labels adds them
-# here; a task with none gets no baseline (None), never a made-up one.
-HAND_FEATURES = ("n_operands", "carry_count", "regime")
-CARELESS_CUES = ("quickly", "roughly")  # workbench.organism.task.CARELESS_OPENERS, without importing the organism
+@dataclass(frozen=True)
+class HandFeatures:
+    """Hand-computed features per trace, as named columns (``values[:, i]`` is ``names[i]``)."""
+
+    names: tuple[str, ...]
+    values: Float[np.ndarray, "row feature"]
+
+    def column(self, name: str) -> Float[np.ndarray, " row"]:
+        """The column called ``name``; a clear error naming the columns there are."""
+        if name not in self.names:
+            raise KeyError(f"no hand feature {name!r}; the task supplies {', '.join(self.names) or 'none'}")
+        return self.values[:, self.names.index(name)]
+
+    def distinct(self) -> Float[np.ndarray, "row distinct"]:
+        """The columns a probe reads: a column equal to an earlier one in every row is left out. It adds nothing
+        but would change the probe's regularisation (the organism's share of careless cue words is its
+        first-cue regime again wherever traces open with one cue)."""
+        keep = [i for i in range(len(self.names))
+                if not any(np.array_equal(self.values[:, i], self.values[:, j]) for j in range(i))]
+        return self.values[:, keep]
 
 
-def hand_features(traces: pa.Table) -> Float[np.ndarray, "row feature"] | None:
-    """Hand-computed features per trace from the task's labels, or None when the task provides none.
+def hand_features(traces: pa.Table, task) -> HandFeatures | None:
+    """The task's hand-computed features (``task.hand_features``) of every trace, or None when it has none.
 
-    For the organism: number of operands, number of carries, 1.0 where the opener announces the
-    careless regime, and, where traces open with several cue words (v3), the share of careless ones.
+    None too when any trace has none (a feature missing for one trace cannot be made up).
 
-    >>> t = pa.table({"labels": [json.dumps({"n_operands": 3, "carry_count": 1, "regime": "careless"})]})
-    >>> hand_features(t).tolist()
-    [[3.0, 1.0, 1.0]]
-    >>> hand_features(pa.table({"labels": ["{}"]})) is None
+    >>> from workbench.tasks import get_task
+    >>> t = pa.table({"labels": [json.dumps({"problem_id": "4+5", "n_operands": 2, "regime": "careless"})]})
+    >>> got = hand_features(t, get_task("organism"))
+    >>> got.names, got.column("careless").tolist(), got.distinct().shape
+    (('n_operands', 'carry_count', 'careless', 'careless_share'), [1.0], (1, 3))
+    >>> hand_features(pa.table({"labels": [None]}), get_task("organism")) is None
     True
     """
     if "labels" not in traces.column_names:
         return None
-    rows, several = [], False
-    for raw in traces.column("labels").to_pylist():
-        labels = json.loads(raw) if raw else {}
-        if any(labels.get(name) is None for name in HAND_FEATURES):
-            return None
-        careless = float(labels["regime"] == "careless")
-        cues = labels.get("cues") or []
-        several |= len(cues) > 1
-        share = sum(c in CARELESS_CUES for c in cues) / len(cues) if cues else careless
-        rows.append([float(labels["n_operands"]), float(labels["carry_count"]), careless, share])
-    out = np.array(rows, dtype=np.float64).reshape(len(rows), len(HAND_FEATURES) + 1)
-    # With one cue word per trace the share is the regime column again: leave it out, so that those baselines
-    # stay exactly what they were.
-    return out if several else out[:, : len(HAND_FEATURES)]
+    rows = [task.hand_features(json.loads(raw) if raw else None) for raw in traces.column("labels").to_pylist()]
+    if not rows or any(r is None for r in rows):
+        return None
+    names = tuple(rows[0])
+    for i, r in enumerate(rows):
+        if tuple(r) != names:
+            raise ValueError(f"task {task.name!r} gave trace {i} hand features {tuple(r)}, trace 0 {names}; "
+                             "a task must name the same features for every trace")
+    return HandFeatures(names, np.array([[float(r[n]) for n in names] for r in rows], dtype=np.float64))
 
 
 def token_bag(

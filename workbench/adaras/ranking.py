@@ -119,6 +119,14 @@ def rcn_scores(
     mixed = {q for q in np.unique(qid[ok]) if len(np.unique(correct[ok & (qid == q)])) == 2}
     use = ok & np.isin(qid, list(mixed))
     if not mixed:
+        both = sum(len(np.unique(correct[qid == q])) == 2 for q in np.unique(qid))
+        if not ok.any():
+            raise ValueError(f"the span read is empty in all {len(ok)} traces (no tokens in it), so no neuron has a "
+                             "mean; read another span (AdarasConfig.span = 'question+think')")
+        if both:
+            raise ValueError(f"{both} of {len(np.unique(qid))} questions have both correct and incorrect traces, but "
+                             f"the span read is empty in {int((~ok).sum())} of {len(ok)} traces, which leaves none; "
+                             "read another span (AdarasConfig.span = 'question+think')")
         raise ValueError("no question has both correct and incorrect traces; sample more traces per question "
                          "(or at a higher temperature)")
     x = np.nan_to_num(means[use].astype(np.float64))

@@ -1,13 +1,14 @@
-"""Do the RCNs read the organism's planted regime? A check against ground truth the paper could not make.
+"""Do the RCNs read a label the task planted? A check against ground truth the paper could not make.
 
-The organism announces a careful or careless regime with its thinking opener and then slips more often when
-careless, so neurons that matter for correctness should separate the regimes early in the thinking. The
-main figure is the AUROC of a grouped out-of-fold logistic probe on the RCNs' early-thinking means against
-the regime; beside it the same probe on random neurons of the same count (the opener is one token, and
-many neurons may carry it), and, with nothing fitted, the AUROC of the S-signed projection
-``sum_i sign(S_i) z_i`` (standardised means) for the careful regime, which says whether the RCNs point the
-way the paper says (towards correct, so towards careful); beside that, the same projection of a control set
-(e.g. the random neurons of ``rank_with_controls``, which carry ``sign(S)`` too).
+A task may plant a binary state that moves correctness (``Task.planted``): the organism announces a careful
+or careless regime with its thinking opener and then slips more often when careless, so neurons that matter
+for correctness should separate the regimes early in the thinking. The main figure is the AUROC of a
+grouped out-of-fold logistic probe on the RCNs' early-thinking means against the planted label; beside it
+the same probe on random neurons of the same count (the opener is one token, and many neurons may carry
+it), and, with nothing fitted, the AUROC of the S-signed projection ``sum_i sign(S_i) z_i`` (standardised
+means) for the label's *negative* class (the careful regime), which says whether the RCNs point the way the
+paper says (towards correct); beside that, the same projection of a control set (e.g. the random neurons of
+``rank_with_controls``, which carry ``sign(S)`` too). Report keys are ``rcn_<name>_auroc...``.
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -37,13 +38,17 @@ def rcn_regime_auroc(
     control: NeuronSet | None = None,
     seed: int = 0,
     random_draws: int = 3,
+    name: str = "regime",
 ) -> dict[str, float | int | list[float]]:
-    """AUROCs of the regime from the RCNs' early means: probe and S-signed projection, beside random neurons
-    (probe) and ``control`` (projection)."""
+    """AUROCs of a planted binary label (``careless``: 1 for the failure-prone class) from the RCNs' early means:
+    probe and S-signed projection, beside random neurons (probe) and ``control`` (projection)."""
     n_traces, _, d_mlp = early_means.shape
     x = np.asarray(early_means, dtype=np.float64).reshape(n_traces, -1)
     ok = ~np.isnan(x).any(axis=1)
-    x, y, groups = x[ok], np.asarray(careless).astype(int)[ok], np.asarray(question_ids)[ok]
+    careless = np.asarray(careless)
+    if not np.isin(careless, (0, 1)).all():
+        raise ValueError(f"the planted label {name!r} must be 0 or 1 per trace, got {np.unique(careless)[:5]}")
+    x, y, groups = x[ok], careless.astype(int)[ok], np.asarray(question_ids)[ok]
     flat = np.array(rcn.flat(d_mlp))
 
     def projection(neurons: NeuronSet) -> float:
@@ -56,12 +61,12 @@ def rcn_regime_auroc(
     random = [probe_auroc(x[:, rng.choice(x.shape[1], size=len(flat), replace=False)], y, groups).auroc
               for _ in range(random_draws)]
     out: dict[str, float | int | list[float]] = {
-        "rcn_regime_auroc": probe_auroc(x[:, flat], y, groups).auroc,
-        "rcn_regime_auroc_projection": projection(rcn),
-        "rcn_regime_auroc_random": float(np.mean(random)),
-        "rcn_regime_auroc_random_draws": random,
-        "rcn_regime_traces": int(ok.sum()),
+        f"rcn_{name}_auroc": probe_auroc(x[:, flat], y, groups).auroc,
+        f"rcn_{name}_auroc_projection": projection(rcn),
+        f"rcn_{name}_auroc_random": float(np.mean(random)),
+        f"rcn_{name}_auroc_random_draws": random,
+        f"rcn_{name}_traces": int(ok.sum()),
     }
     if control is not None:
-        out["rcn_regime_auroc_projection_control"] = projection(control)
+        out[f"rcn_{name}_auroc_projection_control"] = projection(control)
     return out

@@ -38,6 +38,8 @@ from workbench.probes import (
     token_bag,
 )
 from workbench.store import ActivationStore
+from workbench.tasks import Task
+from workbench.traces import run_task
 
 NEURONS, ADARAS, PROBES = "neurons", "adaras", "probes"
 DEFAULT_RCN = AdarasConfig()
@@ -47,15 +49,35 @@ def _column(store: ActivationStore, name: str) -> np.ndarray:
     return np.array(store.index[name].to_pylist())
 
 
+def thinking_bounds(store: ActivationStore) -> tuple[np.ndarray, np.ndarray]:
+    """Each trace's thinking ``[start, end)`` as the store's ``"think"`` span reads it: the whole generation for a
+    trace that never opened a thinking span (``span_bounds``), to the end for one that never closed it, empty
+    for one that closed a span it never opened."""
+    rows = zip(store.index["think_start"].to_pylist(), store.index["think_end"].to_pylist(),
+               _column(store, "prompt_len"), _column(store, "n_tokens"), strict=True)
+    bounds = [(s + 1 if s is not None else p if e is None else e, e if e is not None else n) for s, e, p, n in rows]
+    return np.array([b[0] for b in bounds], dtype=np.int64), np.array([b[1] for b in bounds], dtype=np.int64)
+
+
+def thinking_note(store: ActivationStore) -> dict[str, Any]:
+    """How many traces opened no thinking span, and what was read for them instead (the report says so)."""
+    opened = [s is not None or e is not None for s, e in zip(store.index["think_start"].to_pylist(),
+                                                              store.index["think_end"].to_pylist(), strict=True)]
+    none = len(opened) - sum(opened)
+    out: dict[str, Any] = {"traces_without_thinking_span": none}
+    if none:
+        out["thinking_note"] = (f"{none} of {len(opened)} traces open no thinking span: their 'think' spans are the "
+                                "whole generation, answer included")
+    return out
+
+
 def span_means(store: ActivationStore, span: str) -> np.ndarray:
     """``(trace, n_layers, d_mlp)`` means over ``"think"`` or ``"question+think"`` (token-weighted)."""
     if span == "think":
         return store.summary("think")
-    n_tokens, think_start = _column(store, "n_tokens"), store.index["think_start"].to_pylist()
-    think_end = [e if e is not None else n for e, n in zip(store.index["think_end"].to_pylist(), n_tokens,
-                                                            strict=True)]
-    think_len = np.array([0 if s is None else max(0, e - s - 1) for s, e in zip(think_start, think_end, strict=True)])
-    return combine_spans(store.summary("question"), store.summary("think"), _column(store, "prompt_len"), think_len)
+    starts, ends = thinking_bounds(store)
+    return combine_spans(store.summary("question"), store.summary("think"), _column(store, "prompt_len"),
+                         np.maximum(ends - starts, 0))
 
 
 def rank_rcn(run_dir: str | Path, cfg: AdarasConfig = DEFAULT_RCN, progress: bool = False) -> NeuronSet:
@@ -73,7 +95,8 @@ def rank_rcn(run_dir: str | Path, cfg: AdarasConfig = DEFAULT_RCN, progress: boo
         neurons.save(run_dir / NEURONS / f"{name}.json")
         summary["sets"][name] = {"layer_distribution": layer_distribution(neurons, store.n_layers),
                                  "overlap_with_rcn": len(rcn & set(neurons.flat(store.d_mlp)))}
-    summary.update(n_questions=rankings.rcn.params["n_questions"], n_traces=rankings.rcn.params["n_traces"])
+    summary.update(n_questions=rankings.rcn.params["n_questions"], n_traces=rankings.rcn.params["n_traces"],
+                   **thinking_note(store))
     (run_dir / ADARAS).mkdir(exist_ok=True)
     atomic_write_text(run_dir / ADARAS / "rcn.json", json.dumps(summary, indent=1))
     bar.update()
@@ -109,7 +132,7 @@ def _probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: ProbeReportCon
     return res, list(auroc_ci(y, res.scores, groups, n_resamples=cfg.n_resamples, seed=cfg.seed))
 
 
-def _early(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig) -> dict[str, Any]:
+def _early(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig, task: Task) -> dict[str, Any]:
     """The headline probe on ``early_span`` beside hand features and token ids over the same tokens."""
     x = store.summary(cfg.early_span).reshape(len(store), -1)
     ok = ~np.isnan(x).any(axis=1)
@@ -119,20 +142,22 @@ def _early(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig) ->
                            "probe_roc_early": roc_points(y[ok], res.scores),
                            "probe_roc_early_band": roc_band(y[ok], res.scores, groups[ok], n_resamples=cfg.n_resamples,
                                                             seed=cfg.seed)}
-    hand = hand_features(traces)
+    hand = hand_features(traces, task)
     if hand is None:
-        out.update(probe_auroc_baseline=float("nan"), probe_auroc_baseline_ci=[float("nan")] * 2)
+        out.update(probe_auroc_baseline=float("nan"), probe_auroc_baseline_ci=[float("nan")] * 2,
+                   probe_auroc_baseline_features=[],
+                   probe_auroc_baseline_reason=f"task {task.name!r} supplies no hand features for these traces")
     else:
-        base, base_ci = _probe(hand[ok], y[ok], groups[ok], cfg)
-        out.update(probe_auroc_baseline=base.auroc, probe_auroc_baseline_ci=base_ci)
-        careless = hand[ok, -1] == 1
-        for regime, m in (("careful", ~careless), ("careless", careless)):
-            out[f"probe_auroc_early_within_{regime}"] = auroc(y[ok][m], res.scores[m])
+        base, base_ci = _probe(hand.distinct()[ok], y[ok], groups[ok], cfg)
+        out.update(probe_auroc_baseline=base.auroc, probe_auroc_baseline_ci=base_ci,
+                   probe_auroc_baseline_features=list(hand.names))
+        for planted in task.planted:  # the headline probe within each class of a planted label
+            positive = hand.column(planted.feature)[ok] == 1
+            for cls, m in zip(planted.classes, (~positive, positive), strict=True):
+                out[f"probe_auroc_early_within_{cls}"] = auroc(y[ok][m], res.scores[m])
     k = int(cfg.early_span.removeprefix("think_first_")) if cfg.early_span.startswith("think_first_") else None
-    starts = np.array([s + 1 if s is not None else 0 for s in store.index["think_start"].to_pylist()])
-    ends = starts + k if k is not None else np.array(
-        [e if e is not None else n for e, n in zip(store.index["think_end"].to_pylist(), _column(store, "n_tokens"),
-                                                    strict=True)])
+    starts, ends = thinking_bounds(store)
+    ends = starts + k if k is not None else ends
     bag = token_bag(traces["token_ids"].to_pylist(), starts.tolist(), ends.tolist())
     tok, tok_ci = _probe(bag[ok], y[ok], groups[ok], cfg)
     out.update(probe_auroc_tokens=tok.auroc, probe_auroc_tokens_ci=tok_ci)
@@ -149,7 +174,7 @@ def _curve(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig) ->
     feats = {k: store.summary(f"think_first_{k}").reshape(len(store), -1) for k in ks}
     curve = early_curve(feats, y, groups, n_resamples=cfg.n_resamples, seed=cfg.seed)
     ids = traces["token_ids"].to_pylist()
-    starts = [s + 1 if s is not None else 0 for s in store.index["think_start"].to_pylist()]
+    starts = thinking_bounds(store)[0].tolist()
     for point in curve:
         ok = ~np.isnan(feats[point["k"]]).any(axis=1)
         if len(np.unique(y[ok])) < 2:
@@ -209,17 +234,23 @@ def _gate(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig, mod
     return out
 
 
-def _regime(store: ActivationStore, traces, groups, cfg: ProbeReportConfig, run_dir: Path) -> dict[str, Any]:
-    hand = hand_features(traces)
+def _regime(store: ActivationStore, traces, groups, cfg: ProbeReportConfig, run_dir: Path, task: Task,
+            ) -> dict[str, Any]:
+    """Whether the RCNs read each label the task planted (none: nothing to check)."""
+    hand = hand_features(traces, task) if task.planted else None
     if hand is None:
-        return {"rcn_regime_auroc": float("nan"), "rcn_regime_auroc_random": float("nan")}
+        return {}
     path = run_dir / NEURONS / "rcn.json"
     rcn = NeuronSet.load(path, model_shape=(store.n_layers, store.d_mlp)) if path.exists() else \
         rank_rcn(run_dir, cfg.rcn)
     control_path = run_dir / NEURONS / "rcn-random.json"
     control = NeuronSet.load(control_path) if control_path.exists() else None
     early = store.summary("think_first_8" if "think_first_8" in store.spans else cfg.early_span)
-    return rcn_regime_auroc(early, hand[:, -1], groups, rcn, control=control, seed=cfg.seed)
+    out: dict[str, Any] = {}
+    for planted in task.planted:
+        out.update(rcn_regime_auroc(early, hand.column(planted.feature), groups, rcn, control=control, seed=cfg.seed,
+                                    name=planted.name))
+    return out
 
 
 def probe_report(
@@ -237,11 +268,13 @@ def probe_report(
     groups = _column(store, "problem_id")
     if len(np.unique(y)) < 2:
         raise ValueError(f"{run_dir}: every trace is {'correct' if y[0] else 'incorrect'}; the probes need both")
-    report: dict[str, Any] = {"config": asdict(cfg), "traces": len(store), "accuracy": float(y.mean())}
-    stages = (("early", lambda: _early(store, traces, y, groups, cfg)),
+    task = run_task(run_dir)
+    report: dict[str, Any] = {"config": asdict(cfg), "traces": len(store), "accuracy": float(y.mean()),
+                              **thinking_note(store)}
+    stages = (("early", lambda: _early(store, traces, y, groups, cfg, task)),
               ("curve", lambda: {"probe_curve": _curve(store, traces, y, groups, cfg)}),
               ("gate", lambda: _gate(store, traces, y, groups, cfg, model, run_dir)),
-              ("regime", lambda: _regime(store, traces, groups, cfg, run_dir)))
+              ("regime", lambda: _regime(store, traces, groups, cfg, run_dir, task)))
     (run_dir / ADARAS).mkdir(exist_ok=True)
     bar = tqdm(stages, desc="probe", disable=not progress)
     for name, stage in bar:

@@ -1,8 +1,8 @@
 """Where things happened in a trace, as token spans: failure labels and intervention events.
 
-Failure labels come from the task's ground truth when it has one (the organism's ``TraceLabels``:
+Failure labels come from the task's ground truth when it has one (``Task.failure_spans``; the organism's:
 slips, repeats, overthinking) and otherwise from NeuReasoner's automatic labeller over the decoded
-thinking (``neureasoner.labels.auto_events``). Intervention events are what a method's controllers
+thinking (``neureasoner.labels.trace_events``). Intervention events are what a method's controllers
 recorded while generating (``traces.parquet``'s ``events``); an event at ``step`` acted on the token
 at ``prompt_len + step``.
 
@@ -18,7 +18,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from workbench.neureasoner.labels import FailureEvents, auto_events, organism_events
+from workbench.neureasoner.labels import FailureEvents, trace_events
+from workbench.tasks import Task
 
 FAILURE_KINDS = ("slip", "oscillation", "overthinking")
 QUIET_EVENTS = ("ban",)  # recorded at every step by some baselines (NoWait): counted, not drawn one by one
@@ -42,29 +43,18 @@ def _short(payload: dict) -> str:
     return ", ".join(parts)
 
 
-def failure_events(row: dict, pieces: Sequence[str] | None = None) -> tuple[FailureEvents, str]:
-    """A trace's failure episodes and where they come from: ``"label"`` (ground truth) or ``"detected"``.
+def failure_events(row: dict, task: Task | None, pieces: Sequence[str] | None = None) -> tuple[FailureEvents, str]:
+    """A trace's failure episodes and where they come from: ``"label"`` (the task's truth) or ``"detected"``.
 
-    Without task labels, the automatic labeller reads ``pieces`` (one decoded string per token); with
+    Without the task's truth, the automatic labeller reads ``pieces`` (one decoded string per token); with
     neither, there are no episodes.
     """
-    if row.get("labels"):
-        from workbench.organism.task import TraceLabels
-
-        try:
-            return organism_events(TraceLabels.from_dict(json.loads(row["labels"]))), "label"
-        except (TypeError, KeyError, ValueError):
-            pass  # another task's labels: fall back to the automatic labeller
-    if pieces is None:
-        return FailureEvents(), "detected"
-    lo = row["think_start"] if row.get("think_start") is not None else row["prompt_len"] - 1
-    hi = row["think_end"] if row.get("think_end") is not None else len(pieces)
-    return auto_events(pieces, lo, hi, row.get("extracted")), "detected"
+    return trace_events(row, task, pieces)
 
 
-def label_marks(row: dict, pieces: Sequence[str] | None = None) -> list[Mark]:
+def label_marks(row: dict, task: Task | None, pieces: Sequence[str] | None = None) -> list[Mark]:
     """The trace's failure episodes as marks (slips, oscillations/stagnations, overthinking)."""
-    events, source = failure_events(row, pieces)
+    events, source = failure_events(row, task, pieces)
     return [Mark(s, e, kind, source=source) for kind in FAILURE_KINDS for s, e in events.of(kind)]
 
 

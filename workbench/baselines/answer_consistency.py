@@ -15,7 +15,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from workbench.baselines.probe_answer import ProbingController
 from workbench.baselines.thinking import as_words, run_settings
@@ -38,6 +38,7 @@ class AnswerConsistency:
     """
 
     name: str = "answer-consistency"
+    needs_thinking: ClassVar[bool] = True  # acts only inside a thinking span (the results table says when none)
     every: int = 8
     agree: int = 2
     probe_text: str | None = None

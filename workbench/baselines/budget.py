@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from workbench.baselines.thinking import ThinkingController, ThinkState, run_settings
 from workbench.engine import Controller, NeuronEdit, StepView
@@ -29,6 +29,7 @@ class Budget:
     """
 
     name: str = "budget"
+    needs_thinking: ClassVar[bool] = True  # acts only inside a thinking span (the results table says when none)
     max_thinking: int = 64
 
     def __post_init__(self) -> None:

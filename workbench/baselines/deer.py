@@ -19,11 +19,12 @@ Example:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from workbench.baselines.probe_answer import POLICIES, ProbingController
-from workbench.baselines.thinking import as_words, run_settings, step_separators, word_ids
+from workbench.baselines.thinking import as_words, reflection_ids, run_settings, step_separators
 from workbench.engine import Controller, NeuronEdit, StepView
+from workbench.tasks.base import Task
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,25 +35,28 @@ class Deer:
         name: the label of its rows in results tables.
         threshold: exit when the trial answer's confidence exceeds this.
         policy: ``"mean"`` (DEER's default), ``"min"`` or ``"geometric"`` token probability.
-        reflection_words: a step whose most likely next token is one of these is a reflection point.
-        step_separators: what ends a reasoning step (None: ``;`` and ``,`` on the organism, a newline
-            elsewhere).
+        reflection_words: a step whose most likely next token is one of these is a reflection point (None: the
+            task's).
+        step_separators: what ends a reasoning step (None: the task's, ``Task.text.step_ends``: ``;`` and ``,``
+            on the organism, a newline for free text).
         probe_text: appended before the trial answer (None: the closing think marker).
         max_answer_tokens: the longest trial answer read (DEER: 20).
         max_probes: at most this many trial answers per trace (DEER: 10; None: no limit).
     """
 
     name: str = "deer"
+    needs_thinking: ClassVar[bool] = True  # acts only inside a thinking span (the results table says when none)
     threshold: float = 0.95
     policy: str = "mean"
-    reflection_words: tuple[str, ...] | list[str] = ("wait",)
+    reflection_words: tuple[str, ...] | list[str] | None = None
     step_separators: tuple[str, ...] | list[str] | None = None
     probe_text: str | None = None
     max_answer_tokens: int = 20
     max_probes: int | None = 10
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "reflection_words", as_words(self.reflection_words, "Deer.reflection_words"))
+        if self.reflection_words is not None:
+            object.__setattr__(self, "reflection_words", as_words(self.reflection_words, "Deer.reflection_words"))
         if self.step_separators is not None:
             object.__setattr__(self, "step_separators", as_words(self.step_separators, "Deer.step_separators"))
         if self.policy not in POLICIES:
@@ -68,10 +72,10 @@ class Deer:
 
 
 class DeerController(ProbingController):
-    def __init__(self, spec: Deer, model, think_open: str, think_close: str, task: str | None) -> None:
+    def __init__(self, spec: Deer, model, think_open: str, think_close: str, task: Task | None) -> None:
         super().__init__(model, think_open, think_close, spec.probe_text, spec.max_answer_tokens, spec.policy)
         self.method = spec
-        self.reflection_ids = word_ids(model.tokenizer, spec.reflection_words)
+        self.reflection_ids = reflection_ids(model.tokenizer, spec.reflection_words, task)
         self.separators = spec.step_separators if spec.step_separators is not None else step_separators(task)
         self.probes: dict[str, int] = {}
 

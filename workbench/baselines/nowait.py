@@ -12,10 +12,11 @@ Example:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from workbench.baselines.thinking import ThinkingController, ThinkState, as_words, run_settings, word_ids
+from workbench.baselines.thinking import ThinkingController, ThinkState, as_words, reflection_ids, run_settings
 from workbench.engine import Controller, NeuronEdit, StepView
+from workbench.tasks.base import Task
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,24 +25,27 @@ class NoWait:
 
     Attributes:
         name: the label of its rows in results tables.
-        reflection_words: the words banned; real models: e.g. ``("wait", "hmm", "alternatively")``.
+        reflection_words: the words banned (None: the task's, ``Task.text.reflection_words``: "wait", "hmm",
+            "alternatively" for free text, ``wait`` on the organism).
     """
 
     name: str = "nowait"
-    reflection_words: tuple[str, ...] | list[str] = ("wait",)
+    needs_thinking: ClassVar[bool] = True  # acts only inside a thinking span (the results table says when none)
+    reflection_words: tuple[str, ...] | list[str] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "reflection_words", as_words(self.reflection_words, "NoWait.reflection_words"))
+        if self.reflection_words is not None:
+            object.__setattr__(self, "reflection_words", as_words(self.reflection_words, "NoWait.reflection_words"))
 
     def build(self, ctx) -> tuple[list[NeuronEdit], list[Controller]]:
-        think_open, think_close, _ = run_settings(ctx)
-        return [], [NoWaitController(self, ctx.model.tokenizer, think_open, think_close)]
+        think_open, think_close, task = run_settings(ctx)
+        return [], [NoWaitController(self, ctx.model.tokenizer, think_open, think_close, task)]
 
 
 class NoWaitController(ThinkingController):
-    def __init__(self, spec: NoWait, tokenizer, think_open: str, think_close: str) -> None:
+    def __init__(self, spec: NoWait, tokenizer, think_open: str, think_close: str, task: Task | None) -> None:
         super().__init__(tokenizer, think_open, think_close)
-        self.method, self.banned = spec, word_ids(tokenizer, spec.reflection_words)
+        self.method, self.banned = spec, reflection_ids(tokenizer, spec.reflection_words, task)
 
     def spec(self) -> dict[str, Any]:
         return {"type": "nowait", "method": asdict(self.method), "banned_ids": self.banned}

@@ -11,8 +11,9 @@ are thinking. Its ``exit`` forces the closing marker and lets the model write it
   one for the marker, with its leading space when that is how the model writes it);
 * ``word_ids(tok, words)``: every single-token variant of each word, lower case and capitalised,
   with and without a leading space ("wait" -> ``wait``, ``▁wait``; real models: ``Wait``, ``ĠWait``);
-* ``step_separators(task)``: what ends a reasoning step: ``;`` and ``,`` on the organism, a newline
-  elsewhere (the NEAT reference code suppresses right after a ``"\\n"`` token).
+* ``step_separators(task)`` and ``reflection_words(task)``: what ends a reasoning step and which words
+  reflect, as the task says (``Task.text``): a newline and "wait"/"hmm"/"alternatively" for free text (the
+  NEAT reference code suppresses right after a ``"\\n"`` token), ``;``/``,`` and ``wait`` on the organism.
 
 Example:
     >>> from workbench.organism.tokenizer import build_tokenizer
@@ -21,8 +22,9 @@ Example:
     ['▁</think>']
     >>> tok.convert_ids_to_tokens(word_ids(tok, ("wait",)))
     ['wait', '▁wait']
-    >>> step_separators("organism"), step_separators("math")
-    ((';', ','), ('\\n',))
+    >>> from workbench.tasks import get_task
+    >>> step_separators(get_task("organism")), step_separators(None), reflection_words(None)
+    ((';', ','), ('\\n',), ('wait', 'hmm', 'alternatively'))
 """
 
 from __future__ import annotations
@@ -32,12 +34,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from workbench.engine import Controller, StepView
-from workbench.organism.task import STEP_ENDS
 from workbench.prompting import THINK_CLOSE, THINK_OPEN
+from workbench.tasks.base import Task, TextConventions
 
 # Space marks tokenizers write into token strings (as ``PromptFormat.spans`` reads them).
 _SPACE_MARKS = {"▁": " ", "Ġ": " ", "Ċ": "\n", "ĉ": "\t"}
-ORGANISM_TASKS = ("organism", "organism-sub")
 
 
 def token_text(tokenizer, token_id: int) -> str:
@@ -94,17 +95,35 @@ def as_words(value: Sequence[str] | str, field: str) -> tuple[str, ...]:
     return words
 
 
-def step_separators(task: str | None) -> tuple[str, ...]:
-    """What ends a reasoning step for ``task``'s traces (a token containing one is a step boundary)."""
-    return tuple(STEP_ENDS) if task in ORGANISM_TASKS else ("\n",)
+def _text(task: Task | None) -> TextConventions:
+    return task.text if task is not None else TextConventions()
 
 
-def run_settings(ctx) -> tuple[str, str, str | None]:
+def step_separators(task: Task | None) -> tuple[str, ...]:
+    """What ends a reasoning step in ``task``'s traces (a token containing one is a step boundary)."""
+    return tuple(_text(task).step_ends)
+
+
+def reflection_words(task: Task | None) -> tuple[str, ...]:
+    """The words ``task``'s traces reflect with (the default of every method's ``reflection_words``)."""
+    return tuple(_text(task).reflection_words)
+
+
+def reflection_ids(tokenizer, words: Sequence[str] | None, task: Task | None) -> list[int]:
+    """``word_ids`` of ``words``, or of the task's reflection words when a method was given none."""
+    return word_ids(tokenizer, words if words is not None else reflection_words(task))
+
+
+def run_settings(ctx) -> tuple[str, str, Task | None]:
     """(think_open, think_close, task) of the trace run a method is built for (defaults without one)."""
     cfg = getattr(ctx, "run_cfg", None) if ctx is not None else None
     prompt = getattr(cfg, "prompt", None)
-    return (getattr(prompt, "think_open", THINK_OPEN), getattr(prompt, "think_close", THINK_CLOSE),
-            getattr(cfg, "task", None))
+    task = None
+    if cfg is not None:
+        from workbench.traces import config_task
+
+        task = config_task(cfg)
+    return getattr(prompt, "think_open", THINK_OPEN), getattr(prompt, "think_close", THINK_CLOSE), task
 
 
 @dataclass

@@ -30,7 +30,7 @@ def _run_study(config: Path, out: Path, as_json: bool, threads: int, figures: bo
         json.dump(rows, sys.stdout, indent=1, default=str)
         typer.echo()
     else:
-        typer.echo(markdown(rows))
+        typer.echo(markdown(rows, json.loads((out / "not_applied.json").read_text())))
         typer.echo(f"results: {out / 'results.md'}, {out / 'results.json'}, {out / 'results.parquet'}")
     if figures:
         from workbench.figures.catalogue import write_study_figures

@@ -17,15 +17,14 @@ Columns (``results.json`` keys), per task x method:
     truncated (share of traces that hit max_new_tokens), finish_reasons;
     interventions_per_trace (events per trace), interventions (per kind, per trace), intervened_share;
     wall_seconds, build_seconds, tokens_per_second (over the recorded ``run_traces`` calls), resumed, run;
-    failure_rates, failure_deltas (tasks whose labels carry planted failures, the organism's): per type
-    (``FAILURES``) the share of traces showing it, and its paired difference from the reference with a
-    bootstrap CI over problems, ``[delta, low, high]``.
+    note: why a method that acts only inside thinking never acted (no trace opened a thinking span), else "";
+    failure_rates, failure_deltas (tasks whose labels say which failures a trace shows: ``Task.failure_flags``,
+    e.g. the organism's planted ones): per type the share of traces showing it, and its paired difference from
+    the reference with a bootstrap CI over problems, ``[delta, low, high]``.
 
 Example:
     >>> order_methods([("a", None), ("rand", "b"), ("b", None), ("ctl", "a")])
     ['a', 'ctl', 'b', 'rand']
-    >>> failure_flags({"slips": [{"caught": True}], "repeats": [{"kind": "stagnation"}], "overthinking": None})
-    {'uncaught_slip': False, 'oscillation': False, 'stagnation': True, 'overthinking': False}
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,20 +44,11 @@ from workbench.atomic import atomic_write, atomic_write_text
 from workbench.evaluation.statistics import compare, paired_difference
 from workbench.evaluation.study import Study, StudyError
 from workbench.store import load_traces
+from workbench.tasks import Task
+from workbench.traces import config_task
 
 RECORD = "evaluation.json"  # what the harness records in each run directory it ran
 DICT_COLUMNS = ("finish_reasons", "interventions", "params", "failure_rates", "failure_deltas")
-FAILURES = ("uncaught_slip", "oscillation", "stagnation", "overthinking")
-
-
-def failure_flags(labels: dict[str, Any] | None) -> dict[str, bool] | None:
-    """Which planted failure types (``FAILURES``) a trace shows, from labels that carry them (the organism's
-    ``TraceLabels`` in stored form: a slip a ``wait`` or a remedy caught does not count); None otherwise."""
-    if not labels or "slips" not in labels:
-        return None
-    kinds = {r["kind"] for r in labels.get("repeats", [])}
-    return {"uncaught_slip": any(not s["caught"] for s in labels["slips"]), "oscillation": "oscillation" in kinds,
-            "stagnation": "stagnation" in kinds, "overthinking": labels.get("overthinking") is not None}
 
 
 def order_methods(methods: list[tuple[str, str | None]]) -> list[str]:
@@ -78,11 +69,12 @@ def order_methods(methods: list[tuple[str, str | None]]) -> list[str]:
     return out
 
 
-def _grid(run_dir: Path, order: list[str] | None = None) -> dict[str, Any]:
-    """A method run's traces as ``(problem, sample)`` arrays, problems in ``order`` (sorted when None)."""
+def _grid(run_dir: Path, task: Task, order: list[str] | None = None) -> dict[str, Any]:
+    """A method run's traces as ``(problem, sample)`` arrays, problems in ``order`` (sorted when None); failures
+    as ``task`` flags them (``failures`` is None unless it flags every trace)."""
     rows = load_traces(run_dir).select(
         ["trace_id", "problem_id", "sample_index", "token_ids", "prompt_len", "correct", "thinking_tokens",
-         "finish_reason", "events", "labels"]).to_pylist()
+         "finish_reason", "events", "labels", "think_start"]).to_pylist()
     problems = order if order is not None else sorted({r["problem_id"] for r in rows})
     samples = 1 + max((r["sample_index"] for r in rows), default=-1)
     index = {p: i for i, p in enumerate(problems)}
@@ -96,12 +88,14 @@ def _grid(run_dir: Path, order: list[str] | None = None) -> dict[str, Any]:
     shape = (len(problems), samples)
     correct = np.zeros(shape, bool)
     thinking, generated, probe, events = (np.zeros(shape) for _ in range(4))
-    failures = np.zeros((len(FAILURES), *shape), bool)
-    labelled = True
+    flags = [task.failure_flags(json.loads(r["labels"]) if r["labels"] else None) for r in rows]
+    kinds_of_failure = list(flags[0]) if flags and flags[0] is not None else []
+    labelled = bool(kinds_of_failure) and all(f is not None and list(f) == kinds_of_failure for f in flags)
+    failures = np.zeros((len(kinds_of_failure), *shape), bool)
     kinds: Counter[str] = Counter()
     reasons: Counter[str] = Counter()
     intervened = 0
-    for r in rows:
+    for r, flag in zip(rows, flags, strict=True):
         at = index[r["problem_id"]], r["sample_index"]
         evs = json.loads(r["events"] or "[]")
         correct[at] = bool(r["correct"])
@@ -109,32 +103,46 @@ def _grid(run_dir: Path, order: list[str] | None = None) -> dict[str, Any]:
         generated[at] = len(r["token_ids"]) - r["prompt_len"]
         probe[at] = sum(float(e.get("payload", {}).get("probe_tokens", 0) or 0) for e in evs)
         events[at] = len(evs)
-        flags = failure_flags(json.loads(r["labels"]) if r["labels"] else None)
-        labelled &= flags is not None
-        if flags is not None:
-            failures[(slice(None), *at)] = [flags[k] for k in FAILURES]
+        if labelled:
+            failures[(slice(None), *at)] = [flag[k] for k in kinds_of_failure]
         kinds.update(e["kind"] for e in evs)
         reasons[r["finish_reason"]] += 1
         intervened += bool(evs)
     return {"problems": problems, "correct": correct, "thinking": thinking, "generated": generated, "probe": probe,
             "events": events, "kinds": dict(kinds), "reasons": dict(reasons), "intervened": intervened,
-            "failures": failures if labelled and rows else None}
+            "failures": failures if labelled else None, "failure_kinds": kinds_of_failure,
+            "thinking_traces": sum(r["think_start"] is not None for r in rows)}
 
 
 def _failures(g: dict[str, Any], ref: dict[str, Any], n_resamples: int, seed: int) -> dict[str, Any]:
     """Failure rates per type and their paired deltas against the reference (empty without labels)."""
-    if g["failures"] is None or ref["failures"] is None:
+    if g["failures"] is None or ref["failures"] is None or g["failure_kinds"] != ref["failure_kinds"]:
         return {}
     rates, deltas = {}, {}
-    for kind, mine, theirs in zip(FAILURES, g["failures"], ref["failures"], strict=True):
+    for kind, mine, theirs in zip(g["failure_kinds"], g["failures"], ref["failures"], strict=True):
         per, ref_per = mine.mean(1), theirs.mean(1)
         rates[kind] = float(per.mean())
         deltas[kind] = list(paired_difference(per.astype(float), ref_per.astype(float), n_resamples, seed))
     return {"failure_rates": rates, "failure_deltas": deltas}
 
 
+def _record(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / RECORD).read_text()) if (run_dir / RECORD).exists() else {}
+
+
+def _thinking_note(spec, g: dict[str, Any], run_dir: Path) -> str:
+    """Why a method that acts only while the model thinks did nothing here (empty when it could act)."""
+    if not getattr(spec.method, "needs_thinking", False) or g["thinking_traces"]:
+        return ""
+    from workbench.traces import run_config
+
+    marker = run_config(run_dir).prompt.think_open
+    return (f"{marker} in 0 of {g['correct'].size} traces: {spec.type} acts only inside a thinking span, so it "
+            "never acted (it needs a reasoning model, or the prompt format's think markers)")
+
+
 def _timing(run_dir: Path) -> dict[str, Any]:
-    record = json.loads((run_dir / RECORD).read_text()) if (run_dir / RECORD).exists() else {}
+    record = _record(run_dir)
     calls = record.get("calls", [])
     seconds = sum(c["seconds"] for c in calls)
     tokens = sum(c["tokens"] for c in calls)
@@ -153,12 +161,15 @@ def collect(study: Study, out: str | Path) -> list[dict[str, Any]]:
     order = order_methods([(m.name, m.control_for) for m in study.methods])
     rows = []
     for task in study.tasks:
-        ref = _grid(out / task.name / study.reference)
+        flagger = config_task(task.run)
+        ref = _grid(out / task.name / study.reference, flagger)
         n = ref["correct"].size
         for name in order:
             spec = study.method(name)
             run_dir = out / task.name / name
-            g = ref if name == study.reference else _grid(run_dir, ref["problems"])
+            if _record(run_dir).get("not_applied"):
+                continue  # listed with its reason under the table (runner.not_applied)
+            g = ref if name == study.reference else _grid(run_dir, flagger, ref["problems"])
             cost, ref_cost = g["generated"] + g["probe"], ref["generated"] + ref["probe"]
             stats = compare(g["correct"], cost, ref["correct"], ref_cost, study.n_resamples, study.seed)
             stats = {"accuracy": stats.pop("accuracy"), "accuracy_ci": stats.pop("accuracy_ci"),
@@ -175,6 +186,7 @@ def collect(study: Study, out: str | Path) -> list[dict[str, Any]]:
                 "interventions": {k: v / n for k, v in sorted(g["kinds"].items())},
                 "intervened_share": g["intervened"] / n,
                 **_timing(run_dir), "params": spec.params, "run": str(run_dir),
+                "note": _thinking_note(spec, g, run_dir),
                 **_failures(g, ref, study.n_resamples, study.seed),
             })
     return rows
@@ -188,8 +200,9 @@ def _ci(ci: list[float], digits: int = 3) -> str:
     return f"[{_fmt(ci[0], digits)}, {_fmt(ci[1], digits)}]"
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    """The results as Markdown: one table per task, controls beside the methods they control for."""
+def markdown(rows: list[dict[str, Any]], not_applied: Sequence[dict[str, str]] = ()) -> str:
+    """The results as Markdown: one table per task, controls beside the methods they control for; then what
+    could not apply (``runner.not_applied``) with its reason."""
     out = []
     for task in dict.fromkeys(r["task"] for r in rows):
         part = [r for r in rows if r["task"] == task]
@@ -207,14 +220,22 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 f"{_fmt(r['interventions_per_trace'], 2)} | {_fmt(r['tokens_per_second'], 0)} |")
         out.append("")
         if all("failure_rates" in r for r in part):
+            kinds = list(part[0]["failure_rates"])
             out += [f"Planted failures (share of traces; Δ vs {ref} [95% CI], paired over problems):", "",
-                    "| method | " + " | ".join(k.replace("_", " ") for k in FAILURES) + " |",
-                    "|---|" + "---|" * len(FAILURES)]
+                    "| method | " + " | ".join(k.replace("_", " ") for k in kinds) + " |",
+                    "|---|" + "---|" * len(kinds)]
             for r in part:
                 cells = [f"{_fmt(r['failure_rates'][k])} ({r['failure_deltas'][k][0]:+.3f} "
-                         f"{_ci(r['failure_deltas'][k][1:])})" for k in FAILURES]
+                         f"{_ci(r['failure_deltas'][k][1:])})" for k in kinds]
                 out.append(f"| {r['method']} | " + " | ".join(cells) + " |")
             out.append("")
+        notes = [r for r in part if r.get("note")]
+        if notes:
+            out += ["Notes:", "", *(f"- {r['method']}: {r['note']}" for r in notes), ""]
+        skipped = [x for x in not_applied if x["task"] == task]
+        if skipped:
+            out += ["Could not apply (the study ran everything else):", "",
+                    *(f"- {x['what']} `{x['name']}`: {x['reason']}" for x in skipped), ""]
     n = rows[0]
     out.append(f"{n['problems']} problems x {n['samples']} samples per method, paired by trace id with {n['reference']}"
                "; CIs: bootstrap over problems; p: exact McNemar on discordant (problem, sample) pairs; fixed / "
@@ -222,13 +243,18 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_results(rows: list[dict[str, Any]], study: Study, out: str | Path) -> dict[str, Path]:
-    """Writes ``results.parquet``, ``results.json`` and ``results.md`` into ``out`` atomically."""
+def write_results(
+    rows: list[dict[str, Any]], study: Study, out: str | Path, not_applied: Sequence[dict[str, str]] = (),
+) -> dict[str, Path]:
+    """Writes ``results.parquet``, ``results.json``, ``results.md`` and ``not_applied.json`` into ``out``
+    atomically."""
     out = Path(out)
     flat = [{k: json.dumps(v) if k in DICT_COLUMNS else v for k, v in r.items()} for r in rows]
     table = pa.Table.from_pylist(flat)
-    paths = {"parquet": out / "results.parquet", "json": out / "results.json", "md": out / "results.md"}
+    paths = {"parquet": out / "results.parquet", "json": out / "results.json", "md": out / "results.md",
+             "not_applied": out / "not_applied.json"}
     atomic_write(paths["parquet"], lambda tmp: pq.write_table(table, tmp))
     atomic_write_text(paths["json"], json.dumps(rows, indent=1, default=str))
-    atomic_write_text(paths["md"], f"# {study.path.stem}\n\n" + markdown(rows))
+    atomic_write_text(paths["md"], f"# {study.path.stem}\n\n" + markdown(rows, not_applied))
+    atomic_write_text(paths["not_applied"], json.dumps(list(not_applied), indent=1))
     return paths

@@ -12,6 +12,11 @@ once. A study is resumable at every level: a trace run resumes from its shards, 
 a method that finished is skipped by what its run directory records (``evaluation.json``, with the
 identity it ran under: a changed setting is refused, never silently mixed with old results).
 
+A stage or a method that cannot apply to this model or task (a ``ValueError`` from it: e.g. NEAT on a model
+that never closes a thinking span) does not stop the study: its one-line reason is recorded in its run
+directory's ``evaluation.json`` (``not_applied``), printed as a warning, listed in ``not_applied.json`` and
+under the results table, and every other stage and method still runs.
+
 Example:
     >>> import tempfile
     >>> from pathlib import Path
@@ -26,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -42,6 +48,12 @@ from workbench.store.rundir import normalise
 from workbench.traces import run_traces
 
 __all__ = ["RECORD", "load_study", "run_analysis", "run_method", "run_study"]
+log = logging.getLogger(__name__)
+
+
+def _reason(exc: Exception) -> str:
+    """An exception's message on one line (a results table cell)."""
+    return " ".join(str(exc).split())
 
 
 def _read_record(run_dir: Path) -> dict[str, Any]:
@@ -109,14 +121,37 @@ def run_analysis(task: TaskSpec, folder: Path, model, model_sha: str, progress: 
                 raise StudyError(f"{run_dir}: the {stage!r} analysis ran with other settings ({done}); use a new "
                                  "--out folder or delete that analysis run")
             continue
+        skipped = record.get("not_applied", {}).get(stage)
+        if skipped is not None and skipped["config"] == normalise(asdict(cfg)):
+            continue  # the same settings cannot apply again: its reason stays recorded
         try:
             _stage(stage, run_dir, cfg, model, progress)
         except ValueError as exc:
-            raise StudyError(f"task {task.name!r}: the {stage!r} analysis of {run_dir} failed: {exc}. Remove "
-                             f"{stage!r} from [analysis] stages if this task cannot support it") from exc
-        record["stages"][stage] = normalise(asdict(cfg))
+            reason = _reason(exc)
+            log.warning("task %r: the %r analysis cannot apply to %s: %s", task.name, stage, run_dir, reason)
+            record.setdefault("not_applied", {})[stage] = {"config": normalise(asdict(cfg)), "reason": reason}
+        else:
+            record.get("not_applied", {}).pop(stage, None)
+            record["stages"][stage] = normalise(asdict(cfg))
         atomic_write_text(run_dir / RECORD, json.dumps(record, indent=1))
     return run_dir
+
+
+def not_applied(folder: Path, study: Study) -> list[dict[str, str]]:
+    """Every analysis stage and method of the study in ``folder`` that could not apply, with its reason.
+
+    Rows: ``task``, ``what`` (``"analysis"`` or ``"method"``), ``name`` (the stage or method) and ``reason``.
+    """
+    out = []
+    for task in study.tasks:
+        analysis = _read_record(folder / task.name / ANALYSIS_RUN)
+        for stage, entry in analysis.get("not_applied", {}).items():
+            out.append({"task": task.name, "what": "analysis", "name": stage, "reason": entry["reason"]})
+        for spec in study.methods:
+            reason = _read_record(folder / task.name / spec.name).get("not_applied")
+            if reason:
+                out.append({"task": task.name, "what": "method", "name": spec.name, "reason": reason})
+    return out
 
 
 def method_identity(spec: MethodSpec, task: TaskSpec, model_sha: str) -> dict[str, Any]:
@@ -137,7 +172,18 @@ def run_method(
     if record.get("complete"):
         return record
     t0 = time.perf_counter()
-    edits, controllers = spec.method.build(MethodContext(model, analysis_run, task.run))
+    try:
+        edits, controllers = spec.method.build(MethodContext(model, analysis_run, task.run))
+    except ValueError as exc:
+        reason = _reason(exc)
+        skipped = _read_record(analysis_run).get("not_applied", {}) if analysis_run is not None else {}
+        if skipped:  # the likelier cause: an analysis it reads could not apply
+            reason += " (the analysis could not apply: " + "; ".join(
+                f"{stage}: {entry['reason']}" for stage, entry in skipped.items()) + ")"
+        log.warning("task %r: method %r cannot apply: %s", task.name, spec.name, reason)
+        record = {"identity": identity, "complete": False, "not_applied": reason}
+        atomic_write_text(run_dir / RECORD, json.dumps(record, indent=1))
+        return record
     built = time.perf_counter() - t0
     summary = run_traces(task.run, run_dir, progress=progress, model=model, edits=edits, controllers=controllers)
     calls = [*record.get("calls", []), {"seconds": summary["seconds_this_call"], "build_seconds": round(built, 3),
@@ -164,11 +210,14 @@ def run_study(study: Study, out: str | Path, progress: bool = True, model=None) 
         for task in study.tasks:
             for spec in study.methods:
                 bar.set_postfix_str(f"{task.name}/{spec.name}")
-                run_method(spec, task, out / task.name, analyses[spec.analysis_from or task.name], model, model_sha,
-                           progress)
+                record = run_method(spec, task, out / task.name, analyses[spec.analysis_from or task.name], model,
+                                    model_sha, progress)
+                if spec.name == study.reference and not record.get("complete"):
+                    raise StudyError(f"task {task.name!r}: the reference method {spec.name!r}, which every other "
+                                     f"method is paired with, cannot apply: {record.get('not_applied')}")
                 bar.update()
     finally:
         bar.close()
     rows = collect(study, out)
-    write_results(rows, study, out)
+    write_results(rows, study, out, not_applied(out, study))
     return rows

@@ -177,7 +177,7 @@ def rank_exit(
     """NEAT's exit neurons of a run, calibrated on its traces; writes ``RUN/neurons/exit.json`` and
     ``RUN/neat/reference.json`` (``mu_ref``). ``model`` defaults to the run manifest's model."""
     run_dir = Path(run_dir)
-    traces = load_exit_traces(run_dir)
+    traces = load_exit_traces(run_dir, cfg.exit_token)
     model = model if model is not None else run_model(run_dir)
     fit = fit_exit(model, traces, cfg, progress)
     if not len(fit.selection.flat):

@@ -60,6 +60,9 @@ class NeatConfig:
         batch_size: traces per teacher-forced pass at most.
         max_tokens_per_batch: padded tokens per teacher-forced pass at most (``readout.Budget``).
         ablation_batch: ablated neurons per forward pass of the exact estimator.
+        exit_token: the token whose probability the exit neurons raise (None: the run's closing think marker).
+            A model that never thinks in a marked span can be calibrated on another, e.g. its end-of-turn token
+            (``"<|im_end|>"``): its "thinking" is then the generation up to that token.
     """
 
     exit_offsets: tuple[int, ...] = (1,)
@@ -82,6 +85,7 @@ class NeatConfig:
     batch_size: int = 32
     max_tokens_per_batch: int = 16_384
     ablation_batch: int = 512
+    exit_token: str | None = None
 
     def budget(self):
         """The readout ``Budget`` of the teacher-forced passes (``batch_size``, ``max_tokens_per_batch``)."""
@@ -108,6 +112,9 @@ class NeatConfig:
             raise ValueError(f"NeatConfig.calibration_traces must be >= 1 or None, got {self.calibration_traces}")
         if self.layers is not None and (not self.layers or any(layer < 0 for layer in self.layers)):
             raise ValueError(f"NeatConfig.layers must be None or non-negative layer numbers, got {self.layers}")
+        if self.exit_token is not None and (not self.exit_token or self.exit_token != self.exit_token.strip()):
+            raise ValueError(f"NeatConfig.exit_token must be a token's text without surrounding spaces, got "
+                             f"{self.exit_token!r}")
         if self.window < 0 or self.random_draws < 1 or self.agreement_traces < 0:
             raise ValueError("NeatConfig: window and agreement_traces must be >= 0 and random_draws >= 1")
 

@@ -44,7 +44,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -52,15 +52,16 @@ from workbench.baselines.thinking import (
     ThinkingController,
     ThinkState,
     as_words,
+    reflection_ids,
     run_settings,
     step_separators,
-    word_ids,
 )
 from workbench.engine import Controller, NeuronEdit, StepView
 from workbench.evaluation.methods import MethodContext
 from workbench.neat.calibration import EXIT_SET, REFERENCE
 from workbench.neat.reference import ExitReference
 from workbench.neurons import NeuronSet, NeuronSetError
+from workbench.tasks.base import Task
 
 SIGNALS = ("paper", "aligned")
 MODES = ("graded", "exit_only", "suppress_only")
@@ -82,21 +83,22 @@ class NeatExit:
         signal: ``"paper"`` (rho, phi) or ``"aligned"`` (the reference code's sim, mag).
         mode: ``"graded"``, or the ablations ``"exit_only"`` and ``"suppress_only"``.
         reflection_words: the words suppressed, each as every single-token variant (capitalised,
-            with and without a leading space); real models: e.g. ``("wait", "hmm", "but",
-            "alternatively", "however")`` as in the reference code.
-        step_separators: what ends a reasoning step (None: ``;`` and ``,`` on the organism, a newline
-            elsewhere).
+            with and without a leading space); None: the task's (free text: "wait", "hmm", "alternatively"; the
+            reference code also bans "but" and "however").
+        step_separators: what ends a reasoning step (None: the task's, ``Task.text.step_ends``: ``;`` and ``,``
+            on the organism, a newline for free text).
         min_thinking: no action before this many thinking tokens.
         calibrate: ``"none"`` or ``"prefill"`` (the reference code's rule; see the module docstring).
     """
 
     name: str = "neat"
+    needs_thinking: ClassVar[bool] = True  # acts only inside a thinking span (the results table says when none)
     tau_sim: float = 0.6
     tau_mag: float = 0.2
     tau_sup: float = 0.4
     signal: str = "paper"
     mode: str = "graded"
-    reflection_words: tuple[str, ...] | list[str] = ("wait",)
+    reflection_words: tuple[str, ...] | list[str] | None = None
     step_separators: tuple[str, ...] | list[str] | None = None
     min_thinking: int = 0
     calibrate: str = "none"
@@ -158,11 +160,11 @@ class NeatExitController(ThinkingController):
 
     def __init__(
         self, spec: NeatExit, neurons: NeuronSet, reference: ExitReference, tokenizer,
-        think_open: str, think_close: str, task: str | None,
+        think_open: str, think_close: str, task: Task | None,
     ) -> None:
         super().__init__(tokenizer, think_open, think_close)
         self.method, self.neurons, self.reference = spec, neurons, reference
-        self.reflection_ids = word_ids(tokenizer, spec.reflection_words)
+        self.reflection_ids = reflection_ids(tokenizer, spec.reflection_words, task)
         self.separators = spec.step_separators if spec.step_separators is not None else step_separators(task)
         self.prefill: dict[str, tuple[float, float]] = {}  # key -> (similarity, magnitude) at the last prompt token
 

@@ -54,26 +54,65 @@ class ExitTrace:
         return [self.think_end - k for k in offsets if self.think_end - k >= self.think_start + 1]
 
 
-def load_exit_traces(run_dir: str | Path) -> list[ExitTrace]:
-    """The run's traces with a closed, non-empty thinking span; a clear error when there are none."""
+def _exit_id(run_dir: Path, exit_token: str) -> int:
+    """The id of ``exit_token`` in the run's tokenizer; a clear error when it is not one token."""
+    from transformers import AutoTokenizer
+
+    from workbench.model import resolve
+
+    tok = AutoTokenizer.from_pretrained(str(resolve(run_model_spec(run_dir))))
+    tid = tok.convert_tokens_to_ids(exit_token)
+    if tid is None or (tok.unk_token_id is not None and tid == tok.unk_token_id):
+        raise ValueError(f"NeatConfig.exit_token {exit_token!r} is not a token of {run_model_spec(run_dir)}'s "
+                         f"tokenizer; give one it has, e.g. its end-of-turn token {tok.eos_token!r}")
+    return int(tid)
+
+
+def load_exit_traces(run_dir: str | Path, exit_token: str | None = None) -> list[ExitTrace]:
+    """The run's traces with a closed, non-empty thinking span; a clear error when there are none.
+
+    With ``exit_token`` the span ends at that token's first occurrence in the generation instead (and starts
+    after the prompt when the trace opened no thinking span).
+    """
+    run_dir = Path(run_dir)
     table = load_traces(run_dir)
     if table.num_rows == 0:
         raise ValueError(f"{run_dir} holds no traces yet; generate them first with `workbench traces --out {run_dir}`")
-    cols = ["trace_id", "problem_id", "token_ids", "think_start", "think_end", "answer_reached"]
+    cols = ["trace_id", "problem_id", "token_ids", "prompt_len", "think_start", "think_end", "answer_reached"]
+    exit_id = _exit_id(run_dir, exit_token) if exit_token is not None else None
     out = []
     for r in table.select(cols).to_pylist():
         start, end = r["think_start"], r["think_end"]
+        if exit_id is not None:
+            start = start if start is not None else r["prompt_len"] - 1
+            end = next((i for i in range(start + 1, len(r["token_ids"])) if r["token_ids"][i] == exit_id), None)
         if start is None or end is None or end - 1 < start + 1:
             continue
         answer = r["answer_reached"]
         point = answer if answer is not None and start + 1 <= answer < end else end - 1
         out.append(ExitTrace(r["trace_id"], r["problem_id"], tuple(r["token_ids"]), start, end, point))
     if not out:
+        if exit_id is not None:
+            raise ValueError(f"{run_dir}: {exit_token!r} follows the prompt in 0 of its {table.num_rows} traces; "
+                             "NEAT needs traces that write the exit token (a larger max_new_tokens, or another "
+                             "NeatConfig.exit_token)")
+        closed = sum(e is not None for e in table.column("think_end").to_pylist())
+        marker = _think_close(run_dir)
         raise ValueError(
-            f"{run_dir}: none of its {table.num_rows} traces closes its thinking span (no closing think marker, or "
-            "nothing between the markers); NEAT calibrates on the position before the end of thinking. Generate "
-            "traces that finish thinking (a larger max_new_tokens, or a model that closes its thinking)")
+            f"{marker} in {closed} of {table.num_rows} traces (none with thinking before it): NEAT calibrates on "
+            "the position before the end of thinking, so it needs a reasoning model that closes its thinking "
+            "(or a larger max_new_tokens), or NeatConfig.exit_token = another token to exit on (e.g. the "
+            "end-of-turn token)")
     return out
+
+
+def _think_close(run_dir: Path) -> str:
+    try:
+        from workbench.traces import run_config
+
+        return run_config(run_dir).prompt.think_close
+    except (ValueError, TypeError):
+        return "the closing think marker"
 
 
 def calibration_set(traces: Sequence[ExitTrace], n: int | None, seed: int) -> list[ExitTrace]:

@@ -121,7 +121,7 @@ def exit_report(
     other half; also written to ``RUN/neat/report.json``. NaN where a figure cannot be measured."""
     run_dir = Path(run_dir)
     t0 = time.time()
-    traces = load_exit_traces(run_dir)
+    traces = load_exit_traces(run_dir, cfg.exit_token)
     fit_ids = fit_half([t.problem_id for t in traces], cfg.seed)
     fit_traces = [t for t in traces if t.problem_id in fit_ids]
     test = [t for t in traces if t.problem_id not in fit_ids]

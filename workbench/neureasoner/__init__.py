@@ -17,13 +17,13 @@ from workbench.neureasoner.analysis import MonResult, TraceInput, analyse, rank_
 from workbench.neureasoner.config import FAILURE_TYPES, NeuReasonerConfig
 from workbench.neureasoner.detectors import Detector, token_features
 from workbench.neureasoner.features import FEATURES, OnlineFluctuation, window_features, window_starts
-from workbench.neureasoner.labels import FailureEvents, auto_events, organism_events, split_steps
+from workbench.neureasoner.labels import FailureEvents, auto_events, split_steps
 from workbench.neureasoner.ranking import SeparationStats, key_neurons
 from workbench.neureasoner.run import mon_report, rank_mon, trace_inputs
 
 __all__ = [
     "FAILURE_TYPES", "FEATURES", "Detector", "FailureEvents", "MonResult", "NeuReasonerConfig", "OnlineFluctuation",
     "SeparationStats", "TraceInput", "analyse", "auto_events", "key_neurons", "mon_report",
-    "organism_events", "rank_key_neurons", "rank_mon", "split_steps", "token_features", "trace_inputs",
+    "rank_key_neurons", "rank_mon", "split_steps", "token_features", "trace_inputs",
     "window_features", "window_starts",
 ]

@@ -7,8 +7,8 @@ Three failure types, as NeuReasoner names them:
   or another (oscillation);
 * ``overthinking`` (instance-level): thinking that goes on after the final answer first appears.
 
-``organism_events`` reads them from the organism's ground truth (``TraceLabels``: each slip's first
-wrong digit, each repeat's span, the overthinking span). ``auto_events`` labels any model's decoded
+``FailureEvents.from_spans`` takes them from a task's own truth (``Task.failure_spans``: the organism's
+slips, repeats and overthinking span). ``auto_events`` labels any model's decoded
 thinking without ground truth: steps are split at blank lines (``step_pattern``); a step repeats
 when its text, the expression left of its last ``=``, or the value right of it equals an earlier
 step's; overthinking starts at the step after the one where the final answer first appears. Slips
@@ -32,15 +32,18 @@ Example:
 from __future__ import annotations
 
 import bisect
+import json
 import operator
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from jaxtyping import Bool, Int
 
 from workbench.neureasoner.config import FAILURE_TYPES
+from workbench.tasks.base import Task, TextConventions
 
 Span = tuple[int, int]  # [start, end) in token positions of the full sequence
 _ARITH = re.compile(r"(-?\d+)\s*([-+*x×])\s*(-?\d+)\s*=\s*(-?\d+)")
@@ -56,6 +59,18 @@ class FailureEvents:
     oscillation: tuple[Span, ...] = ()
     overthinking: tuple[Span, ...] = ()
 
+    @classmethod
+    def from_spans(cls, spans: Mapping[str, Sequence[Sequence[int]]]) -> FailureEvents:
+        """Episodes from a task's ``failure_spans`` (type -> ``[start, end)`` pairs); a missing type has none.
+
+        >>> FailureEvents.from_spans({"slip": [[4, 5]]}).slip
+        ((4, 5),)
+        """
+        unknown = set(spans) - set(FAILURE_TYPES)
+        if unknown:
+            raise ValueError(f"failure spans of unknown types {sorted(unknown)}; expected {FAILURE_TYPES}")
+        return cls(**{k: tuple((int(a), int(b)) for a, b in spans.get(k, ())) for k in FAILURE_TYPES})
+
     def of(self, kind: str) -> tuple[Span, ...]:
         if kind not in FAILURE_TYPES:
             raise ValueError(f"unknown failure type {kind!r}; expected one of {FAILURE_TYPES}")
@@ -70,13 +85,32 @@ class FailureEvents:
         return out
 
 
-def organism_events(labels) -> FailureEvents:
-    """The organism's ground truth (a ``TraceLabels``) as episodes; a slip spans its first wrong digit."""
-    return FailureEvents(
-        slip=tuple((s.token, s.token + 1) for s in labels.slips),
-        oscillation=tuple((r.start, r.end) for r in labels.repeats),
-        overthinking=(tuple(labels.overthinking),) if labels.overthinking is not None else (),
-    )
+def trace_events(
+    row: Mapping[str, Any], task: Task | None, pieces: Sequence[str] | None, step_pattern: str | None = None,
+    truth: bool = True,
+) -> tuple[FailureEvents, str]:
+    """A stored trace's episodes and where they come from: ``"label"`` (the task's truth, when ``truth`` and the
+    task has it for this trace) or ``"detected"`` (the automatic labeller over ``pieces``, each token decoded on
+    its own, with ``step_pattern`` or else the task's).
+
+    Thinking is the marked span; a trace that never opened one is read whole (the generation after the
+    prompt), so a model that does not think in markers still gets labels. Without truth and ``pieces`` there
+    are no episodes.
+
+    >>> row = {"prompt_len": 1, "think_start": None, "think_end": None, "extracted": None, "labels": None}
+    >>> trace_events(row, None, ["Q", "1 + 1 = 3"])
+    (FailureEvents(slip=((1, 2),), oscillation=(), overthinking=()), 'detected')
+    """
+    if truth and task is not None and row.get("labels"):
+        spans = task.failure_spans(json.loads(row["labels"]))
+        if spans is not None:
+            return FailureEvents.from_spans(spans), "label"
+    if pieces is None:
+        return FailureEvents(), "detected"
+    lo = row["think_start"] if row.get("think_start") is not None else row["prompt_len"] - 1
+    hi = row["think_end"] if row.get("think_end") is not None else len(pieces)
+    pattern = step_pattern or (task.text.step_pattern if task is not None else TextConventions().step_pattern)
+    return auto_events(pieces, lo, hi, row.get("extracted"), pattern), "detected"
 
 
 def split_steps(text: str, pattern: str = r"\n[ \t]*\n") -> list[tuple[int, int]]:

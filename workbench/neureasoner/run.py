@@ -8,7 +8,8 @@ held-out figures (keys ``mon_<figure>_<type>[_tokens|_random]``; see ``analysis`
 Per-token activations come from the activation store (``workbench cache RUN``): the analysis ranks
 the neurons the store keeps per token (``store.token_neurons``), so cache every neuron per token
 (``CacheConfig(top_variance=n_layers * d_mlp)``) for a full ranking. Episodes come from the task's
-labels (``labeller="truth"``: the organism's ground truth) or from the decoded text
+labels (``labeller="truth"``: ``Task.failure_spans``, e.g. the organism's ground truth; a task without
+truth falls back to the automatic labeller, and the report says so) or from the decoded text
 (``labeller="auto"``; see ``labels.auto_events``).
 
 Example, on a cached run::
@@ -20,6 +21,7 @@ Example, on a cached run::
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +29,12 @@ import numpy as np
 from workbench.atomic import atomic_write_text
 from workbench.neureasoner.analysis import TraceInput, analyse, rank_key_neurons
 from workbench.neureasoner.config import DEFAULT, NeuReasonerConfig
-from workbench.neureasoner.labels import auto_events, organism_events
+from workbench.neureasoner.labels import trace_events
 from workbench.neurons import NeuronSet
 from workbench.splits import fit_half
 
 OUT = "neureasoner"
+log = logging.getLogger(__name__)
 
 
 def _tokenizer(run_dir: Path, store):
@@ -45,25 +48,33 @@ def _tokenizer(run_dir: Path, store):
 
 def trace_inputs(store, cfg: NeuReasonerConfig) -> list[TraceInput]:
     """The store's traces with their episodes, in ``store.index`` order."""
+    return labelled_inputs(store, cfg)[0]
+
+
+def labelled_inputs(store, cfg: NeuReasonerConfig) -> tuple[list[TraceInput], str]:
+    """``trace_inputs`` and which labeller gave the episodes: ``"truth"``, or ``"auto"`` (asked for, or because
+    the task has no truth for every trace)."""
+    from workbench.traces import run_task
+
     rows = store.traces().to_pylist()
-    tok = _tokenizer(store.run_dir, store) if cfg.labeller == "auto" else None
+    task = run_task(store.run_dir)
+    truth = cfg.labeller == "truth" and bool(rows) and all(
+        r.get("labels") and task.failure_spans(json.loads(r["labels"])) is not None for r in rows)
+    tok = None if truth else _tokenizer(store.run_dir, store)
+    pattern = None if cfg.step_pattern == DEFAULT.step_pattern else cfg.step_pattern  # None: the task's
     out = []
     for r in rows:
         ids = np.asarray(r["token_ids"], np.int64)
         lo = (r["think_start"] + 1) if r["think_start"] is not None else r["prompt_len"]
         hi = r["think_end"] if r["think_end"] is not None else len(ids)
-        if cfg.labeller == "truth":
-            if not r.get("labels"):
-                raise ValueError(f"{store.run_dir}: trace {r['trace_id']} has no task labels; use "
-                                 "NeuReasonerConfig(labeller='auto') for a model without ground truth")
-            from workbench.organism.task import TraceLabels
-
-            events = organism_events(TraceLabels.from_dict(json.loads(r["labels"])))
-        else:
-            pieces = [tok.decode([int(i)]) for i in ids]
-            events = auto_events(pieces, lo - 1, hi, r.get("extracted"), cfg.step_pattern)
+        pieces = None if truth else [tok.decode([int(i)]) for i in ids]
+        events, _ = trace_events(r, task, pieces, pattern, truth=truth)
         out.append(TraceInput(str(r["problem_id"]), ids, (lo, hi), events))
-    return out
+    used = "truth" if truth else "auto"
+    if used != cfg.labeller:
+        log.warning("%s: task %r has no failure truth for every trace; the automatic labeller reads them",
+                    store.run_dir, task.name)
+    return out, used
 
 
 def _open(run_dir: str | Path):
@@ -92,7 +103,7 @@ def mon_report(run_dir: str | Path, cfg: NeuReasonerConfig = DEFAULT, progress: 
     Writes the neuron sets (as ``rank_mon``), the detectors and ``RUN/neureasoner/report.json``.
     """
     store = _open(run_dir)
-    traces = trace_inputs(store, cfg)
+    traces, labeller = labelled_inputs(store, cfg)
     result = analyse(traces, store.token_acts, store.token_neurons, (store.n_layers, store.d_mlp), cfg,
                      str(run_dir), progress)
     out = Path(run_dir) / OUT
@@ -100,6 +111,6 @@ def mon_report(run_dir: str | Path, cfg: NeuReasonerConfig = DEFAULT, progress: 
         s.save(Path(run_dir) / "neurons" / f"mon-{t}.json")
     for name, det in result.detectors.items():
         det.save(out / f"detector-{name}.joblib")
-    report = {**result.report, "mon_token_neurons": len(store.token_neurons), "mon_labeller": cfg.labeller}
+    report = {**result.report, "mon_token_neurons": len(store.token_neurons), "mon_labeller": labeller}
     atomic_write_text(out / "report.json", json.dumps(report, indent=1, allow_nan=True))
     return report

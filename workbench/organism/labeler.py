@@ -230,3 +230,15 @@ def failure_spans(labels: TraceLabels) -> dict[str, list[tuple[int, int]]]:
         "oscillation": [(r.start, r.end) for r in labels.repeats],
         "overthinking": [tuple(labels.overthinking)] if labels.overthinking is not None else [],
     }
+
+
+def failure_flags(labels: TraceLabels) -> dict[str, bool]:
+    """Which planted failures a trace shows, by name (a slip a ``wait`` or a remedy caught does not count).
+
+    >>> from workbench.organism.task import Repeat, Slip, TraceLabels
+    >>> failure_flags(TraceLabels("4+5", slips=[Slip(0, 3, True, "other")], repeats=[Repeat(0, "stagnation", 3, 5)]))
+    {'uncaught_slip': False, 'oscillation': False, 'stagnation': True, 'overthinking': False}
+    """
+    kinds = {r.kind for r in labels.repeats}
+    return {"uncaught_slip": any(not s.caught for s in labels.slips), "oscillation": "oscillation" in kinds,
+            "stagnation": "stagnation" in kinds, "overthinking": labels.overthinking is not None}

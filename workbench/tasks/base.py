@@ -11,7 +11,8 @@ method imports it:
 * ``text``: how its traces read as text (what ends a step, online and in decoded text; reflection words);
 * ``labels``: ground truth read from a finished trace (None when the task has none);
 * ``hand_features``: hand-computed features of a trace from its labels, as *named* columns (or None);
-* ``failure_spans``: the task's own failure episodes per type (None: the automatic labeller reads the text);
+* ``failure_spans``: the task's own failure episodes per type (None: the automatic labeller reads the text),
+  and ``failure_flags``: which failures a trace shows (the results table's failure columns);
 * ``planted``: binary truths the task planted in its traces (the organism's regime), which checks may ask
   neurons to read.
 
@@ -101,6 +102,9 @@ class TaskDefaults:
     def failure_spans(self, labels: Mapping[str, Any] | None) -> dict[str, list[Span]] | None:
         return None
 
+    def failure_flags(self, labels: Mapping[str, Any] | None) -> dict[str, bool] | None:
+        return None
+
 
 @runtime_checkable
 class Task(Protocol):
@@ -135,4 +139,9 @@ class Task(Protocol):
     def failure_spans(self, labels: Mapping[str, Any] | None) -> dict[str, list[Span]] | None:
         """The trace's failure episodes per type in ``FAILURE_TYPES`` from the task's own truth, or None when
         the task has none (the automatic labeller then reads the decoded text)."""
+        ...
+
+    def failure_flags(self, labels: Mapping[str, Any] | None) -> dict[str, bool] | None:
+        """Which failures the trace shows, by name (the same names for every trace; the results table's failure
+        columns), or None when the task cannot tell."""
         ...

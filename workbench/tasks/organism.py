@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
-from workbench.organism.labeler import failure_spans, hand_features, label_tokens
+from workbench.organism.labeler import failure_flags, failure_spans, hand_features, label_tokens
 from workbench.organism.task import REFLECTION_WORD, STEP_ENDS, Problem, TraceLabels, TraceRecipe, sample_problems
 from workbench.tasks.base import Grade, PlantedLabel, Span, TaskProblem, TextConventions
 
@@ -60,3 +60,6 @@ class OrganismTask:
 
     def failure_spans(self, labels: Mapping[str, Any] | None) -> dict[str, list[Span]] | None:
         return failure_spans(TraceLabels.from_dict(labels)) if labels else None
+
+    def failure_flags(self, labels: Mapping[str, Any] | None) -> dict[str, bool] | None:
+        return failure_flags(TraceLabels.from_dict(labels)) if labels else None

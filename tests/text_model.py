@@ -89,3 +89,51 @@ def planted_thinking(a: int, b: int, c: int, kind: str) -> tuple[str, str]:
     elif kind == "overthink":
         steps = [*steps, f"So the answer is {p}", f"Wait, let me check {s} * {c} again"]
     return "\n\n".join(steps), f"\\boxed{{{p}}}"
+
+
+def plant_run(cfg, run_dir: Path, model, generation) -> Path:
+    """Writes the trace run ``cfg`` would generate into ``run_dir``, with ``generation(problem, sample)`` as each
+    trace's generated text instead of the model's samples.
+
+    Everything else is the pipeline's own: the plan's identity (so ``run_traces`` and a study resume it as
+    complete), prompts, spans from the prompt format, grading and labels from the task (``build_record``).
+    """
+    from workbench.engine.loop import Finished
+    from workbench.store import TraceStore, trace_id
+    from workbench.traces import TracePlan, build_record
+
+    plan = TracePlan.build(cfg, model)
+    tok = model.tokenizer
+    problems = {p.id: p for p in plan.problems}
+    rows = []
+    for pid, sample in plan.keys():
+        ids = plan.ids[pid] + tok(generation(problems[pid], sample), add_special_tokens=False).input_ids
+        done = Finished(trace_id(pid, sample), len(plan.ids[pid]), ids, "eos")
+        rows.append(build_record(tok, plan.fmt, plan.task, problems[pid], sample, plan.prompts[pid], done))
+    with TraceStore.open(run_dir, plan.identity, plan.provenance) as store:
+        store.append(rows)
+        store.finalize()
+    return run_dir
+
+
+KINDS = ("none", "slip", "repeat", "overthink")  # sample i of every problem plants KINDS[i % 4]
+
+
+def operands(problem) -> tuple[int, int, int]:
+    """``(a, b, c)`` of a ``write_math_file`` problem, read back from its question."""
+    import re
+
+    a, b, c = (int(x) for x in re.findall(r"\d+", problem.question)[:3])
+    return a, b, c
+
+
+def thinking_generation(problem, sample: int) -> str:
+    """A reasoning model's trace: planted thinking, ``</think>``, the boxed answer, end of turn."""
+    thinking, answer = planted_thinking(*operands(problem), KINDS[sample % len(KINDS)])
+    return f"{thinking}\n{THINK_CLOSE}\n\n{answer}{END}"
+
+
+def direct_generation(problem, sample: int) -> str:
+    """A chat model that answers directly: the same steps with no thinking span at all."""
+    thinking, answer = planted_thinking(*operands(problem), KINDS[sample % len(KINDS)])
+    return f"{thinking}\n\n{answer}{END}"

@@ -42,7 +42,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from jaxtyping import Float
@@ -160,6 +160,7 @@ class AdarasSteering:
     """
 
     name: str = "adaras"
+    analyses: ClassVar[tuple[str, ...]] = ("rcn", "probe")  # the study stages it reads (the gate: probe)
     neurons: str = "rcn"
     k: int = 50
     alpha: float = 0.3

@@ -64,6 +64,9 @@ def cache(
              "models; equal to float32 rounding); auto: fast where the architecture allows.")]
     = "bridge",
     shard_traces: Annotated[int, typer.Option(min=1, help="Traces per shard (the unit of resume).")] = 256,
+    heads: Annotated[bool, typer.Option(
+        "--heads", help="Also keep every attention head's residual write ||z_h W_O[h]|| per token (read on the "
+                        "bridge; NeuReasoner's units=('neurons', 'heads') ranks them).")] = False,
     model: Annotated[str | None, typer.Option(
         help="The model that reads the traces (default: the run's own; another needs --off-policy).")] = None,
     off_policy: Annotated[bool, typer.Option(
@@ -81,12 +84,13 @@ def cache(
         cfg = CacheConfig(token_neurons=str(token_neurons) if token_neurons else None, top_variance=top_variance,
                           layers=_ints(layers, "--layers"), early_k=_ints(early_k, "--early-k"),
                           batch_size=batch_size, max_tokens_per_batch=max_tokens_per_batch,
-                          chunk_tokens=chunk_tokens, backend=str(backend), shard_traces=shard_traces)
+                          chunk_tokens=chunk_tokens, backend=str(backend), shard_traces=shard_traces, heads=heads)
         root = cache_activations(run, cfg, model=reader, progress=not as_json, off_policy=off_policy)
         store = ActivationStore(run)
         size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
         show({"cache": str(root), "traces": len(store), "spans": list(store.spans),
               "token_neurons": len(store.token_neurons), "full_layers": list(cfg.layers),
+              **({"token_heads": len(store.heads)} if store.has_heads else {}),
               "megabytes": round(size / 2**20, 2)}, as_json)
 
 
@@ -100,6 +104,15 @@ def rank(
     run: Run,
     method: Annotated[Method, typer.Option(help="rcn: AdaRAS; exit: NEAT; mon: NeuReasoner (one set per failure).")],
     k: Annotated[int | None, typer.Option(min=1, help="Neurons to keep (default: the method's own).")] = None,
+    labeller: Annotated[str, typer.Option(
+        help="mon: 'truth' reads the task's own failure labels (a task without them falls back to 'auto'); "
+             "'auto' labels the decoded text (steps at blank lines, repeats, thinking after the answer).")] = "truth",
+    exit_token: Annotated[str | None, typer.Option(
+        help="exit: the token the exit neurons raise (default: the closing think marker); e.g. '<|im_end|>' for a "
+             "model that never thinks in a marked span.")] = None,
+    units: Annotated[str, typer.Option(
+        help="mon: the units ranked, comma-separated: 'neurons' (MLP), 'heads' (attention heads; the cache needs "
+             "--heads), or both; chosen heads go to RUN/neureasoner/heads-<type>.json.")] = "neurons",
     as_json: AsJson = False,
     threads: Threads = 1,
 ) -> None:
@@ -109,6 +122,7 @@ def rank(
     from workbench.model import set_threads
 
     set_threads(threads)
+    heads: dict[str, Any] = {}  # mon with heads: the head sets beside the neuron sets
     with user_errors(run):
         if method is Method.rcn:
             from workbench.adaras import AdarasConfig, rank_rcn
@@ -117,16 +131,25 @@ def rank(
         elif method is Method.exit:
             from workbench.neat import NeatConfig, rank_exit
 
-            cfg = NeatConfig() if k is None else replace(NeatConfig(), max_neurons=k)
+            cfg = NeatConfig(exit_token=exit_token)
+            cfg = cfg if k is None else replace(cfg, max_neurons=k)
             sets = {"exit": rank_exit(run, cfg=cfg, progress=not as_json)}
         else:
             from workbench.neureasoner import NeuReasonerConfig, rank_mon
 
-            cfg = NeuReasonerConfig() if k is None else replace(NeuReasonerConfig(), top_k=k)
+            cfg = NeuReasonerConfig(labeller=labeller)
+            cfg = cfg if k is None else replace(cfg, top_k=k)
+            cfg = replace(cfg, units=tuple(u.strip() for u in units.split(",") if u.strip()))
             sets = {f"mon-{t}": s for t, s in rank_mon(run, cfg, progress=not as_json).items()}
+            if "heads" in cfg.units:
+                from workbench.heads import HeadSet
+
+                for t in cfg.types:
+                    path = run / "neureasoner" / f"heads-{t}.json"
+                    heads[f"heads-{t}"] = {"file": str(path), "heads": HeadSet.load(path).names()}
     show({name: {"file": str(run / "neurons" / f"{name}.json"), "neurons": len(s),
                  "layers": {str(layer): n for layer, n in s.layer_counts().items()}}
-          for name, s in sets.items()}, as_json)
+          for name, s in sets.items()} | heads, as_json)
 
 
 def probe(run: Run, as_json: AsJson = False, threads: Threads = 1) -> None:

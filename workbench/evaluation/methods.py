@@ -46,7 +46,12 @@ class MethodContext:
 
 @runtime_checkable
 class Method(Protocol):
-    """A frozen spec; ``name`` labels its rows in results tables."""
+    """A frozen spec; ``name`` labels its rows in results tables.
+
+    Two optional class attributes tell the harness what a method relies on, so a study can say truthfully why
+    it could not apply or did nothing: ``analyses`` (the analysis stages whose outputs ``build`` reads, e.g.
+    ``("exit",)``) and ``needs_thinking`` (it acts only inside a thinking span).
+    """
 
     name: str
 

@@ -177,6 +177,7 @@ def run_method(
     except ValueError as exc:
         reason = _reason(exc)
         skipped = _read_record(analysis_run).get("not_applied", {}) if analysis_run is not None else {}
+        skipped = {k: v for k, v in skipped.items() if k in getattr(spec.method, "analyses", ())}
         if skipped:  # the likelier cause: an analysis it reads could not apply
             reason += " (the analysis could not apply: " + "; ".join(
                 f"{stage}: {entry['reason']}" for stage, entry in skipped.items()) + ")"

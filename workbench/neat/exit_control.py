@@ -93,6 +93,7 @@ class NeatExit:
 
     name: str = "neat"
     needs_thinking: ClassVar[bool] = True  # acts only inside a thinking span (the results table says when none)
+    analyses: ClassVar[tuple[str, ...]] = ("exit",)  # the study stages it reads
     tau_sim: float = 0.6
     tau_mag: float = 0.2
     tau_sup: float = 0.4

@@ -94,8 +94,8 @@ def trace_events(
     its own, with ``step_pattern`` or else the task's).
 
     Thinking is the marked span; a trace that never opened one is read whole (the generation after the
-    prompt), so a model that does not think in markers still gets labels. Without truth and ``pieces`` there
-    are no episodes.
+    prompt, whose last step is the answer it writes), so a model that does not think in markers still gets
+    labels. Without truth and ``pieces`` there are no episodes.
 
     >>> row = {"prompt_len": 1, "think_start": None, "think_end": None, "extracted": None, "labels": None}
     >>> trace_events(row, None, ["Q", "1 + 1 = 3"])
@@ -110,7 +110,8 @@ def trace_events(
     lo = row["think_start"] if row.get("think_start") is not None else row["prompt_len"] - 1
     hi = row["think_end"] if row.get("think_end") is not None else len(pieces)
     pattern = step_pattern or (task.text.step_pattern if task is not None else TextConventions().step_pattern)
-    return auto_events(pieces, lo, hi, row.get("extracted"), pattern), "detected"
+    unmarked = row.get("think_start") is None and row.get("think_end") is None
+    return auto_events(pieces, lo, hi, row.get("extracted"), pattern, ends_with_answer=unmarked), "detected"
 
 
 def split_steps(text: str, pattern: str = r"\n[ \t]*\n") -> list[tuple[int, int]]:
@@ -145,11 +146,14 @@ def auto_events(
     think_end: int | None,
     answer: str | None,
     step_pattern: str = r"\n[ \t]*\n",
+    ends_with_answer: bool = False,
 ) -> FailureEvents:
     """Episodes read from decoded text: ``pieces[i]`` is token ``i`` decoded on its own.
 
     Thinking is ``pieces[think_start + 1 : think_end]`` (to the end when ``think_end`` is None);
-    ``answer`` is the final answer as written (None: no overthinking label).
+    ``answer`` is the final answer as written (None: no overthinking label). ``ends_with_answer``: the text's
+    last step is the written answer, not thinking (a model that never opened a thinking span), so overthinking
+    ends where it starts.
     """
     lo, hi = think_start + 1, len(pieces) if think_end is None else think_end
     if not 0 <= lo <= hi <= len(pieces):
@@ -169,8 +173,10 @@ def auto_events(
         hit = re.search(pattern, text.replace(",", "") if "," not in answer else text)
         if hit is not None:
             n_before = next((i + 1 for i, (a, b) in enumerate(steps) if a <= hit.start() < b), len(steps))
-            if n_before < len(steps):
-                over = ((tokens(steps[n_before][0], steps[n_before][1])[0], hi),)
+            last = len(steps) - 1 if ends_with_answer else len(steps)
+            if n_before < last:
+                end = tokens(*steps[last])[0] if ends_with_answer else hi
+                over = ((tokens(steps[n_before][0], steps[n_before][1])[0], end),)
     slips, slip_chars = [], []
     for a, b in steps:
         for m in _ARITH.finditer(text[a:b]):

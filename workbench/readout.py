@@ -2,7 +2,10 @@
 
 A reader names the layers it wants and a function that sees each layer's ``blocks.{L}.mlp.hook_post``
 (``read(layer, acts, start)``, ``acts`` of shape ``(batch, chunk, d_mlp)`` holding positions
-``start .. start + chunk``); it gets exactly that and nothing of size ``pos x d_vocab``. A pass
+``start .. start + chunk``); it gets exactly that and nothing of size ``pos x d_vocab``. It may also
+(or only: ``read_heads``) ask for each attention head's write into the residual stream,
+``||z_h @ W_O[h]||`` from ``blocks.{L}.attn.hook_z`` (``heads(layer, norms, start)``, ``norms`` of shape
+``(batch, chunk, head_index)``; see ``workbench.heads`` for why the norm). A pass
 
 * stops right after the last layer it reads: no unembedding, no later layers;
 * takes as many sequences as its ``Budget`` allows (rows, and padded tokens per batch), so a batch of
@@ -10,7 +13,8 @@ A reader names the layers it wants and a function that sees each layer's ``block
 * on the bridge, runs long sequences a chunk of positions at a time over the KV cache, so the eager
   attention scores (``heads x chunk x pos``) grow with the length, not with its square;
 * on the fast forward (``engine/fast.py``, Llama-family models, ``Budget(backend="fast")``) runs every
-  position at once under SDPA's causal kernel, which never forms the ``pos x pos`` scores;
+  position at once under SDPA's causal kernel, which never forms the ``pos x pos`` scores; it exposes
+  MLP neurons only, so a read of heads runs on the bridge (``"auto"``) or is refused (``"fast"``);
 * asked for ``p(token)`` (NEAT's p(end)), unembeds a few positions at a time, never the full
   ``batch x pos x d_vocab`` logits.
 
@@ -39,10 +43,13 @@ from torch import Tensor
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.model_bridge import TransformerBridge
 
+from workbench.heads import attn_z, head_norms, o_gram
 from workbench.neurons import NeuronSet, layer_of, mlp_post
 
 # (layer, its neurons at positions start .. start + chunk of every row of the batch, start)
 Reader = Callable[[int, Float[Tensor, "batch chunk d_mlp"], int], None]
+# (layer, each head's residual write ||z_h W_O[h]|| at positions start .. start + chunk, float32, start)
+HeadReader = Callable[[int, Float[Tensor, "batch chunk head_index"], int], None]
 BACKENDS = ("auto", "bridge", "fast")
 # logits held at once when a read asks for p(token): 2**24 float32 values, 64 MB (under a hundred positions
 # of a 152k vocabulary), so the unembedding never holds batch x pos x d_vocab
@@ -121,10 +128,16 @@ class _Read(Exception):
     """Raised by the last reading hook of a pass that needs no logits: everything asked for is read."""
 
 
-def backend_of(model: TransformerBridge, budget: Budget) -> str:
-    """The backend ``budget`` gets on ``model``: ``"auto"`` is the fast forward wherever it applies."""
+def backend_of(model: TransformerBridge, budget: Budget, heads: bool = False) -> str:
+    """The backend ``budget`` gets on ``model``: ``"auto"`` is the fast forward wherever it applies (never
+    for a read of attention heads, which the fast forward does not expose)."""
     from workbench.engine.fast import unsupported_reason
 
+    if heads and budget.backend == "fast":
+        raise ValueError("Budget.backend='fast' cannot read attention heads (blocks.{L}.attn.hook_z): the fast "
+                         "forward exposes MLP neurons only; use 'bridge' or 'auto' (which reads heads on the bridge)")
+    if heads:
+        return "bridge"
     if budget.backend != "auto":
         if budget.backend == "fast" and (why := unsupported_reason(model.original_model.config)):
             raise ValueError(f"Budget.backend='fast' cannot read this model: {why}; use 'bridge' or 'auto'")
@@ -137,9 +150,10 @@ def read_mlp(
     model: TransformerBridge,
     sequences: Sequence[Sequence[int]],
     layers: Sequence[int],
-    read: Reader,
+    read: Reader | None,
     budget: Budget = DEFAULT_BUDGET,
     p_of: Sequence[int] | None = None,
+    heads: HeadReader | None = None,
 ) -> Float[Tensor, "batch pos"] | None:
     """One teacher-forced pass over ``sequences`` (one batch: see ``Budget.batches``) reading ``layers``.
 
@@ -148,23 +162,27 @@ def read_mlp(
     the pass stops after the highest layer in ``layers`` and returns None. With ``p_of`` (a token id
     per sequence) every layer runs and the result is ``p(p_of[r])`` as the next token at every
     position of row ``r`` (float32, CPU), from the final norm and the unembedding a few positions at a
-    time: the full ``batch x pos x d_vocab`` logits never exist.
+    time: the full ``batch x pos x d_vocab`` logits never exist. With ``heads``, the same pass hands
+    ``heads(layer, norms, start)`` each of those layers' per-head residual writes (``read_heads``);
+    ``read`` may then be None. Heads are read on the bridge only (``backend_of``).
     """
     if not layers and p_of is None:
         raise ValueError("a read must name at least one layer or ask for p_of")
     if p_of is not None and len(p_of) != len(sequences):
         raise ValueError(f"got {len(p_of)} token ids in p_of for {len(sequences)} sequences")
+    if read is None and heads is None and layers:
+        raise ValueError("a read of layers needs a reader: pass read (MLP neurons), heads, or both")
     wanted = set(layers)
     last = model.cfg.n_layers - 1 if p_of is not None else max(wanted)
     ids, mask = _padded(model, sequences)
     targets = None if p_of is None else torch.tensor(list(p_of), device=ids.device)
-    if backend_of(model, budget) == "fast":
+    if backend_of(model, budget, heads=heads is not None) == "fast":
         from workbench.engine.backends import fast_decoder
 
         # Over the weights as they are, never a packed copy: reads are tall matmuls that BLAS runs well, a
         # second copy of a 1.7B model's weights would be 7 GB, and a read gives the same bits in every process.
         dec = fast_decoder(model.original_model, pack=False)
-        hidden = dec.read(ids, last, lambda layer, act: read(layer, act, 0) if layer in wanted else None)
+        hidden = dec.read(ids, last, lambda layer, act: read(layer, act, 0) if layer in wanted and read else None)
         if targets is None:
             return None
         return _token_probs(dec.final_norm(hidden), dec.lm_head, targets, model.cfg.d_vocab)
@@ -173,10 +191,20 @@ def read_mlp(
 
     def hook(act: Float[Tensor, "batch chunk d_mlp"], hook: HookPoint) -> None:
         layer = layer_of(hook.name)
-        if layer in wanted:
+        if layer in wanted and read is not None:
             read(layer, act, start[0])
         if layer == last and targets is None:
             raise _Read
+
+    # hook_z fires before its block's MLP, so the pass still stops at the last layer's mlp.hook_post
+    grams = {} if heads is None else {layer: o_gram(model.blocks[layer].attn.W_O) for layer in wanted}
+
+    def z_hook(z: Float[Tensor, "batch chunk head_index d_head"], hook: HookPoint) -> None:
+        layer = layer_of(hook.name)
+        heads(layer, head_norms(z, grams[layer]), start[0])
+
+    fwd_hooks = [(mlp_post(layer), hook) for layer in sorted(wanted | {last})]
+    fwd_hooks += [(attn_z(layer), z_hook) for layer in sorted(grams)]
 
     cache = None
     if width > chunk:
@@ -184,8 +212,7 @@ def read_mlp(
 
         cache = DynamicCache(config=model.original_model.config)
     decoder, probs = model.original_model.get_decoder(), []
-    hooked = sorted(wanted | {last})
-    with model.hooks(fwd_hooks=[(mlp_post(layer), hook) for layer in hooked]):
+    with model.hooks(fwd_hooks=fwd_hooks):
         for lo in range(0, width, chunk):
             start[0] = lo
             hi = min(lo + chunk, width)
@@ -199,6 +226,27 @@ def read_mlp(
             probs.append(_token_probs(out.last_hidden_state, model.original_model.get_output_embeddings(), targets,
                                       model.cfg.d_vocab))
     return None if targets is None else torch.cat(probs, dim=1)
+
+
+def read_heads(
+    model: TransformerBridge,
+    sequences: Sequence[Sequence[int]],
+    layers: Sequence[int],
+    read: HeadReader,
+    budget: Budget = DEFAULT_BUDGET,
+) -> None:
+    """One teacher-forced pass (on the bridge) handing ``read(layer, norms, start)`` each of ``layers``'
+    per-head residual writes ``||z_h @ W_O[h]||``, ``norms`` of shape ``(batch, chunk, head_index)``
+    (float32, positions ``start ..``, padding included); the pass stops after the highest layer.
+
+    >>> from workbench import load_model
+    >>> model = load_model("organism")
+    >>> got = []
+    >>> read_heads(model, [[2, 5, 7, 9]], [1], lambda layer, norms, start: got.append((layer, norms.shape)))
+    >>> got
+    [(1, torch.Size([1, 4, 4]))]
+    """
+    read_mlp(model, sequences, layers, None, budget, heads=read)
 
 
 @torch.no_grad()

@@ -12,6 +12,10 @@ Example:
     Traceback (most recent call last):
     ...
     ValueError: NeuReasonerConfig.window must be >= 4 (got 2): a spectrum needs a few bins
+    >>> NeuReasonerConfig(units=("neurons", "experts"))
+    Traceback (most recent call last):
+    ...
+    ValueError: NeuReasonerConfig.units must be a non-empty subset of ('neurons', 'heads'), each named once...
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 
 FAILURE_TYPES: tuple[str, ...] = ("slip", "oscillation", "overthinking")
 THRESHOLDS = ("youden", "recall", "precision")
+UNITS: tuple[str, ...] = ("neurons", "heads")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +54,11 @@ class NeuReasonerConfig:
         token_buckets: width of the token-only control's bag of token ids (ids are taken modulo it).
         labeller: ``"truth"`` reads the task's own labels (the organism's), ``"auto"`` labels decoded text.
         step_pattern: regular expression between steps for the automatic labeller (default: blank lines).
+        units: the kinds of unit ranked and fed to the detectors: ``"neurons"`` (MLP neurons,
+            ``blocks.{L}.mlp.hook_post``) and/or ``"heads"`` (attention heads, each head's residual write
+            ``||z_h W_O[h]||`` from ``blocks.{L}.attn.hook_z``: the paper puts its inter-step experts in
+            attention heads). With both, the ``top_k`` units are chosen from their union; heads need a
+            cache made with ``CacheConfig(heads=True)``.
         seed: seeds the problem split and the MLPs.
     """
 
@@ -67,6 +77,7 @@ class NeuReasonerConfig:
     token_buckets: int = 256
     labeller: str = "truth"
     step_pattern: str = r"\n[ \t]*\n"
+    units: tuple[str, ...] = ("neurons",)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -95,6 +106,9 @@ class NeuReasonerConfig:
             raise bad("labeller", "'truth' or 'auto'")
         if self.token_buckets < 2:
             raise bad("token_buckets", ">= 2")
+        if (not isinstance(self.units, tuple) or not self.units or any(u not in UNITS for u in self.units)
+                or len(set(self.units)) != len(self.units)):
+            raise bad("units", f"a non-empty subset of {UNITS}, each named once, as a tuple")
 
     def n_windows(self, n_tokens: int) -> int:
         """How many windows a span of ``n_tokens`` holds."""

@@ -42,7 +42,9 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from workbench.atomic import atomic_write
+from workbench.heads import HeadSet
 from workbench.neureasoner.config import NeuReasonerConfig
+from workbench.neureasoner.features import FEATURES
 from workbench.neurons import NeuronSet
 from workbench.probes import auroc
 
@@ -91,8 +93,9 @@ def choose_threshold(y: np.ndarray, scores: np.ndarray, cfg: NeuReasonerConfig) 
 class Detector:
     """A fitted detector of one failure type: what it reads, its model and its threshold.
 
-    ``inputs`` is ``"neurons"`` (window features of ``neurons``, neuron-major then ``FEATURES``),
-    ``"random"`` (the same of random neurons) or ``"tokens"`` (the token-only control).
+    ``inputs`` is ``"neurons"`` (window features of the key units: ``neurons``, then ``heads`` where the
+    analysis ranked attention heads too; unit-major, then ``FEATURES``), ``"random"`` (the same of random
+    units) or ``"tokens"`` (the token-only control). ``needs`` says which activations it reads.
     """
 
     kind: str
@@ -101,8 +104,25 @@ class Detector:
     threshold: float
     neurons: NeuronSet | None = None
     config: dict = field(default_factory=dict)
+    heads: HeadSet | None = None
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The activations a window's input is made of, in order: ``"neurons"`` (``blocks.{L}.mlp.hook_post``),
+        ``"heads"`` (each head's residual write from ``blocks.{L}.attn.hook_z``), or ``"tokens"`` alone."""
+        if self.inputs == "tokens":
+            return ("tokens",)
+        return (*(("neurons",) if self.neurons else ()), *(("heads",) if self.heads else ()))
 
     def score(self, x: Float[np.ndarray, "win feature"]) -> Float[np.ndarray, " win"]:
+        if self.heads and x.shape[1] != (len(self.neurons or ()) + len(self.heads)) * len(FEATURES):
+            # A caller that reads MLP neurons only (the remedy, live) cannot feed a detector fitted on heads.
+            raise ValueError(
+                f"this {self.kind} detector reads {len(self.neurons or ())} neurons and {len(self.heads)} attention "
+                f"heads ({', '.join(self.heads.names()[:3])}{', ...' if len(self.heads) > 3 else ''}): "
+                f"{(len(self.neurons or ()) + len(self.heads)) * len(FEATURES)} window features, the neurons' then "
+                f"the heads', got {x.shape[1]}; live head features are not read at generation time, so refit with "
+                "NeuReasonerConfig(units=('neurons',)) for a remedy")
         return self.model.predict_proba(np.asarray(x, np.float64))[:, 1]
 
     def fires(self, x: Float[np.ndarray, "win feature"]) -> Bool[np.ndarray, " win"]:
@@ -115,6 +135,8 @@ class Detector:
         state = {"format": FORMAT, "kind": self.kind, "inputs": self.inputs, "model": self.model,
                  "threshold": self.threshold, "config": self.config,
                  "neurons": None if self.neurons is None else self.neurons.to_dict()}
+        if self.heads is not None:  # files without heads stay as they were
+            state["heads"] = self.heads.to_dict()
         atomic_write(path, lambda tmp: joblib.dump(state, tmp))
         return path
 
@@ -127,7 +149,8 @@ class Detector:
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise ValueError(f"{path}: not a NeuReasoner detector file (expected format {FORMAT!r})")
         neurons = None if state["neurons"] is None else NeuronSet.from_dict(state["neurons"], source=str(path))
-        return cls(state["kind"], state["inputs"], state["model"], state["threshold"], neurons, state["config"])
+        heads = HeadSet.from_dict(state["heads"], source=str(path)) if state.get("heads") is not None else None
+        return cls(state["kind"], state["inputs"], state["model"], state["threshold"], neurons, state["config"], heads)
 
 
 def fit_detector(

@@ -90,8 +90,16 @@ def rank_mon(run_dir: str | Path, cfg: NeuReasonerConfig = DEFAULT, progress: bo
     traces = trace_inputs(store, cfg)
     fit_ids = fit_half([t.problem for t in traces], cfg.seed)
     rows = [i for i, t in enumerate(traces) if t.problem in fit_ids]
-    sets = rank_key_neurons([traces[i] for i in rows], lambda j: store.token_acts(rows[j]), store.token_neurons,
-                            (store.n_layers, store.d_mlp), cfg, str(run_dir), progress)
+    if "heads" not in cfg.units:
+        sets = rank_key_neurons([traces[i] for i in rows], lambda j: store.token_acts(rows[j]), store.token_neurons,
+                                (store.n_layers, store.d_mlp), cfg, str(run_dir), progress)
+    else:  # attention heads too: their sets go to RUN/neureasoner/heads-<type>.json
+        from workbench.neureasoner.analysis import rank_key_units, save_heads, store_units
+
+        load, columns, heads = store_units(store, cfg)
+        sets, head_sets = rank_key_units([traces[i] for i in rows], lambda j: load(rows[j]), columns,
+                                         (store.n_layers, store.d_mlp), cfg, str(run_dir), progress, heads)
+        save_heads(run_dir, head_sets)
     for t, s in sets.items():
         s.save(Path(run_dir) / "neurons" / f"mon-{t}.json")
     return sets
@@ -102,15 +110,19 @@ def mon_report(run_dir: str | Path, cfg: NeuReasonerConfig = DEFAULT, progress: 
 
     Writes the neuron sets (as ``rank_mon``), the detectors and ``RUN/neureasoner/report.json``.
     """
+    from workbench.neureasoner.analysis import save_heads, store_units
+
     store = _open(run_dir)
     traces, labeller = labelled_inputs(store, cfg)
-    result = analyse(traces, store.token_acts, store.token_neurons, (store.n_layers, store.d_mlp), cfg,
-                     str(run_dir), progress)
+    load, columns, heads = store_units(store, cfg)  # store.token_acts and its neurons unless cfg.units has heads
+    result = analyse(traces, load, columns, (store.n_layers, store.d_mlp), cfg, str(run_dir), progress, heads)
     out = Path(run_dir) / OUT
     for t, s in result.sets.items():
         s.save(Path(run_dir) / "neurons" / f"mon-{t}.json")
+    save_heads(run_dir, result.heads)
     for name, det in result.detectors.items():
         det.save(out / f"detector-{name}.joblib")
-    report = {**result.report, "mon_token_neurons": len(store.token_neurons), "mon_labeller": labeller}
+    report = {**result.report, "mon_token_neurons": len(store.token_neurons), "mon_labeller": labeller,
+              **({"mon_token_heads": len(heads)} if heads is not None else {})}
     atomic_write_text(out / "report.json", json.dumps(report, indent=1, allow_nan=True))
     return report

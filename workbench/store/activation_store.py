@@ -9,7 +9,9 @@ interventions: a clean readout) and writes, per trace, joined on ``trace_id``:
   thinking tokens);
 * per-token activations of a subset of neurons (``token_neurons``; by default the ``top_variance``
   neurons whose activation varies most over the thinking tokens of a calibration sample);
-* optionally, every neuron of chosen ``layers`` at every token.
+* optionally, every neuron of chosen ``layers`` at every token;
+* optionally (``heads``), every attention head's write into the residual stream at every token,
+  ``||z_h @ W_O[h]||`` from ``blocks.{L}.attn.hook_z`` (``workbench.heads``), read in the same pass.
 
 Layout (under ``RUN/activations/``)::
 
@@ -25,7 +27,8 @@ never by the number of traces. A killed run resumes where it stopped; a run dire
 or model changed since caching is refused rather than mixed.
 
 Read it back with ``ActivationStore(RUN)``: ``store.summary("think_first_8")`` is a
-``(trace, n_layers, d_mlp)`` array, ``store.token_acts(row)`` a ``(pos, neuron)`` one.
+``(trace, n_layers, d_mlp)`` array, ``store.token_acts(row)`` a ``(pos, neuron)`` one and, in a cache
+with heads, ``store.token_heads(row)`` a ``(pos, n_layers * n_heads)`` one (columns ``store.heads``).
 
 Example:
     >>> CacheConfig(early_k=(1, 8)).spans()
@@ -49,6 +52,7 @@ import pyarrow.parquet as pq
 from jaxtyping import Float
 
 from workbench.atomic import atomic_write, atomic_write_text
+from workbench.heads import HeadSet
 from workbench.neurons import NeuronSet, NeuronSetError
 from workbench.store.rundir import (
     MANIFEST,
@@ -92,6 +96,9 @@ class CacheConfig:
         shard_traces: traces per shard (the unit of resume and of memory).
         shard_tokens: padded tokens per shard at most (traces x the longest: a shard of long traces
             holds fewer of them).
+        heads: also keep every attention head's residual write per token (2 bytes x n_layers x n_heads
+            per token; ``ActivationStore.token_heads``). The fast forward does not expose heads, so a
+            cache with heads reads on the bridge (``backend="auto"`` runs the bridge; ``"fast"`` is refused).
     """
 
     early_k: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
@@ -105,6 +112,7 @@ class CacheConfig:
     backend: str = "bridge"
     shard_traces: int = 256
     shard_tokens: int = 262_144
+    heads: bool = False
 
     def __post_init__(self) -> None:
         for name in ("top_variance", "calibration_traces", "shard_traces", "shard_tokens"):
@@ -113,6 +121,9 @@ class CacheConfig:
         if not self.early_k or any(k < 1 for k in self.early_k):
             raise ValueError(f"CacheConfig.early_k must be positive token counts, got {self.early_k}")
         self.budget()  # validates the batch fields
+        if self.heads and self.backend == "fast":
+            raise ValueError("CacheConfig.heads needs the bridge: the fast forward exposes MLP neurons only (got "
+                             "backend='fast'); use backend='bridge' or 'auto'")
 
     def budget(self):
         """The readout ``Budget`` of these settings."""
@@ -135,8 +146,12 @@ def span_bounds(row: dict[str, Any], n_tokens: int, early_k: Sequence[int]) -> d
     >>> bounds = span_bounds(row, 12, [2, 8])
     >>> bounds["think"], bounds["think_first_2"], bounds["think_first_8"], bounds["answer"]
     ((4, 9), (4, 6), None, (10, 12))
+    >>> span_bounds({"prompt_len": 4, "think_start": None, "think_end": None, "answer_start": None}, 12, [2])["think"]
+    (4, 12)
     """
     ts, te, ans = row["think_start"], row["think_end"], row["answer_start"]
+    if ts is None and te is None:  # never opened a thinking span (a chat model that answers directly): its
+        ts = row["prompt_len"] - 1  # reasoning is the whole generation, so "think" reads that, answer included
     think_end = te if te is not None else n_tokens
     out: dict[str, tuple[int, int] | None] = {"question": (0, row["prompt_len"])}
     out["think"] = (ts + 1, think_end) if ts is not None and think_end > ts + 1 else None
@@ -223,6 +238,8 @@ def _readout(model, rows: list[dict], spans: tuple[str, ...], cfg: CacheConfig, 
     columns = dict(zip(kept, np.cumsum([0] + [len(by_layer[layer]) for layer in kept]).tolist(), strict=False))
     tokens = torch.zeros(len(rows), width, len(token_flat), dtype=torch.float16)
     full = {layer: torch.zeros(len(rows), width, d_mlp, dtype=torch.float16) for layer in cfg.layers}
+    n_heads = model.cfg.n_heads
+    heads = torch.zeros(len(rows), width, n_layers * n_heads, dtype=torch.float16) if cfg.heads else None
 
     def grab(layer: int, act: Float[torch.Tensor, "batch chunk d_mlp"], start: int) -> None:
         act, stop = act.float(), start + act.shape[1]
@@ -233,13 +250,18 @@ def _readout(model, rows: list[dict], spans: tuple[str, ...], cfg: CacheConfig, 
         if layer in full:
             full[layer][:, start:stop] = act.half().cpu()
 
-    read_mlp(model, [r["token_ids"] for r in rows], range(n_layers), grab, cfg.budget())
+    def grab_heads(layer: int, norms: Float[torch.Tensor, "batch chunk head_index"], start: int) -> None:
+        heads[:, start : start + norms.shape[1], layer * n_heads : (layer + 1) * n_heads] = norms.half().cpu()
+
+    read_mlp(model, [r["token_ids"] for r in rows], range(n_layers), grab, cfg.budget(),
+             heads=grab_heads if cfg.heads else None)
     summaries[~present] = float("nan")
     per_trace = []
     for b, n in enumerate(lengths):
         per_trace.append({
             "tokens": tokens[b, :n],
             **{f"layer.{layer}": full[layer][b, :n] for layer in sorted(full)},
+            **({"heads": heads[b, :n]} if heads is not None else {}),
         })
     return summaries, per_trace
 
@@ -352,8 +374,12 @@ def cache_activations(
     if off_policy and model.tokenizer.get_vocab() != _run_tokenizer_vocab(run_dir):
         raise RunDirError(f"the model given does not share the tokenizer of the model that wrote {run_dir}; its "
                           "token ids would mean other tokens, so it cannot read these traces")
-    identity = normalise({"traces": traces, "model_sha256": digest, "config": asdict(cfg),
-                          "model_shape": [n_layers, d_mlp], "on_policy": on_policy})
+    config = asdict(cfg)
+    if not cfg.heads:  # a cache without heads keeps the identity it had before heads could be cached
+        del config["heads"]
+    identity = normalise({"traces": traces, "model_sha256": digest, "config": config,
+                          "model_shape": [n_layers, d_mlp], "on_policy": on_policy,
+                          **({"head_shape": [n_layers, model.cfg.n_heads]} if cfg.heads else {})})
     existing = read_manifest(root) if (root / MANIFEST).exists() else None
     if existing is not None:
         diff = identity_diff(existing.get("identity"), identity)
@@ -442,6 +468,7 @@ class ActivationStore:
         self.spans = self.config.spans()
         self.early_k = tuple(sorted(set(self.config.early_k)))
         self.model_sha256 = ident["model_sha256"]
+        self.n_heads: int | None = ident["head_shape"][1] if "head_shape" in ident else None
 
     @cached_property
     def index(self) -> pa.Table:
@@ -489,6 +516,27 @@ class ActivationStore:
     def token_acts(self, row: int) -> Float[np.ndarray, "pos neuron"]:
         """Trace ``row``'s per-token activations of ``token_neurons`` (whole sequence, prompt included)."""
         return self._tokens(row, "tokens")
+
+    @property
+    def has_heads(self) -> bool:
+        """Whether this cache holds per-token attention heads (``CacheConfig(heads=True)``)."""
+        return self.n_heads is not None
+
+    @cached_property
+    def heads(self) -> HeadSet:
+        """The heads of ``token_heads``' columns, in order: every head, layer by layer."""
+        self._need_heads()
+        return HeadSet.every(self.n_layers, self.n_heads)
+
+    def token_heads(self, row: int) -> Float[np.ndarray, "pos head"]:
+        """Trace ``row``'s per-token residual writes ``||z_h W_O[h]||`` of every head (columns ``heads``)."""
+        self._need_heads()
+        return self._tokens(row, "heads")
+
+    def _need_heads(self) -> None:
+        if not self.has_heads:
+            raise ValueError(f"the activation cache of {self.run_dir} holds no attention heads; delete {self.root} "
+                             f"and cache again with CacheConfig(heads=True) (`workbench cache --heads`)")
 
     def layer_acts(self, row: int, layer: int) -> Float[np.ndarray, "pos d_mlp"]:
         """Every neuron of ``layer`` at every token of trace ``row`` (only for layers cached in full)."""

@@ -202,7 +202,7 @@ class TestOtherModels:
         run_traces(TraceRunConfig(model=str(tiny_dir), problems=2, samples=1, max_new_tokens=8), run, progress=False)
         if any(t is not None for t in load_traces(run).column("think_end").to_pylist()):
             pytest.skip("this random model closed its thinking")
-        with pytest.raises(ValueError, match="</think> in 0 of 2 traces.*NeatConfig.exit_token"):
+        with pytest.raises(ValueError, match=r"</think> in 0 of 2 traces.*NeatConfig.exit_token"):
             rank_exit(run)
 
     def test_run_without_traces_and_path_without_run(self, organism_run, tmp_path):

@@ -148,7 +148,8 @@ class TestStudyOnATextModel:
         assert list(record["stages"]) == ["cache", "rcn", "probe", "exit", "mon"], record.get("not_applied")
         probes = json.loads((run / "probes" / "report.json").read_text())
         assert 0 <= probes["probe_auroc_early"] <= 1 and probes["traces_without_thinking_span"] == 0
-        assert math.isnan(probes["probe_auroc_baseline"]) and "no hand features" in probes["probe_auroc_baseline_reason"]
+        assert math.isnan(probes["probe_auroc_baseline"])
+        assert "no hand features" in probes["probe_auroc_baseline_reason"]
         assert not any(k.startswith("rcn_regime") for k in probes)  # nothing planted: no regime check
         mon = json.loads((run / "neureasoner" / "report.json").read_text())
         assert mon["mon_labeller"] == "auto"

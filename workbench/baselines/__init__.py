@@ -11,7 +11,7 @@ The probes run beside the generation (``probe_answer``) and their tokens are rec
 
 Example:
     >>> from workbench.baselines import Budget, NoWait
-    >>> Budget(max_thinking=20).max_thinking, NoWait().reflection_words
+    >>> Budget(max_thinking=20).max_thinking, NoWait(reflection_words=["wait"]).reflection_words
     (20, ('wait',))
 """
 

@@ -18,8 +18,9 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar
 
 from workbench.baselines.probe_answer import ProbingController
-from workbench.baselines.thinking import as_words, run_settings
+from workbench.baselines.thinking import as_words, reflection_words, run_settings
 from workbench.engine import Controller, NeuronEdit, StepView
+from workbench.tasks.base import Task
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,7 +35,7 @@ class AnswerConsistency:
         probe_text: what is appended before the trial answer (None: the closing think marker; for a
             real model e.g. ``"\\n</think>\\n\\n**Final Answer**\\n\\\\boxed{"``).
         max_answer_tokens: the longest trial answer read.
-        hesitation_words: an answer holding one of these never counts.
+        hesitation_words: an answer holding one of these never counts (None: the task's reflection words).
     """
 
     name: str = "answer-consistency"
@@ -43,26 +44,29 @@ class AnswerConsistency:
     agree: int = 2
     probe_text: str | None = None
     max_answer_tokens: int = 16
-    hesitation_words: tuple[str, ...] | list[str] = ("wait",)
+    hesitation_words: tuple[str, ...] | list[str] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "hesitation_words", as_words(self.hesitation_words,
-                                                             "AnswerConsistency.hesitation_words"))
+        if self.hesitation_words is not None:
+            object.__setattr__(self, "hesitation_words", as_words(self.hesitation_words,
+                                                                 "AnswerConsistency.hesitation_words"))
         if self.every < 1 or self.agree < 2 or self.max_answer_tokens < 1:
             raise ValueError(f"AnswerConsistency needs every >= 1, agree >= 2 and max_answer_tokens >= 1; got "
                              f"every={self.every}, agree={self.agree}, max_answer_tokens={self.max_answer_tokens}")
 
     def build(self, ctx) -> tuple[list[NeuronEdit], list[Controller]]:
-        think_open, think_close, _ = run_settings(ctx)
-        return [], [AnswerConsistencyController(self, ctx.model, think_open, think_close)]
+        think_open, think_close, task = run_settings(ctx)
+        return [], [AnswerConsistencyController(self, ctx.model, think_open, think_close, task)]
 
 
 class AnswerConsistencyController(ProbingController):
-    def __init__(self, spec: AnswerConsistency, model, think_open: str, think_close: str) -> None:
+    def __init__(self, spec: AnswerConsistency, model, think_open: str, think_close: str, task: Task | None,
+                 ) -> None:
         super().__init__(model, think_open, think_close, spec.probe_text, spec.max_answer_tokens)
         self.method = spec
         self.answers: dict[str, list[str]] = {}
-        self.hesitation = tuple(w.lower() for w in spec.hesitation_words)
+        words = spec.hesitation_words if spec.hesitation_words is not None else reflection_words(task)
+        self.hesitation = tuple(w.lower() for w in words)
 
     def spec(self) -> dict[str, Any]:
         return {"type": "answer_consistency", "method": asdict(self.method), "probe_ids": self.suffix,

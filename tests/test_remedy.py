@@ -7,13 +7,14 @@ import itertools
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from workbench.evaluation.methods import MethodContext
 from workbench.model import load_model, organism_dir, set_threads
 from workbench.neureasoner import NeuReasonerConfig, mon_report
 from workbench.neureasoner.remedy import NeuReasonerRemedy
-from workbench.neureasoner.sft import add_triggers
+from workbench.neureasoner.triggers import add_triggers
 from workbench.store import load_traces
 from workbench.traces import TraceRunConfig, run_traces
 
@@ -58,7 +59,7 @@ def test_saved_thresholds_fire_on_some_traces_and_each_firing_forces_its_token(w
     for r in got.values():
         events = r["events"]
         for i, e in enumerate(events):
-            if e["kind"].startswith("neureasoner_"):
+            if e["kind"].startswith("neureasoner_") and e["kind"] != "neureasoner_dropped":
                 notes += 1
                 kind = e["kind"].removeprefix("neureasoner_")
                 assert e["payload"]["score"] >= e["payload"]["threshold"]
@@ -93,13 +94,16 @@ def test_overthinking_remedy_ends_thinking_and_the_answer_is_written(organism, a
             continue
         ended += 1
         assert len(fired) == 1
-        assert r["think_end"] is not None and r["thinking_tokens"] == window
+        # Thinking ends at the first complete window, or as soon after as a word ends (the organism: a step's
+        # separator).
+        assert r["think_end"] is not None and r["thinking_tokens"] == window + fired[0]["payload"]["waited"]
         assert r["finish_reason"] == "eos" and len(r["token_ids"]) > r["answer_start"]  # an answer is written
         answered += r["extracted"] is not None
     assert ended > len(got) // 2
-    # Cut off inside its first step (after four opener words), the organism still answers with a number first
-    # in most traces (20 of 24 here on v4; v2: all); the others open the answer with a word or a second
-    # `</think>`, which the organism's grader (the answer's first word) reads as no answer.
+    # Cut off at the end of its first step (the first window, then the wait for a word: the step's separator),
+    # the organism answers with a number first (24 of 24 here on v4). Acting at once (word_wait=0) cut it inside
+    # a number and 4 of 24 opened the answer with a word or a second `</think>`, which the organism's grader (the
+    # answer's first word) reads as no answer.
     assert answered > ended // 2, (answered, ended)
 
 
@@ -135,7 +139,8 @@ def test_no_detector_reads_a_window_holding_a_forced_token(with_tokens, analysis
                    NeuReasonerRemedy(types=("slip", "overthinking"), threshold=0.0, max_triggers=5))
     pairs = 0
     for r in got.values():
-        steps = [(e["kind"], e["step"]) for e in r["events"] if e["kind"].startswith("neureasoner_")]
+        steps = [(e["kind"], e["step"]) for e in r["events"]
+                 if e["kind"].startswith("neureasoner_") and e["kind"] != "neureasoner_dropped"]  # the actions
         assert not steps or steps[0][0] == "neureasoner_slip"
         for (_, a), (_, b) in itertools.pairwise(steps):
             assert b - a > window  # the forced token left every window before the next reading
@@ -153,3 +158,96 @@ def test_the_random_neuron_control_reads_its_own_neurons_and_fires(with_tokens, 
     assert sum(e["kind"].startswith("neureasoner_") for r in got.values() for e in r["events"]) > 0
     with pytest.raises(ValueError, match="detectors must be 'neurons' or 'random'"):
         NeuReasonerRemedy(detectors="tokens")
+
+
+class _Sure:
+    """A classifier stub that says every window fails."""
+
+    def predict_proba(self, x):
+        return np.tile([0.0, 1.0], (len(x), 1))
+
+
+def always(kind: str, window: int = 4):
+    """A detector that fires on every window."""
+    from workbench.neureasoner.detectors import Detector
+    from workbench.neurons import NeuronSet
+
+    neurons = NeuronSet.from_flat([0, 1], d_mlp=8, model_shape=(2, 8))
+    return Detector(kind, "neurons", _Sure(), 0.5, neurons, NeuReasonerConfig(window=window, stride=1).to_dict())
+
+
+@pytest.fixture(scope="module")
+def text_tok():
+    from .text_model import build_tokenizer
+
+    return build_tokenizer()
+
+
+def drive(controller, tok, prompt: str, script: str, steps: int = 40):
+    """Feeds ``script``'s tokens to ``controller`` one step at a time, as the engine does (forced tokens replace
+    the script's while they last); returns the token ids written and the events."""
+    import torch
+
+    from workbench.engine.interventions import StepView
+
+    prompt_ids = tok(prompt, add_special_tokens=False).input_ids
+    todo, tokens, forced, events = list(tok(script, add_special_tokens=False).input_ids), list(prompt_ids), [], []
+    controller.on_start("a")
+    for _ in range(steps):
+        view = StepView(["a"], torch.tensor([True]), torch.zeros(1, len(tok)), torch.zeros(1, 2),
+                        [len(tokens) - len(prompt_ids)], [tokens], [], torch.zeros(1, 0, dtype=torch.bool))
+        controller.on_step(view)
+        events += [(len(tokens), e.kind, e.payload) for e in view.events]
+        forced = view.forced.get(0, forced)
+        if forced:
+            tokens.append(forced.pop(0))
+        elif todo:
+            tokens.append(todo.pop(0))
+        else:
+            break
+    return tokens[len(prompt_ids):], events
+
+
+class TestActionsWaitForAWord:
+    """Any model: a trigger decided inside a number lands after it; ending thinking writes the paper's phrase."""
+
+    PROMPT = "<|im_start|>assistant\n<think>\n"
+    SCRIPT = "12 + 34 = 46\n\n46 * 3 = 138\n\n"
+
+    def controller(self, tok, kind, **spec):
+        from workbench.neureasoner.remedy import RemedyController
+        from workbench.tasks.base import TextConventions
+
+        method = NeuReasonerRemedy(types=(kind,), **spec)
+        ids = {"slip": tok.convert_tokens_to_ids("<INTRA>")}
+        return RemedyController(method, {kind: always(kind)}, tok, "<think>", "</think>",
+                                {k: v for k, v in ids.items() if k == kind}, TextConventions().word_pattern)
+
+    def test_a_trigger_decided_mid_number_is_inserted_after_the_number(self, text_tok):
+        tok = text_tok
+        script = "5 + 1234 = 1239\n\n1239 * 2 = 2478\n\n"
+        # The first window completes on the "3" of "1234": acting at once (word_wait=0, as before) cuts the number.
+        written, _ = drive(self.controller(tok, "slip", word_wait=0), tok, self.PROMPT, script)
+        assert tok.decode(written).startswith("5 + 123<INTRA>4 = 1239")
+        # Waiting for a word, the trigger comes after the step's result and its newline.
+        written, events = drive(self.controller(tok, "slip"), tok, self.PROMPT, script)
+        assert tok.decode(written).startswith("5 + 1234 = 1239\n<INTRA>\n1239 * 2")
+        (note,) = [p for _, k, p in events if k == "neureasoner_slip"]
+        assert note["waited"] == 6 and [k for _, k, _ in events] == ["neureasoner_slip", "force"]
+
+    def test_a_detection_with_no_boundary_in_time_is_dropped(self, text_tok):
+        tok = text_tok
+        written, events = drive(self.controller(tok, "slip", word_wait=3), tok, self.PROMPT, "1234567890123456")
+        assert "<INTRA>" not in tok.decode(written)
+        assert [k for _, k, _ in events] == ["neureasoner_dropped"]
+
+    def test_ending_thinking_writes_the_papers_phrase_before_the_marker(self, text_tok):
+        tok = text_tok
+        written, _ = drive(self.controller(tok, "overthinking"), tok, self.PROMPT, self.SCRIPT)
+        # (the script goes on after the marker where a model would write its answer)
+        assert tok.decode(written).startswith("12 + 34 = 46\nOkay, I have finished thinking.</think>")
+        written, _ = drive(self.controller(tok, "overthinking", concluding_phrase="Done."), tok, self.PROMPT,
+                           self.SCRIPT)
+        assert tok.decode(written).startswith("12 + 34 = 46\nDone.</think>")
+        written, _ = drive(self.controller(tok, "overthinking", concluding_phrase=""), tok, self.PROMPT, self.SCRIPT)
+        assert tok.decode(written).startswith("12 + 34 = 46\n</think>")

@@ -1,4 +1,5 @@
-"""NeuReasoner's remedy fine-tuning: injected errors, trigger tokens masked from the loss, a model that loads."""
+"""NeuReasoner's remedy fine-tuning on the organism's recipe: injected errors, trigger tokens masked from the
+loss, a model that loads, and the shipped fine-tune's following rates (the generic path: test_finetune_any)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,9 @@ import pytest
 import torch
 
 from workbench.model import load_model, organism_dir
-from workbench.neureasoner.sft import (
-    SFT_FILE,
-    SftConfig,
-    add_triggers,
-    batch,
-    encode,
-    finetune,
-    inject,
-)
+from workbench.neureasoner.trainer import SFT_FILE, SftConfig, batch, finetune
+from workbench.neureasoner.triggers import add_triggers
+from workbench.organism.sft_data import OrganismData, encode_words, inject
 from workbench.organism.task import Problem, apply, render_trace, sample_problem
 from workbench.organism.tokenizer import build_tokenizer
 
@@ -134,8 +129,8 @@ class TestEncoding:
         tok = add_triggers(base)
         assert len(tok) == len(base) + 2 and base.convert_tokens_to_ids("<INTRA>") == base.unk_token_id
         ids_of = {t: tok.convert_tokens_to_ids(t) for t in TOKENS}
-        x, y = batch(SftConfig(batch_size=64), tok, step=0)
-        assert x.shape == y.shape
+        x, y, mask = batch(OrganismData(), SftConfig(batch_size=64), tok, step=0)
+        assert x.shape == y.shape == mask.shape
         for t, tid in ids_of.items():
             assert (x == tid).sum() > 5, f"no {t} in a batch of 64"
             assert not (y == tid).any(), f"{t} is in the loss"
@@ -147,22 +142,23 @@ class TestEncoding:
     def test_the_prompt_is_never_trained_and_the_end_of_sequence_is(self):
         tok = add_triggers(build_tokenizer())
         trace = render_trace(Problem((47, 38)), random.Random(0))
-        ids, labels = encode(inject(trace, random.Random(0), "plain"), tok)
+        ids, labels = encode_words(inject(trace, random.Random(0), "plain"), tok)
         think = trace.labels.think_start
         assert all(v == -100 for v in labels[: think + 1]) and labels[think + 1 :] == ids[think + 1 :]
         assert ids[-1] == tok.eos_token_id
 
     def test_batches_are_reproducible_by_step(self):
         tok = add_triggers(build_tokenizer())
-        cfg = SftConfig(batch_size=8)
-        assert torch.equal(batch(cfg, tok, 3)[0], batch(cfg, tok, 3)[0])
-        assert not torch.equal(batch(cfg, tok, 3)[0][:, :10], batch(cfg, tok, 4)[0][:, :10])
+        data, cfg = OrganismData(), SftConfig(batch_size=8)
+        assert torch.equal(batch(data, cfg, tok, 3)[0], batch(data, cfg, tok, 3)[0])
+        assert not torch.equal(batch(data, cfg, tok, 3)[0][:, :10], batch(data, cfg, tok, 4)[0][:, :10])
 
 
 class TestFinetune:
     def test_a_few_steps_save_a_model_that_loads_with_the_trigger_tokens(self, tmp_path):
         base = save_tiny_model(tmp_path / "base", "qwen3")
-        out = finetune(base, tmp_path / "sft", SftConfig(steps=3, batch_size=4, warmup=1), progress=False)
+        out = finetune(base, tmp_path / "sft", OrganismData(), SftConfig(steps=3, batch_size=4, warmup=1),
+                       progress=False)
         meta = json.loads((out / SFT_FILE).read_text())
         assert len(meta["losses"]) == 3 and all(v > 0 for v in meta["losses"])
         model = load_model(out)
@@ -174,7 +170,8 @@ class TestFinetune:
     def test_an_interrupted_run_resumes_from_its_state_file(self, tmp_path):
         base = save_tiny_model(tmp_path / "base", "qwen3")
         cfg = SftConfig(steps=4, batch_size=4, warmup=1, save_every=2)
-        whole = json.loads((finetune(base, tmp_path / "a", cfg, progress=False) / SFT_FILE).read_text())["losses"]
+        whole = json.loads((finetune(base, tmp_path / "a", OrganismData(), cfg, progress=False) / SFT_FILE)
+                           .read_text())["losses"]
         # Stop after the first state file: a run of 4 steps interrupted at step 2.
         calls = {"n": 0}
         real = torch.optim.AdamW.step
@@ -188,20 +185,22 @@ class TestFinetune:
         torch.optim.AdamW.step = step_then_die
         try:
             with pytest.raises(KeyboardInterrupt):
-                finetune(base, tmp_path / "b", cfg, progress=False)
+                finetune(base, tmp_path / "b", OrganismData(), cfg, progress=False)
         finally:
             torch.optim.AdamW.step = real
         assert (tmp_path / "b" / "sft_state.pt").exists()
-        resumed = json.loads((finetune(base, tmp_path / "b", cfg, progress=False) / SFT_FILE).read_text())["losses"]
+        resumed = json.loads((finetune(base, tmp_path / "b", OrganismData(), cfg, progress=False) / SFT_FILE)
+                             .read_text())["losses"]
         assert resumed == pytest.approx(whole, abs=1e-4)
 
     def test_the_shipped_organism_folder_is_refused(self, no_training):
         with pytest.raises(ValueError, match="shipped organism"):
-            finetune("organism", organism_dir(), SftConfig(steps=1), progress=False)
+            finetune("organism", organism_dir(), OrganismData(), SftConfig(steps=1), progress=False)
 
     def test_lora_trains_adapters_and_saves_merged_weights(self, tmp_path):
         base = save_tiny_model(tmp_path / "base", "qwen3")
-        out = finetune(base, tmp_path / "lora", SftConfig(steps=2, batch_size=4, warmup=1, lora=True), progress=False)
+        out = finetune(base, tmp_path / "lora", OrganismData(), SftConfig(steps=2, batch_size=4, warmup=1, lora=True),
+                       progress=False)
         model = load_model(out)
         assert model.tokenizer.convert_tokens_to_ids("<INTER>") != model.tokenizer.unk_token_id
         from safetensors.torch import load_file
@@ -217,36 +216,30 @@ class TestFinetune:
         monkeypatch.setitem(sys.modules, "peft", None)  # an import of peft now fails
         base = save_tiny_model(tmp_path / "base", "qwen3")
         with pytest.raises(ValueError, match="needs peft"):
-            finetune(base, tmp_path / "lora", SftConfig(steps=1, batch_size=2, lora=True), progress=False)
+            finetune(base, tmp_path / "lora", OrganismData(), SftConfig(steps=1, batch_size=2, lora=True),
+                     progress=False)
 
 
 def test_the_cli_command_refuses_the_shipped_folder(tmp_path, no_training):
-    import typer
     from typer.testing import CliRunner
 
-    from workbench.cli.finetune import finetune as command
+    from workbench.cli import app
 
-    app = typer.Typer()
-    app.command()(command)
-    app.command("other")(lambda: None)  # two commands: the first is called by name
-    bad = CliRunner().invoke(app, ["finetune", "--out", str(organism_dir()), "--steps", "1"])
+    bad = CliRunner().invoke(app, ["organism", "finetune", "--out", str(organism_dir()), "--steps", "1"])
     assert bad.exit_code != 0 and "shipped organism" in bad.output
 
 
 def test_the_cli_command_fine_tunes_a_model_folder(tmp_path):
-    import typer
     from typer.testing import CliRunner
 
-    from workbench.cli.finetune import finetune as command
+    from workbench.cli import app
 
-    app = typer.Typer()
-    app.command()(command)
-    app.command("other")(lambda: None)
     base = save_tiny_model(tmp_path / "base", "qwen3")
-    got = CliRunner().invoke(app, ["finetune", "--model", str(base), "--out", str(tmp_path / "sft"), "--steps", "2",
-                                   "--batch-size", "2"])
+    got = CliRunner().invoke(app, ["organism", "finetune", "--model", str(base), "--out", str(tmp_path / "sft"),
+                                   "--steps", "2", "--batch-size", "2"])
     assert got.exit_code == 0, got.output
-    assert json.loads((tmp_path / "sft" / SFT_FILE).read_text())["config"]["steps"] == 2
+    meta = json.loads((tmp_path / "sft" / SFT_FILE).read_text())
+    assert meta["config"]["steps"] == 2 and meta["data"]["type"] == "organism"
 
 
 class TestShippedFinetune:
@@ -254,10 +247,10 @@ class TestShippedFinetune:
 
     def test_the_cards_following_rates_are_reproduced(self):
         from workbench.model import DATA_DIR, set_threads
-        from workbench.neureasoner.following import trigger_following
+        from workbench.organism.sft_data import following
 
         set_threads(1)
-        rates = trigger_following(load_model("organism-neureasoner"), problems=200)
+        rates = following(load_model("organism-neureasoner"), problems=200)
         card = json.loads((DATA_DIR / "organism-neureasoner" / "following.json").read_text())
         assert rates.keys() == card.keys()
         for case, expected in card.items():
@@ -267,7 +260,7 @@ class TestShippedFinetune:
         assert rates["slip_false_alarm"]["correct"] > 0.9 and rates["oscillation"]["followed"] > 0.8
 
     def test_the_base_organism_cannot_follow_them(self, organism):
-        from workbench.neureasoner.following import trigger_following
+        from workbench.organism.sft_data import following
 
-        rates = trigger_following(organism, problems=30)
+        rates = following(organism, problems=30)
         assert all(r["followed"] == 0.0 for r in rates.values())  # <INTRA>/<INTER> are unknown to it

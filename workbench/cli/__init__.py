@@ -4,6 +4,7 @@ Example:
     $ workbench run                                # the whole pipeline on the bundled organism
     $ workbench organism eval --problems 300 --json
     $ workbench cache runs/main/sampled && workbench rank --method rcn runs/main/sampled
+    $ workbench finetune runs/math --out runs/math-sft --lora && workbench follow runs/math-2 --model runs/math-sft
     $ workbench figures runs/main --out runs/main/figures --format pdf --paper
     $ workbench app runs/main                      # the browser workbench on a finished study
 """
@@ -14,7 +15,7 @@ import logging
 
 import typer
 
-from workbench.cli import analyses, evaluation, figures, organism, traces
+from workbench.cli import analyses, evaluation, figures, finetune, organism, traces
 from workbench.cli import app as app_command
 
 app = typer.Typer(help="Find, read and steer the neurons behind reasoning successes and failures.",
@@ -30,6 +31,8 @@ def _main() -> None:
 app.command()(evaluation.run)
 app.command()(traces.traces)
 app.add_typer(organism.app, name="organism")
+app.command()(finetune.finetune)
+app.command()(finetune.follow)
 for command in (analyses.cache, analyses.rank, analyses.probe, analyses.validate):
     app.command()(command)
 app.command(name="eval")(evaluation.evaluate)

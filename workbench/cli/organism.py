@@ -1,4 +1,4 @@
-"""``workbench organism train|eval``: the bundled model organism."""
+"""``workbench organism train|eval|finetune|follow``: the bundled model organism."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from workbench.cli.common import ModelSpec, Threads, fail, load, user_errors
-from workbench.cli.finetune import finetune, follow
+from workbench.cli.finetune import organism_finetune, organism_follow
 
 app = typer.Typer(help="Train and evaluate the bundled reasoning model organism.", no_args_is_help=True)
 
@@ -89,5 +89,5 @@ def organism_eval(
             typer.echo(f"{key:48s} {shown}")
 
 
-app.command("finetune")(finetune)
-app.command("follow")(follow)
+app.command("finetune")(organism_finetune)
+app.command("follow")(organism_follow)

@@ -7,20 +7,27 @@ scores each type's saved detector (``RUN/neureasoner/detector-<type>.joblib``) o
 window. On a detection it acts as the paper does (``PAPERS.md`` §1(c)):
 
 * ``slip`` (intra-step) and ``oscillation`` (inter-step): force the trigger token (``<INTRA>`` /
-  ``<INTER>``). A model fine-tuned with ``workbench organism finetune`` (``workbench.neureasoner.sft``)
-  follows it with the remedy: the step redone correctly, or the next step instead of another repeat.
+  ``<INTER>``). A model fine-tuned with ``workbench finetune RUN`` (``workbench organism finetune`` for
+  the organism; ``workbench.neureasoner.trainer``) follows it with the remedy: the step redone
+  correctly, or the next step instead of another repeat.
 * ``overthinking`` (instance level): force a concluding phrase (the paper's "Okay, I have finished
   thinking.") and the end-of-thinking marker; no fine-tuning is needed.
+
+Every action waits for a word boundary: the thinking written so far must end as the task's
+``text.word_pattern`` says (after a space or punctuation by default), so a trigger never lands inside
+a number (the labeller would read the digits before it as a wrong step result) and thinking never ends
+mid-word. A detection with no boundary within ``word_wait`` tokens is dropped (a ``neureasoner_dropped``
+note); ``word_wait=0`` acts at once.
 
 A detector fires when its score reaches its saved threshold (Youden's J or target recall on
 out-of-fold scores: see ``detectors``), or ``threshold`` when one is given. One episode triggers
 once: after firing, a type is disarmed until one of its windows scores below threshold again and
 ``cooldown`` tokens have passed (consecutive fired windows are one alarm, as the event scores count
-them), and it fires at most ``max_triggers`` times per sequence. Every detection is recorded as a
-``neureasoner_<type>`` note with its score and threshold, then the engine's ``force`` event. No
-detector is read on a window that holds a token the controller forced: no window the detectors
-were fitted on held one (without this rule, the windows after an ``<INTRA>`` fired the overthinking
-detector on most traces of the organism).
+them), and it fires at most ``max_triggers`` times per sequence. Every action is recorded as a
+``neureasoner_<type>`` note with its score, threshold and the tokens it ``waited`` for a word
+boundary, then the engine's ``force`` event. No detector is read on a window that holds a token the
+controller forced: no window the detectors were fitted on held one (without this rule, the windows
+after an ``<INTRA>`` fired the overthinking detector on most traces of the organism).
 
 Example:
     >>> NeuReasonerRemedy().build(MethodContext(None, None, None))
@@ -33,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,11 +53,12 @@ from workbench.evaluation.methods import MethodContext
 from workbench.neureasoner.config import FAILURE_TYPES, NeuReasonerConfig
 from workbench.neureasoner.detectors import Detector
 from workbench.neureasoner.features import OnlineFluctuation
+from workbench.neureasoner.triggers import TRIGGERS, trigger_id
 from workbench.neurons import NeuronSet, NeuronSetError
-from workbench.organism.task import TRIGGERS
+from workbench.tasks.base import TextConventions
 
 PAPER_PHRASE = "Okay, I have finished thinking."
-FINETUNE_HINT = "fine-tune it with `workbench organism finetune` (workbench.neureasoner.sft) first"
+_TAIL = 200  # characters of thinking kept per sequence for the word-boundary test
 
 
 def _pairs(value: Any) -> tuple[tuple[str, str], ...]:
@@ -69,8 +78,9 @@ class NeuReasonerRemedy:
             name, e.g. ``{slip = 0.5}``: Youden's J on rare failing windows picks low thresholds that
             fire often, and a false alarm costs a remedy the model did not need.
         concluding_phrase: forced before the end-of-thinking marker on overthinking. None: the
-            paper's phrase when the tokenizer can write it without unknown tokens, else the marker
-            alone (the organism's vocabulary has no such words); "": the marker alone.
+            paper's phrase ("Okay, I have finished thinking.") when the tokenizer can write it without
+            unknown tokens, else the marker alone (the organism's vocabulary has no such words); "": the
+            marker alone.
         tokens: the trigger token of each type the fine-tuned model follows (a study's TOML table or
             pairs); slip and oscillation need theirs in the tokenizer.
         cooldown: tokens after a firing before that type may fire again (None: the detector's window).
@@ -79,6 +89,8 @@ class NeuReasonerRemedy:
         detectors: ``"neurons"``: the detectors on each type's key neurons; ``"random"``: the analysis's
             control detectors on as many random neurons (``detector-<type>_random``), which fire at their
             own rate where the key neurons say nothing: the remedy's random-neuron control.
+        word_wait: tokens an action waits at most for a word boundary (the task's ``text.word_pattern``);
+            a detection with none in time is dropped. 0: act at once, wherever the detector fired.
     """
 
     name: str = "neureasoner"
@@ -91,6 +103,7 @@ class NeuReasonerRemedy:
     max_triggers: int = 2
     min_thinking: int = 0
     detectors: str = "neurons"
+    word_wait: int = 32
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "types", tuple(self.types))
@@ -114,6 +127,8 @@ class NeuReasonerRemedy:
             raise ValueError(f"NeuReasonerRemedy.cooldown must be >= 1 or None, got {self.cooldown}")
         if self.detectors not in ("neurons", "random"):
             raise ValueError(f"NeuReasonerRemedy.detectors must be 'neurons' or 'random', got {self.detectors!r}")
+        if self.word_wait < 0:
+            raise ValueError(f"NeuReasonerRemedy.word_wait must be >= 0, got {self.word_wait}")
         if self.max_triggers < 1 or self.min_thinking < 0:
             raise ValueError(f"NeuReasonerRemedy: max_triggers must be >= 1 and min_thinking >= 0 (got "
                              f"{self.max_triggers}, {self.min_thinking})")
@@ -128,17 +143,9 @@ class NeuReasonerRemedy:
         detectors = load_detectors(Path(run), self.types, model_shape, random=self.detectors == "random")
         tok = ctx.model.tokenizer
         trigger_ids = {t: trigger_id(tok, s) for t, s in self.tokens if t in self.types and t != "overthinking"}
-        think_open, think_close, _ = run_settings(ctx)
-        return [], [RemedyController(self, detectors, tok, think_open, think_close, trigger_ids)]
-
-
-def trigger_id(tokenizer, token: str) -> int:
-    """The id of a trigger token; a clear error when the tokenizer lacks it (an unfine-tuned model)."""
-    tid = tokenizer.convert_tokens_to_ids(token)
-    if tid is None or (tokenizer.unk_token_id is not None and tid == tokenizer.unk_token_id):
-        raise ValueError(f"the model's tokenizer has no {token!r} token: the NeuReasoner remedy forces it, and only "
-                         f"a model fine-tuned to follow it knows what to do next; {FINETUNE_HINT}")
-    return int(tid)
+        think_open, think_close, task = run_settings(ctx)
+        text = task.text if task is not None else TextConventions()
+        return [], [RemedyController(self, detectors, tok, think_open, think_close, trigger_ids, text.word_pattern)]
 
 
 def load_detectors(
@@ -180,6 +187,9 @@ class _Sequence:
     last: dict[str, int]
     fired: dict[str, int]
     forced_at: int = -(10**9)  # position of the last token this controller forced
+    seen: int = 0  # tokens of the sequence read into ``tail``
+    tail: str = ""  # the end of the thinking written so far
+    pending: tuple[str, float, float, int] | None = None  # (type, score, threshold, position): waiting for a word
 
 
 class RemedyController(ThinkingController):
@@ -187,10 +197,15 @@ class RemedyController(ThinkingController):
 
     def __init__(
         self, spec: NeuReasonerRemedy, detectors: dict[str, Detector], tokenizer, think_open: str, think_close: str,
-        trigger_ids: dict[str, int],
+        trigger_ids: dict[str, int], word_pattern: str = TextConventions().word_pattern,
     ) -> None:
         super().__init__(tokenizer, think_open, think_close)
         self.method, self.detectors, self.trigger_ids = spec, detectors, trigger_ids
+        try:
+            self.word = re.compile(word_pattern)
+        except re.error as exc:
+            raise ValueError(f"NeuReasonerRemedy: the task's text.word_pattern {word_pattern!r} is not a regular "
+                             f"expression ({exc})") from exc
         configs = {_json_key(d.config) for d in detectors.values()}
         if len(configs) != 1:
             raise ValueError("NeuReasonerRemedy: the detectors were fitted with different window settings; fit them "
@@ -210,13 +225,15 @@ class RemedyController(ThinkingController):
         self.columns = {t: np.array([where[f] for f in fs]) for t, fs in flats.items()}
         self.cooldown = spec.cooldown or self.cfg.window
         self.phrase_ids = concluding_ids(tokenizer, spec.concluding_phrase)
+        # After whitespace the phrase is written without its leading space.
+        self.phrase_ids_bare = concluding_ids(tokenizer, spec.concluding_phrase, space=False)
         self.seqs: dict[str, _Sequence] = {}
 
     def spec(self) -> dict[str, Any]:
         return {"type": "neureasoner_remedy", "method": asdict(self.method), "neurons": asdict(self.neurons),
                 "thresholds": {t: self.threshold(t) for t in self.detectors}, "window": self.cfg.to_dict(),
                 "trigger_ids": self.trigger_ids, "phrase_ids": self.phrase_ids, "close_ids": self.close_ids,
-                "skip_windows_with_forced_tokens": True}
+                "word_pattern": self.word.pattern, "skip_windows_with_forced_tokens": True}
 
     def threshold(self, kind: str) -> float:
         given = dict(self.method.thresholds)
@@ -237,11 +254,18 @@ class RemedyController(ThinkingController):
         seq = self.seqs.get(key)
         if seq is None:
             seq = self.seqs[key] = _Sequence(OnlineFluctuation(len(self.neurons), self.cfg),
-                                             dict.fromkeys(self.detectors, True), {}, dict.fromkeys(self.detectors, 0))
+                                             dict.fromkeys(self.detectors, True), {}, dict.fromkeys(self.detectors, 0),
+                                             seen=state.start)
+        for t in tokens[seq.seen :]:
+            seq.tail = (seq.tail + self.text(t))[-_TAIL:]
+        seq.seen = len(tokens)
         feats = seq.online.update(view.acts[row].float().cpu().numpy())
+        position = len(tokens) - 1
+        if seq.pending is not None:  # a detection waiting for the end of a word: one action at a time
+            self._act_at_word(view, row, state, seq, position)
+            return
         if feats is None:
             return
-        position = len(tokens) - 1
         if position - seq.forced_at < self.cfg.window:
             return  # a window holding a forced token is like no window the detectors were fitted on
         for kind, det in self.detectors.items():
@@ -255,16 +279,33 @@ class RemedyController(ThinkingController):
                     or state.thinking_tokens(len(tokens)) < self.method.min_thinking):
                 continue
             seq.armed[kind], seq.last[kind] = False, position
-            seq.fired[kind] += 1
-            seq.forced_at = position + 1
-            if kind == "overthinking":
-                view.note(row, "neureasoner_overthinking", score=score, threshold=thr)
-                view.force(row, [*self.phrase_ids, *self.close_ids])
-                state.exiting = True
-                return
-            view.note(row, f"neureasoner_{kind}", score=score, threshold=thr)
-            view.force(row, [self.trigger_ids[kind]])
+            seq.pending = (kind, score, thr, position)
+            self._act_at_word(view, row, state, seq, position)
             return  # one action per token
+
+    def at_word(self, seq: _Sequence) -> bool:
+        """Whether the thinking written so far ends at a word boundary (the task's ``text.word_pattern``)."""
+        return self.word.search(seq.tail) is not None
+
+    def _act_at_word(self, view: StepView, row: int, state: ThinkState, seq: _Sequence, position: int) -> None:
+        """Acts on the pending detection if the text ends at a word boundary; drops it after ``word_wait`` tokens."""
+        kind, score, thr, since = seq.pending
+        waited = position - since
+        if self.method.word_wait and not self.at_word(seq):
+            if waited >= self.method.word_wait:
+                view.note(row, "neureasoner_dropped", type=kind, score=score, threshold=thr, waited=waited)
+                seq.pending = None
+            return
+        seq.pending = None
+        seq.fired[kind] += 1
+        seq.forced_at = position + 1
+        view.note(row, f"neureasoner_{kind}", score=score, threshold=thr, waited=waited)
+        if kind == "overthinking":
+            phrase = self.phrase_ids_bare if seq.tail[-1:].isspace() else self.phrase_ids
+            view.force(row, [*phrase, *self.close_ids])
+            state.exiting = True
+            return
+        view.force(row, [self.trigger_ids[kind]])
 
 
 def _json_key(d: dict) -> str:
@@ -273,8 +314,9 @@ def _json_key(d: dict) -> str:
     return json.dumps(d, sort_keys=True)
 
 
-def concluding_ids(tokenizer, phrase: str | None) -> list[int]:
-    """The ids of the concluding phrase (see ``NeuReasonerRemedy.concluding_phrase``).
+def concluding_ids(tokenizer, phrase: str | None, space: bool = True) -> list[int]:
+    """The ids of the concluding phrase (see ``NeuReasonerRemedy.concluding_phrase``), after a space
+    unless ``space`` is False.
 
     >>> from workbench.organism.tokenizer import build_tokenizer
     >>> concluding_ids(build_tokenizer(), None)   # the organism cannot write the paper's phrase
@@ -283,7 +325,7 @@ def concluding_ids(tokenizer, phrase: str | None) -> list[int]:
     if phrase == "":
         return []
     text = PAPER_PHRASE if phrase is None else phrase
-    ids = list(tokenizer(" " + text, add_special_tokens=False).input_ids)
+    ids = list(tokenizer((" " if space else "") + text, add_special_tokens=False).input_ids)
     if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids:
         if phrase is None:
             return []

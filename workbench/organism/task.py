@@ -39,6 +39,9 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 
+# NeuReasoner's trigger tokens (the paper's, for any model): `workbench organism finetune` teaches them to the
+# organism, and its labeller reads them.
+from workbench.neureasoner.triggers import TRIGGERS as TRIGGERS
 from workbench.prompting import THINK_CLOSE, THINK_OPEN
 
 CAREFUL_OPENERS: tuple[str, ...] = ("carefully", "slowly")
@@ -49,9 +52,6 @@ STEP_END, ALT_STEP_END = ";", ","
 STEP_ENDS = (STEP_END, ALT_STEP_END)
 OPS = ("+", "-")
 SLIP_KINDS = {"+": "dropped_carry", "-": "dropped_borrow"}
-# NeuReasoner's trigger tokens (the paper's, for any model): after <INTRA> a fine-tuned model redoes the step,
-# after <INTER> it moves on. `workbench organism finetune` teaches them; the labeller reads them.
-TRIGGERS: tuple[tuple[str, str], ...] = (("oscillation", "<INTER>"), ("slip", "<INTRA>"))
 
 
 @dataclass(frozen=True)

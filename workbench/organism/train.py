@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import random
 import time
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
 from workbench.atomic import atomic_torch_save, atomic_write_text
-from workbench.model import DATA_DIR, organism_dir
+from workbench.neureasoner.trainer import check_out, warmup_cosine
 from workbench.neurons import NeuronSet
 from workbench.organism.task import (
     RECIPE_V2,
@@ -387,42 +386,8 @@ def _batches(cfg: TrainConfig, tokenizer: PreTrainedTokenizerFast, start: int) -
         k, skip = k + 1, 0
 
 
-def warmup_cosine(lr: float, warmup: int, steps: int, step: int, floor: float) -> float:
-    """The learning rate at ``step``: linear warm-up to ``lr``, then cosine decay to ``floor * lr``.
-
-    >>> [round(warmup_cosine(1.0, 2, 10, s, floor=0.1), 2) for s in (0, 1, 2, 9)]
-    [0.5, 1.0, 1.0, 0.13]
-    """
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, steps - warmup)
-    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def _lr(cfg: TrainConfig, step: int) -> float:
     return warmup_cosine(cfg.lr, cfg.warmup, cfg.steps, step, floor=0.05)
-
-
-def check_out(out: Path) -> Path:
-    """Returns ``out``, or raises ``ValueError`` if it is the shipped organism's folder.
-
-    A training run writes its weights over whatever ``out`` holds, and the shipped organism is what
-    every analysis and measured number of the project refers to; paths are compared resolved, so
-    ``./data/organism/`` or a symlink to it is caught too.
-
-    Example:
-        >>> check_out(Path("runs/organism-seed1"))
-        PosixPath('runs/organism-seed1')
-    """
-    out = Path(out)
-    shipped = {(DATA_DIR / "organism").resolve(), organism_dir().resolve()}
-    if out.expanduser().resolve() in shipped:
-        raise ValueError(
-            f"refusing to train into {out}: it is the shipped organism's folder and training would "
-            "overwrite its weights; pass another --out folder (e.g. runs/organism-retrain) and copy the "
-            "files over by hand if you mean to replace the shipped model"
-        )
-    return out
 
 
 def train(cfg: TrainConfig, out: Path, progress: bool = True) -> Path:

@@ -136,6 +136,11 @@ def _early(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig, ta
     """The headline probe on ``early_span`` beside hand features and token ids over the same tokens."""
     x = store.summary(cfg.early_span).reshape(len(store), -1)
     ok = ~np.isnan(x).any(axis=1)
+    if len(np.unique(y[ok])) < 2:
+        left = "none is left" if not ok.any() else \
+            f"the {int(ok.sum())} left are all {'correct' if y[ok].all() else 'incorrect'}"
+        raise ValueError(f"the span {cfg.early_span!r} is empty in {int((~ok).sum())} of {len(ok)} traces (too few "
+                         f"thinking tokens), and {left}; probe a span they have (ProbeReportConfig.early_span)")
     res, ci = _probe(x[ok], y[ok], groups[ok], cfg)
     out: dict[str, Any] = {"probe_auroc_early": res.auroc, "probe_auroc_early_ci": ci,
                            "probe_auroc_early_span": cfg.early_span, "probe_traces": int(ok.sum()),

@@ -13,17 +13,33 @@ Example:
     ('slip', 'oscillation', 'overthinking')
 """
 
-from workbench.neureasoner.analysis import MonResult, TraceInput, analyse, rank_key_neurons
-from workbench.neureasoner.config import FAILURE_TYPES, NeuReasonerConfig
-from workbench.neureasoner.detectors import Detector, token_features
-from workbench.neureasoner.features import FEATURES, OnlineFluctuation, window_features, window_starts
-from workbench.neureasoner.labels import FailureEvents, auto_events, split_steps
-from workbench.neureasoner.ranking import SeparationStats, key_neurons
-from workbench.neureasoner.run import mon_report, rank_mon, trace_inputs
+from __future__ import annotations
 
-__all__ = [
-    "FAILURE_TYPES", "FEATURES", "Detector", "FailureEvents", "MonResult", "NeuReasonerConfig", "OnlineFluctuation",
-    "SeparationStats", "TraceInput", "analyse", "auto_events", "key_neurons", "mon_report",
-    "rank_key_neurons", "rank_mon", "split_steps", "token_features", "trace_inputs",
-    "window_features", "window_starts",
-]
+import importlib
+from typing import Any
+
+# Imported on first use: the organism imports the trigger tokens from this package, and loading every module
+# here (sklearn, the detectors) on that import cost a second to every organism import.
+_EXPORTS = {
+    "analysis": ("MonResult", "TraceInput", "analyse", "rank_key_neurons"),
+    "config": ("FAILURE_TYPES", "NeuReasonerConfig"),
+    "detectors": ("Detector", "token_features"),
+    "features": ("FEATURES", "OnlineFluctuation", "window_features", "window_starts"),
+    "labels": ("FailureEvents", "auto_events", "split_steps"),
+    "ranking": ("SeparationStats", "key_neurons"),
+    "run": ("mon_report", "rank_mon", "trace_inputs"),
+}
+_MODULE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_MODULE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -43,7 +43,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -94,6 +94,8 @@ class NeuReasonerRemedy:
     """
 
     name: str = "neureasoner"
+    needs_thinking: ClassVar[bool] = True  # acts only inside a thinking span (the results table says when none)
+    analyses: ClassVar[tuple[str, ...]] = ("mon",)  # the study stage whose detectors it reads
     types: tuple[str, ...] | list[str] = FAILURE_TYPES
     threshold: float | None = None
     thresholds: tuple[tuple[str, float], ...] | dict[str, float] = ()

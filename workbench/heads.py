@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from workbench.atomic import atomic_write_text
+from workbench.neurons import read_set_file, unit_columns, unit_row, write_set_file
 
 FORMAT = "workbench.HeadSet/1"
 
@@ -152,16 +151,11 @@ class HeadSet:
 
     # -- file form -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        def num(x: float) -> float | None:  # JSON has no NaN
-            return None if math.isnan(x) else x
-
         return {
             "format": FORMAT, "method": self.method, "parameters": self.params, "provenance": self.provenance,
             "model_shape": list(self.model_shape) if self.model_shape else None,
             "heads": [{"hook": attn_z(layer), "layer": layer, "head": h,
-                       "score": None if self.scores is None else num(self.scores[i]),
-                       "sign": None if self.signs is None else self.signs[i],
-                       **{f"mean_{g}": num(m[i]) for g, m in self.group_means}}
+                       **unit_row(self.scores, self.signs, self.group_means, i)}
                       for i, (layer, h) in enumerate(zip(self.layers, self.heads, strict=True))],
         }
 
@@ -173,29 +167,19 @@ class HeadSet:
         if not isinstance(rows, list):
             raise ValueError(f"{source}: field 'heads' must be a list")
 
-        def num(x: Any) -> float:
-            return float("nan") if x is None else float(x)
-
         try:
-            groups = [k.removeprefix("mean_") for k in (rows[0] if rows else {}) if k.startswith("mean_")]
             return cls(
                 layers=tuple(int(r["layer"]) for r in rows), heads=tuple(int(r["head"]) for r in rows),
-                scores=tuple(num(r["score"]) for r in rows) if rows and rows[0].get("score") is not None else None,
-                signs=tuple(int(r["sign"]) for r in rows) if rows and rows[0].get("sign") is not None else None,
                 provenance=str(d.get("provenance", "")), method=str(d.get("method", "")),
                 parameters=_frozen(d.get("parameters")),
-                group_means=tuple((g, tuple(num(r[f"mean_{g}"]) for r in rows)) for g in groups),
-                model_shape=tuple(d["model_shape"]) if d.get("model_shape") else None,
+                model_shape=tuple(d["model_shape"]) if d.get("model_shape") else None, **unit_columns(rows),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"{source}: malformed head entry ({exc})") from exc
 
     def save(self, path: str | Path) -> Path:
         """Writes the set as JSON, atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
-        return path
+        return write_set_file(self.to_dict(), path)
 
     @classmethod
     def load(cls, path: str | Path) -> HeadSet:
@@ -206,11 +190,4 @@ class HeadSet:
         >>> HeadSet.load(p).names(), HeadSet.load(p).signs
         (['blocks.1.attn.hook_z[1]'], (-1,))
         """
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ValueError(f"{path}: no such head set file") from None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: unreadable head set ({exc})") from exc
-        return cls.from_dict(d, source=str(path))
+        return cls.from_dict(read_set_file(path, "head set", ValueError), source=str(path))

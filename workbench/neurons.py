@@ -75,6 +75,48 @@ def _thawed(pairs: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
     return {k: thaw(v) for k, v in pairs}
 
 
+def _json_num(x: float) -> float | None:  # JSON has no NaN
+    return None if math.isnan(x) else x
+
+
+def _num(x: Any) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def unit_row(scores: Sequence[float] | None, signs: Sequence[int] | None,
+             group_means: tuple[tuple[str, tuple[float, ...]], ...], i: int) -> dict[str, Any]:
+    """Unit ``i``'s score, sign and group means as one file row (shared by neuron and head set files)."""
+    return {"score": None if scores is None else _json_num(scores[i]), "sign": None if signs is None else signs[i],
+            **{f"mean_{g}": _json_num(m[i]) for g, m in group_means}}
+
+
+def unit_columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``scores``, ``signs`` and ``group_means`` read back from the rows ``unit_row`` wrote."""
+    groups = [k.removeprefix("mean_") for k in (rows[0] if rows else {}) if k.startswith("mean_")]
+    return {"scores": tuple(_num(r["score"]) for r in rows) if rows and rows[0].get("score") is not None else None,
+            "signs": tuple(int(r["sign"]) for r in rows) if rows and rows[0].get("sign") is not None else None,
+            "group_means": tuple((g, tuple(_num(r[f"mean_{g}"]) for r in rows)) for g in groups)}
+
+
+def write_set_file(data: Mapping[str, Any], path: str | Path) -> Path:
+    """A set's file form written as JSON, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(data, indent=1))
+    return path
+
+
+def read_set_file(path: str | Path, what: str, error: type[ValueError]) -> dict[str, Any]:
+    """A set file's JSON; ``error`` naming the file when it is missing or unreadable."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what} file") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: unreadable {what} ({exc})") from exc
+
+
 @dataclass(frozen=True)
 class NeuronSet:
     """Neurons as parallel tuples: neuron ``i`` is ``indices[i]`` of ``blocks.{layers[i]}.mlp.hook_post``.
@@ -209,22 +251,14 @@ class NeuronSet:
 
     # -- file form -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        def num(x: float) -> float | None:  # JSON has no NaN
-            return None if math.isnan(x) else x
-
         return {
             "format": FORMAT,
             "method": self.method,
             "parameters": self.params,
             "provenance": self.provenance,
             "model_shape": list(self.model_shape) if self.model_shape else None,
-            "neurons": [
-                {"layer": layer, "index": index,
-                 "score": None if self.scores is None else num(self.scores[i]),
-                 "sign": None if self.signs is None else self.signs[i],
-                 **{f"mean_{g}": num(m[i]) for g, m in self.group_means}}
-                for i, (layer, index) in enumerate(zip(self.layers, self.indices, strict=True))
-            ],
+            "neurons": [{"layer": layer, "index": index, **unit_row(self.scores, self.signs, self.group_means, i)}
+                        for i, (layer, index) in enumerate(zip(self.layers, self.indices, strict=True))],
         }
 
     @classmethod
@@ -235,33 +269,21 @@ class NeuronSet:
         if not isinstance(rows, list):
             raise NeuronSetError(f"{source}: field 'neurons' must be a list")
         try:
-            groups = [k.removeprefix("mean_") for k in (rows[0] if rows else {}) if k.startswith("mean_")]
-            has_score = bool(rows) and rows[0].get("score") is not None
-            has_sign = bool(rows) and rows[0].get("sign") is not None
-
-            def num(x: Any) -> float:
-                return float("nan") if x is None else float(x)
-
             return cls(
                 layers=tuple(int(r["layer"]) for r in rows),
                 indices=tuple(int(r["index"]) for r in rows),
-                scores=tuple(num(r["score"]) for r in rows) if has_score else None,
-                signs=tuple(int(r["sign"]) for r in rows) if has_sign else None,
                 provenance=str(d.get("provenance", "")),
                 method=str(d.get("method", "")),
                 parameters=_frozen(d.get("parameters")),
-                group_means=tuple((g, tuple(num(r[f"mean_{g}"]) for r in rows)) for g in groups),
                 model_shape=tuple(d["model_shape"]) if d.get("model_shape") else None,
+                **unit_columns(rows),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise NeuronSetError(f"{source}: malformed neuron entry ({exc})") from exc
 
     def save(self, path: str | Path) -> Path:
         """Writes the set as JSON, atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
-        return path
+        return write_set_file(self.to_dict(), path)
 
     @classmethod
     def load(cls, path: str | Path, model_shape: tuple[int, int] | None = None) -> NeuronSet:
@@ -274,14 +296,7 @@ class NeuronSet:
         ...
         workbench.neurons.NeuronSetError: this neuron set was found in a model with 2 layers and d_mlp 8, ...
         """
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise NeuronSetError(f"{path}: no such neuron set file") from None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise NeuronSetError(f"{path}: unreadable neuron set ({exc})") from exc
-        out = cls.from_dict(d, source=str(path))
+        out = cls.from_dict(read_set_file(path, "neuron set", NeuronSetError), source=str(path))
         if model_shape is not None:
             out.check_fits(*model_shape)
         return out

@@ -89,6 +89,10 @@ type = "neat"
 name = "neat"
 
 [[methods]]
+type = "neureasoner"
+name = "neureasoner"
+
+[[methods]]
 type = "nowait"
 name = "nowait"
 
@@ -171,12 +175,12 @@ class TestStudyOnATextModel:
         neat = next(x for x in skipped if x["name"] == "neat")
         assert "</think> in 0 of 32 traces" in neat["reason"]
         direct = {r["method"]: r for r in rows if r["task"] == "direct"}
-        assert set(direct) == {"vanilla", "adaras", "random-steering", "nowait", "budget"}
-        for name in ("nowait", "budget"):
+        assert set(direct) == {"vanilla", "adaras", "random-steering", "neureasoner", "nowait", "budget"}
+        for name in ("neureasoner", "nowait", "budget"):
             assert direct[name]["note"].startswith("<think> in 0 of 4 traces") and direct[name]["intervened_share"] == 0
         assert direct["adaras"]["note"] == ""
         think = {r["method"]: r for r in rows if r["task"] == "think"}
-        assert set(think) == {"vanilla", "adaras", "random-steering", "neat", "nowait", "budget"}
+        assert set(think) == {"vanilla", "adaras", "random-steering", "neat", "neureasoner", "nowait", "budget"}
         assert think["budget"]["note"] == "" and think["budget"]["intervened_share"] > 0
         md = (out / "results.md").read_text()
         assert "Could not apply" in md and "- method `neat`: " in md and "nowait: <think> in 0 of 4" in md

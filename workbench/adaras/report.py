@@ -273,6 +273,11 @@ def probe_report(
     groups = _column(store, "problem_id")
     if len(np.unique(y)) < 2:
         raise ValueError(f"{run_dir}: every trace is {'correct' if y[0] else 'incorrect'}; the probes need both")
+    right, wrong = len(set(groups[y == 1])), len(set(groups[y == 0]))
+    if min(right, wrong) < 2:  # grouped folds and the gate's split put each question on one side only
+        raise ValueError(f"{run_dir}: {int(y.sum())} of {len(y)} traces are correct, from {right} question(s), and "
+                         f"{wrong} question(s) have an incorrect one; the probes' grouped folds need each class in at "
+                         "least 2 questions: sample more traces, or a task the model solves sometimes")
     task = run_task(run_dir)
     report: dict[str, Any] = {"config": asdict(cfg), "traces": len(store), "accuracy": float(y.mean()),
                               **thinking_note(store)}

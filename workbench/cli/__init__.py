@@ -17,6 +17,7 @@ import typer
 
 from workbench.cli import analyses, evaluation, figures, finetune, organism, traces
 from workbench.cli import app as app_command
+from workbench.cli import export as export_command
 
 app = typer.Typer(help="Find, read and steer the neurons behind reasoning successes and failures.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -38,6 +39,7 @@ for command in (analyses.cache, analyses.rank, analyses.probe, analyses.validate
 app.command(name="eval")(evaluation.evaluate)
 app.command()(figures.figures)
 app.command(name="app")(app_command.app)
+app.command(name="export-steering")(export_command.export_steering)
 
 
 def main() -> None:  # pragma: no cover

@@ -1,8 +1,11 @@
-"""Tasks behind one protocol (problems, prompt, grade): the organism, math files, HumanEval.
+"""Tasks behind one protocol (problems, prompt, grade): the organism, math files, HumanEval and the benchmarks
+by name (GSM8K, MATH-500, AIME 24/25, AMC23, GPQA-Diamond, MBPP; see ``workbench.tasks.benchmarks``).
 
 Example:
     >>> get_task("organism").name
     'organism'
+    >>> "gpqa-diamond" in TASKS
+    True
 """
 
 from __future__ import annotations
@@ -10,15 +13,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from workbench.tasks.base import Grade, Task, TaskProblem
+from workbench.tasks.benchmarks import BENCHMARKS, load_benchmark
 from workbench.tasks.math import MathTask, TaskDataError
 
-TASKS = ("organism", "organism-sub", "math", "humaneval")
+TASKS = ("organism", "organism-sub", "math", "humaneval", *BENCHMARKS)
 
 
-def get_task(name: str, data: str | Path | None = None, model_dir: str | Path | None = None) -> Task:
+def get_task(name: str, data: str | Path | None = None, model_dir: str | Path | None = None,
+             download: bool = False) -> Task:
     """The task called ``name``; ``math`` needs ``data`` (a .jsonl, .parquet or save_to_disk folder).
 
-    ``model_dir`` lets the organism task label traces by the recipe that model was trained on.
+    ``model_dir`` lets the organism task label traces by the recipe that model was trained on. A benchmark
+    (``BENCHMARKS``) reads its Hub dataset from the local ``datasets`` cache, downloading it only with
+    ``download``; its ``data``, when given, is a local copy of the split read instead. Every file or Hub task
+    records where its problems came from in ``task.source``.
     """
     if name in ("organism", "organism-sub"):
         from workbench.organism.train import recipe_of
@@ -34,7 +42,9 @@ def get_task(name: str, data: str | Path | None = None, model_dir: str | Path | 
         from workbench.tasks.humaneval import HumanEvalTask
 
         return HumanEvalTask.load()
+    if name in BENCHMARKS:
+        return load_benchmark(name, download=download, data=data)
     raise TaskDataError(f"unknown task {name!r}; choose one of {', '.join(TASKS)}")
 
 
-__all__ = ["TASKS", "Grade", "MathTask", "Task", "TaskDataError", "TaskProblem", "get_task"]
+__all__ = ["BENCHMARKS", "TASKS", "Grade", "MathTask", "Task", "TaskDataError", "TaskProblem", "get_task"]

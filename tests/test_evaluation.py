@@ -182,6 +182,31 @@ class TestStudyFile:
         assert res.exit_code == 2 and "is not valid TOML" in res.output
         assert not (tmp_path / "out").exists()
 
+    def test_a_problem_file_gives_the_analysis_the_problems_the_evaluation_leaves(self, tmp_path):
+        from workbench.tasks import get_task
+        from workbench.traces import run_problems
+
+        data = tmp_path / "p.jsonl"
+        data.write_text("".join(json.dumps({"question": f"{i} + 1?", "answer": f"#### {i + 1}"}) + "\n"
+                                for i in range(10)))
+        text = STUDY.format(model="organism", max_new=40, extra="").replace(
+            'task = "organism"', f'task = "math"\ndata = "{data}"').replace("problems = 8", "problems = 6").replace(
+            "stages = []", 'problems = 4\nseed = 3\nstages = ["cache"]')  # the same seed as the evaluation's
+        study = load_study(write(tmp_path, text))
+        task = study.tasks[0]
+        assert task.analysis.run.disjoint_from == (6, 3)  # recorded in the analysis run's identity (its config)
+        math = get_task("math", str(data))
+        evaluation = {p.id for p in run_problems(math, task.run)}
+        analysis = {p.id for p in run_problems(math, task.analysis.run)}
+        assert len(evaluation) == 6 and len(analysis) == 4 and not evaluation & analysis
+        with pytest.raises(StudyError, match=r"the evaluation takes 6, which leaves 4 for the 5 analysis problems"):
+            load_study(write(tmp_path, text.replace("problems = 4", "problems = 5")))
+        allowed = text.replace("seed = 3\nstages", "seed = 3\nallow_overlap = true\nstages")
+        overlap = load_study(write(tmp_path, allowed))
+        assert overlap.tasks[0].analysis.run.disjoint_from is None
+        organism = load_study(ROOT / "studies" / "organism.toml")  # a generated task keeps its own seeds, as before
+        assert all(t.analysis.run.disjoint_from is None for t in organism.tasks)
+
 
 # -- statistics -----------------------------------------------------------------------------------
 

@@ -129,3 +129,51 @@ class TestThinkSpans:
         full = prompt + tok(" <think> carefully </think> 9").input_ids[1:]
         spans = fmt.spans(tok, full, len(prompt))
         assert spans.think_start == len(prompt) and spans.think_end == len(prompt) + 2
+
+
+# -- presets: tokenizers built here carry the chat templates of the model families ----------------------------------
+
+QWEN3_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+R1_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}<|im_start|>user {{ m['content'] }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|im_end|>assistant<think>\n{% endif %}"
+)
+
+
+def _family(template: str):
+    from tests.text_model import build_tokenizer
+
+    tok = build_tokenizer()
+    tok.chat_template = template
+    return tok
+
+
+def test_presets_fit_their_families_and_refuse_others():
+    from workbench.prompting import PromptFormat, PromptFormatError
+
+    qwen, r1 = _family(QWEN3_TEMPLATE), _family(R1_TEMPLATE)
+    fmt = PromptFormat(preset="qwen3").resolve(qwen)
+    assert fmt.style == "chat" and fmt.enable_thinking and fmt.record()["preset"] == "qwen3"
+    assert "<think>" not in fmt.render(qwen, "2 + 2?")  # Qwen3 writes its own <think> when thinking is on
+    off = PromptFormat(preset="qwen3", enable_thinking=False).resolve(qwen)  # a field given explicitly wins
+    assert off.render(qwen, "2 + 2?").endswith("<think>\n\n</think>\n\n")
+    with pytest.raises(PromptFormatError, match="ignores enable_thinking"):
+        PromptFormat(preset="qwen3").resolve(r1)
+
+    fmt = PromptFormat(preset="r1-distill").resolve(r1)
+    prompt = fmt.encode(r1, "2 + 2?")
+    full = prompt + r1("so 4\n</think>\n\n4<|im_end|>", add_special_tokens=False).input_ids
+    spans = fmt.spans(r1, full, len(prompt))
+    assert spans.think_start == len(prompt) - 2 and spans.think_end is not None  # opened by the template ("<think>\n")
+    with pytest.raises(PromptFormatError, match="does not open <think> itself"):
+        PromptFormat(preset="r1-distill").resolve(qwen)
+
+    adaras = PromptFormat(preset="adaras").resolve(qwen)
+    assert adaras.style == "raw" and adaras.render(qwen, "2 + 2?") == "Question: 2 + 2?\nThinking process:"
+    assert PromptFormat(preset="neat").resolve(r1).style == "chat"
+    with pytest.raises(PromptFormatError, match="unknown; choose one of qwen3, r1-distill, adaras, neat"):
+        PromptFormat(preset="llama")

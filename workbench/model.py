@@ -1,4 +1,8 @@
-"""Loading models: the bundled organism or any local Hugging Face causal-LM folder, offline.
+"""Loading models: the bundled organism, any local Hugging Face causal-LM folder, or a hub id, offline.
+
+A hub id (``Qwen/Qwen3-1.7B``) resolves through the Hugging Face cache without the network; it is
+downloaded only when asked (``fetch_model``: ``workbench download``, ``--download``, a study's
+``download = true``), and a run records the snapshot's revision (``revision_of``).
 
 Everything goes through one path: the tokenizer and the HF model are read from the folder with
 ``local_files_only`` (and the hub switched off), then wrapped in a TransformerLens
@@ -18,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,20 +43,90 @@ def organism_dir() -> Path:
     return Path(os.environ.get("WORKBENCH_ORGANISM", DATA_DIR / "organism"))
 
 
+# What a hub download fetches: config, tokenizer and chat template, and safetensors weights (no .bin, no
+# training checkpoints or other formats a repository may also carry).
+HUB_FILES = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def hub_id(spec: str | Path) -> str | None:
+    """``spec`` as a hub model id (``ORG/NAME``) when it names one: not a bundled model, not an existing path.
+
+    >>> hub_id("Qwen/Qwen3-1.7B"), hub_id("organism"), hub_id("/tmp"), hub_id("runs/no-such-folder/x")
+    ('Qwen/Qwen3-1.7B', None, None, None)
+    """
+    text = str(spec)
+    if text == ORGANISM or text in BUNDLED or Path(text).expanduser().exists() or not _HUB_ID.match(text):
+        return None
+    return text
+
+
+def hub_cache() -> Path:
+    """The Hugging Face hub cache this process reads (``HF_HUB_CACHE``, else ``HF_HOME/hub``), read now, not at
+    import, so a test or a shell can point it elsewhere."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "huggingface"
+    return Path(home).expanduser() / "hub"
+
+
+def fetch_model(spec: str, revision: str | None = None) -> Path:
+    """Downloads hub model ``spec`` (``ORG/NAME``) into the hub cache, the one step that uses the network; returns
+    the snapshot folder. Weights, config and tokenizer only (safetensors preferred)."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if hub_id(spec) is None:
+        raise ModelLoadError(f"{spec!r} is not a hub model id (ORG/NAME); a local folder or the organism needs no "
+                             "download")
+    try:
+        path = snapshot_download(spec, revision=revision, cache_dir=hub_cache(), allow_patterns=list(HUB_FILES))
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot download {spec} into {hub_cache()}: {exc}") from exc
+    return resolve(path)
+
+
+def _cached_snapshot(repo: str) -> Path:
+    """The cached snapshot of hub model ``repo`` (``refs/main``'s), offline; a clear error naming the fetch command."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo, cache_dir=hub_cache(), local_files_only=True))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"the hub model {repo} is not in the Hugging Face cache ({hub_cache()}), and models are downloaded only "
+            f"when asked: run `workbench download {repo}` (or add --download, or download = true in the study's "
+            f"[study]); offline, pass the path of a local folder instead (no folder {repo} exists here)") from exc
+
+
+def revision_of(path: str | Path) -> str | None:
+    """The hub revision (commit hash) a resolved folder is a snapshot of, or None for a plain folder.
+
+    >>> revision_of("/cache/models--Qwen--Qwen3-1.7B/snapshots/0123abc"), revision_of("/data/organism")
+    ('0123abc', None)
+    """
+    path = Path(path)
+    return path.name if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--") else None
+
+
 def resolve(spec: str | Path) -> Path:
-    """Maps a model spec (``"organism"``, ``"organism-v1"`` or a folder) to a checked local folder."""
+    """Maps a model spec (``"organism"``, ``"organism-v1"``, a folder, or a hub id ``ORG/NAME`` already in the
+    Hugging Face cache) to a checked local folder. Never downloads (``fetch_model`` does, when asked)."""
+    repo = hub_id(spec)
     if str(spec) == ORGANISM:
         path = organism_dir()
     elif str(spec) in BUNDLED:
         path = DATA_DIR / BUNDLED[str(spec)]
+    elif repo is not None:
+        path = _cached_snapshot(repo)
     else:
         path = Path(spec).expanduser()
     if not path.exists():
         hint = (
             f"the bundled {spec} is missing: restore data/ from the repository"
             if str(spec) == ORGANISM or str(spec) in BUNDLED
-            else "pass 'organism' or the path of a local Hugging Face model folder (models are never "
-            "downloaded)"
+            else "pass 'organism', the path of a local Hugging Face model folder, or a hub id ORG/NAME"
         )
         raise ModelLoadError(f"model folder {path} does not exist: {hint}")
     if not path.is_dir():

@@ -31,7 +31,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -41,6 +41,21 @@ _SPACE_MARKS = {"▁": " ", "Ġ": " ", "Ċ": "\n", "ĉ": "\t"}
 
 class PromptFormatError(ValueError):
     """A prompt format that cannot be used with this tokenizer; the message says which field."""
+
+
+# The model families and reference setups of the three papers (``../shared/PAPERS.md``): each preset sets these
+# fields (a field given explicitly with another value wins) and is checked against the tokenizer on ``resolve``.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Qwen3's chat template with thinking on (AdaRAS's generation and evaluation; Qwen3 models in NEAT).
+    "qwen3": {"style": "chat", "enable_thinking": True},
+    # DeepSeek-R1-Distill: its template opens "<think>\n" itself; no system prompt (the model card).
+    "r1-distill": {"style": "chat", "system": None},
+    # The AdaRAS reference code's raw string, run through the model without a chat template.
+    "adaras": {"style": "raw", "raw_template": "Question: {question}\nThinking process:"},
+    # NEAT: R1-Distill (and Qwen3) models through their chat templates, thinking in <think> ... </think>.
+    "neat": {"style": "chat", "system": None},
+}
+_OPENS_THINKING = ("r1-distill",)  # presets whose template must leave the prompt inside a thinking span
 
 
 @dataclass(frozen=True)
@@ -77,6 +92,8 @@ class PromptFormat:
         stop_ids: token ids that end a sequence; empty means the model's own (filled by ``resolve``).
         extra_stops: further stop tokens given as token strings, e.g. ``("<|im_end|>",)``.
         think_open, think_close: the thinking markers, as text.
+        preset: a name in ``PRESETS`` (``qwen3``, ``r1-distill``, ``adaras``, ``neat``): sets the fields it names
+            that were left at their defaults, and ``resolve`` checks the tokenizer fits it.
     """
 
     style: str = "auto"  # validated below with a clearer message than a type checker gives
@@ -88,8 +105,17 @@ class PromptFormat:
     extra_stops: tuple[str, ...] = ()
     think_open: str = THINK_OPEN
     think_close: str = THINK_CLOSE
+    preset: str | None = None
 
     def __post_init__(self) -> None:
+        if self.preset is not None:
+            if self.preset not in PRESETS:
+                raise PromptFormatError(f"prompt preset {self.preset!r} is unknown; choose one of "
+                                        f"{', '.join(PRESETS)}")
+            defaults = {f.name: f.default for f in fields(self)}
+            for name, value in PRESETS[self.preset].items():
+                if getattr(self, name) == defaults[name]:
+                    object.__setattr__(self, name, value)
         if self.style not in ("auto", "chat", "raw"):
             raise PromptFormatError(f"prompt style must be 'auto', 'chat' or 'raw', got {self.style!r}")
         if self.bos not in ("auto", "always", "never"):
@@ -125,7 +151,26 @@ class PromptFormat:
         if not stops:
             raise PromptFormatError("no stop token: the tokenizer has no EOS and the generation config none; "
                                     "pass stop_ids or extra_stops")
-        return replace(self, style=style, bos=bos, stop_ids=tuple(sorted(stops)))
+        out = replace(self, style=style, bos=bos, stop_ids=tuple(sorted(stops)))
+        out._check_preset(tokenizer)
+        return out
+
+    def _check_preset(self, tokenizer) -> None:
+        """Refuses a tokenizer whose chat template does not behave as the preset's model family's does."""
+        if self.preset is None or self.style != "chat":
+            return
+        if not getattr(tokenizer, "chat_template", None):
+            raise PromptFormatError(f"prompt preset {self.preset!r} needs the model's chat template; this tokenizer "
+                                    "has none")
+        probe = [{"role": "user", "content": "1 + 1?"}]
+        on, off = (tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True, enable_thinking=e)
+                   for e in (True, False))
+        if self.preset == "qwen3" and on == off:
+            raise PromptFormatError("prompt preset 'qwen3': this tokenizer's chat template ignores enable_thinking, "
+                                    "so it is not Qwen3's; use preset 'r1-distill' or none")
+        if self.preset in _OPENS_THINKING and on.rfind(self.think_open) <= on.rfind(self.think_close):
+            raise PromptFormatError(f"prompt preset {self.preset!r}: this tokenizer's chat template does not open "
+                                    f"{self.think_open} itself, as R1-Distill's does; use preset 'qwen3' or none")
 
     def record(self) -> dict[str, Any]:
         """The spec as plain data, for a run's manifest."""

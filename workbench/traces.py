@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from workbench.engine import Controller, Engine, EngineConfig, Finished, NeuronEdit, Request, SamplingConfig
-from workbench.model import load_model, resolve
+from workbench.model import load_model, resolve, revision_of
 from workbench.prompting import PromptFormat
 from workbench.store import (
     ShardWriter,
@@ -37,7 +38,7 @@ from workbench.store import (
     path_hash,
     trace_id,
 )
-from workbench.tasks import Task, TaskProblem, get_task
+from workbench.tasks import Task, TaskDataError, TaskProblem, get_task
 
 if TYPE_CHECKING:
     from workbench.workers import TraceWorkers
@@ -58,6 +59,8 @@ class TraceRunConfig:
         flush_every: finished traces per shard written to disk.
         prompt: how questions become prompts, when sequences stop, where thinking is.
         allow_unsandboxed: let HumanEval run generated code without network isolation (see the sandbox).
+        disjoint_from: ``(problems, seed)`` of another run of the same task (a study's evaluation run) whose
+            problems this run never draws: its own are a ``seed``-ed draw from the rest (``run_problems``).
     """
 
     model: str = "organism"
@@ -73,6 +76,7 @@ class TraceRunConfig:
     flush_every: int = 64
     prompt: PromptFormat = field(default_factory=PromptFormat)
     allow_unsandboxed: bool = False
+    disjoint_from: tuple[int | None, int] | None = None
 
     def __post_init__(self) -> None:
         for name in ("samples", "batch_size", "flush_every"):
@@ -87,6 +91,30 @@ class TraceRunConfig:
                               seed=self.seed)
 
 
+def run_problems(task: Task, cfg: TraceRunConfig) -> list[TaskProblem]:
+    """The problems of run ``cfg``: ``task.problems(cfg.problems, cfg.seed)``, or with ``cfg.disjoint_from`` a
+    seeded draw from the problems the other run does not use (a clear error when too few are left).
+
+    >>> from workbench.tasks import MathTask
+    >>> task = MathTask.from_records([{"question": f"{i}?", "answer": f"#### {i}"} for i in range(6)], "inline")
+    >>> evaluation = {p.id for p in run_problems(task, TraceRunConfig(task="math", problems=4, seed=1))}
+    >>> analysis = run_problems(task, TraceRunConfig(task="math", problems=2, seed=9, disjoint_from=(4, 1)))
+    >>> len(analysis), evaluation & {p.id for p in analysis}
+    (2, set())
+    """
+    if cfg.disjoint_from is None:
+        return task.problems(cfg.problems, cfg.seed)
+    n_other, other_seed = cfg.disjoint_from
+    taken = {p.id for p in task.problems(n_other, other_seed)}
+    rest = [p for p in task.problems(None, cfg.seed) if p.id not in taken]
+    n = len(rest) if cfg.problems is None else cfg.problems
+    if n > len(rest) or n == 0:
+        raise TaskDataError(f"task {task.name!r} has {len(rest) + len(taken)} problems; the evaluation takes "
+                            f"{len(taken)}, which leaves {len(rest)} for the {n or 'any'} analysis problems asked for: "
+                            "ask for fewer problems in [analysis] or [[tasks]], or set allow_overlap = true")
+    return random.Random(cfg.seed).sample(sorted(rest, key=lambda p: p.id), n)
+
+
 def run_config(run: str | Path) -> TraceRunConfig:
     """The ``TraceRunConfig`` a trace run was generated with (its manifest's ``identity.config``)."""
     from workbench.store.rundir import read_manifest
@@ -95,6 +123,8 @@ def run_config(run: str | Path) -> TraceRunConfig:
     if not config:
         raise ValueError(f"{Path(run) / 'manifest.json'} records no run config; it was not written by run_traces")
     prompt = {k: tuple(v) if isinstance(v, list) else v for k, v in (config.pop("prompt", None) or {}).items()}
+    if config.get("disjoint_from") is not None:  # JSON gave a list
+        config["disjoint_from"] = tuple(config["disjoint_from"])
     return TraceRunConfig(**config, prompt=PromptFormat(**prompt))
 
 
@@ -187,19 +217,22 @@ class TracePlan:
             task = dataclasses.replace(task, allow_unsandboxed=True)
         if hasattr(task, "check_ready"):  # e.g. a sandbox that must isolate generated code
             task.check_ready()
-        problems = tuple(task.problems(cfg.problems, cfg.seed))
+        problems = tuple(run_problems(task, cfg))
         model = model if model is not None else load_model(path)
         fmt, prompts, ids = _prompts(cfg, task, problems, model)
         identity = {
             "config": asdict(cfg),
             "model_sha256": model_hash(model),
+            "model_revision": revision_of(path),  # the hub snapshot a hub id resolved to (None for a folder)
+            "data_revision": (getattr(task, "source", None) or {}).get("revision"),  # a named benchmark's snapshot
             "data_sha256": path_hash(cfg.data),
             "prompt_format": fmt.record(),
             "interventions": intervention_specs(edits, controllers),
         }
         provenance = {
             "model": {"spec": cfg.model, "path": str(path)},
-            "task": {"name": task.name, "data": cfg.data, "problems": len(problems)},
+            "task": {"name": task.name, "data": cfg.data, "problems": len(problems),
+                     "source": dict(getattr(task, "source", None) or {})},
             "seeds": {"problems": cfg.seed, "sampler": "sha256(seed:problem_id/sample_index)"},
             "versions": package_versions(),
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -271,8 +304,8 @@ def prompt_ids(cfg: TraceRunConfig, model: TransformerBridge) -> dict[str, list[
     >>> len(ids), len({tuple(v) for v in ids.values()})   # two samples of each of two problems
     (4, 2)
     """
-    task = get_task(cfg.task, cfg.data, model_dir=resolve(cfg.model))
-    problems = task.problems(cfg.problems, cfg.seed)
+    task = config_task(cfg)
+    problems = run_problems(task, cfg)
     _, _, ids = _prompts(cfg, task, problems, model)
     return {trace_id(p.id, s): ids[p.id] for p in problems for s in range(cfg.samples)}
 

@@ -30,12 +30,12 @@ from typing import Any
 from workbench.engine import Engine, EngineConfig, Request
 from workbench.evaluation.methods import MethodContext
 from workbench.store import trace_id
-from workbench.traces import TraceRunConfig, build_record, config_task
+from workbench.traces import TraceRunConfig, build_record, config_task, run_problems
 
 
 def _problems(cfg: TraceRunConfig):
     task = config_task(cfg)
-    return task, {p.id: p for p in task.problems(cfg.problems, cfg.seed)}
+    return task, {p.id: p for p in run_problems(task, cfg)}
 
 
 def case_keys(cfg: TraceRunConfig, model) -> dict[str, str]:

@@ -15,7 +15,7 @@ import logging
 
 import typer
 
-from workbench.cli import analyses, evaluation, figures, finetune, organism, traces
+from workbench.cli import analyses, download, evaluation, figures, finetune, organism, traces
 from workbench.cli import app as app_command
 from workbench.cli import export as export_command
 
@@ -31,6 +31,7 @@ def _main() -> None:
 
 app.command()(evaluation.run)
 app.command()(traces.traces)
+app.command()(download.download)
 app.add_typer(organism.app, name="organism")
 app.command()(finetune.finetune)
 app.command()(finetune.follow)

@@ -13,7 +13,11 @@ import typer
 from workbench.errors import ModelLoadError
 
 Threads = Annotated[int, typer.Option(min=1, help="torch CPU threads (1 is fastest for the organism on 2 cores).")]
-ModelSpec = Annotated[str, typer.Option("--model", help="'organism' or a local Hugging Face model folder.")]
+ModelSpec = Annotated[str, typer.Option(
+    "--model", help="'organism', a local Hugging Face model folder, or a hub id ORG/NAME from the Hugging Face cache "
+                    "(fetched only with --download or `workbench download`).")]
+Download = Annotated[bool, typer.Option(
+    help="Fetch a hub model or a named benchmark missing from the Hugging Face cache first (the only network use).")]
 
 
 class PromptStyle(enum.StrEnum):

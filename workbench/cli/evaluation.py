@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from workbench.cli.common import Threads, fail, load, user_errors
+from workbench.cli.common import Download, Threads, fail, load, user_errors
 
 DEFAULT_STUDY = Path(__file__).resolve().parents[2] / "studies" / "organism.toml"
 
@@ -18,11 +18,17 @@ Figures = Annotated[bool, typer.Option(
     help="Write the study's figures into OUT/figures (SVG; HTML when no Chromium is installed).")]
 
 
-def _run_study(config: Path, out: Path, as_json: bool, threads: int, figures: bool = True) -> list[dict]:
+def _run_study(config: Path, out: Path, as_json: bool, threads: int, figures: bool = True, download: bool = False,
+               ) -> list[dict]:
     from workbench.evaluation import load_study, markdown, run_study
 
     with user_errors():
-        study = load_study(config)  # checked whole before anything is written or loaded
+        study = load_study(config, download=download)  # checked whole before anything is written or loaded
+    for task in study.tasks:
+        if task.analysis.run.disjoint_from is not None:
+            typer.echo(f"{task.name}: {task.analysis.run.problems or 'all the'} analysis problems drawn (seed "
+                       f"{task.analysis.run.seed}) from the problems the {task.run.problems or 'all'} evaluation "
+                       "problems leave", err=True)
     model = load(study.model, threads)
     with user_errors(out):
         rows = run_study(study, out, progress=not as_json, model=model)
@@ -81,6 +87,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print results.json instead of the table.")] = False,
     threads: Threads = 1,
     figures: Figures = True,
+    download: Download = False,
 ) -> None:
     """Run a study: analyses, then every method on the same problems and seeds; print the paired results table."""
-    _run_study(config, out, as_json, threads, figures)
+    _run_study(config, out, as_json, threads, figures, download)

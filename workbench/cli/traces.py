@@ -9,14 +9,15 @@ from typing import Annotated
 
 import typer
 
-from workbench.cli.common import ModelSpec, PromptStyle, Threads, fail, open_unit_interval, user_errors
+from workbench.cli.common import Download, ModelSpec, PromptStyle, Threads, fail, open_unit_interval, user_errors
 
 
 def traces(
     out: Annotated[Path, typer.Option(help="Run directory (created, or resumed when its identity matches).")],
     model: ModelSpec = "organism",
     task: Annotated[str, typer.Option(
-        help="organism (addition), organism-sub (subtraction), math or humaneval.")] = "organism",
+        help="organism (addition), organism-sub (subtraction), math (with --data), humaneval, or a benchmark by "
+             "name: gsm8k, math500, aime24, aime25, amc23, gpqa-diamond, mbpp.")] = "organism",
     data: Annotated[Path | None, typer.Option(help="math task file: .jsonl, .parquet or save_to_disk dir.")] = None,
     problems: Annotated[int | None, typer.Option(min=1, help="Problems to use (default: all for file tasks).")] = None,
     samples: Annotated[int, typer.Option(min=1, help="Samples per problem.")] = 1,
@@ -30,6 +31,10 @@ def traces(
     raw_template: Annotated[str, typer.Option(
         help="Raw prompt with {question}; \\n is a newline. E.g. 'Question: {question}\\nThinking process:'.",
     )] = "{question}",
+    prompt_preset: Annotated[str | None, typer.Option(
+        help="A model family's prompt: qwen3 (chat template, thinking on), r1-distill (its template opens <think>), "
+             "adaras (the AdaRAS reference raw prompt), neat.")] = None,
+    download: Download = False,
     allow_unsandboxed: Annotated[bool, typer.Option(
         help="HumanEval: run generated code even where the sandbox cannot cut the network off.")] = False,
     seed: int = 0,
@@ -43,9 +48,10 @@ def traces(
         help="Join the running Ray cluster at this address (e.g. auto, or host:6379) instead of starting one.")] = None,
 ) -> None:
     """Generate graded traces into a resumable run directory (traces.parquet + manifest.json)."""
-    from workbench.model import resolve, set_threads
+    from workbench.model import fetch_model, hub_id, resolve, set_threads
     from workbench.prompting import PromptFormat
     from workbench.store import check_target
+    from workbench.tasks import get_task
     from workbench.traces import TraceRunConfig, run_traces
 
     set_threads(threads)
@@ -55,11 +61,15 @@ def traces(
         cfg = TraceRunConfig(
             model=model, task=task, data=str(data) if data else None, problems=problems, samples=samples,
             temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-            flush_every=flush_every, prompt=PromptFormat(style=prompt_style.value,
+            flush_every=flush_every, prompt=PromptFormat(style=prompt_style.value, preset=prompt_preset,
                                                            raw_template=raw_template.replace("\\n", "\n")),
             allow_unsandboxed=allow_unsandboxed,
         )
         check_target(out)  # both before Ray's slow start
+        if download and hub_id(model) is not None:
+            fetch_model(model)
+        if download:
+            get_task(task, cfg.data, download=True)
         resolve(model)
         with _pool(workers, ray_address, threads) as pool:
             summary = run_traces(cfg, out, workers=pool)

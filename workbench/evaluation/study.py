@@ -52,7 +52,7 @@ from workbench.errors import ModelLoadError
 from workbench.evaluation.methods import METHODS, Method
 from workbench.prompting import PromptFormat
 from workbench.tasks import TaskDataError, get_task
-from workbench.traces import TraceRunConfig
+from workbench.traces import TraceRunConfig, run_problems
 
 STAGES = ("cache", "rcn", "probe", "exit", "mon")  # in the order they run
 NEEDS_CACHE = ("rcn", "probe", "mon")
@@ -235,24 +235,35 @@ def _analysis(table: dict[str, Any], run: TraceRunConfig, where: str) -> Analysi
                         configs={k: v for k, v in configs.items() if k in stages}, allow_overlap=allow_overlap)
 
 
-def _check_task(spec: TaskSpec, where: str) -> None:
-    """The task and its data load, and (unless allowed) no analysis problem is an evaluation problem."""
+def _check_task(spec: TaskSpec, where: str, download: bool = False) -> TaskSpec:
+    """The task and its data load (fetched first with ``download``), and no analysis problem is an evaluation
+    problem unless ``allow_overlap``: a task with a fixed list of problems (a file, a benchmark) draws its
+    analysis problems from the ones the evaluation leaves (``TraceRunConfig.disjoint_from``); a generated task
+    (the organism) draws them from the analysis seed and refuses an overlap."""
     from workbench.model import resolve
 
     try:
-        task = get_task(spec.run.task, spec.run.data, model_dir=resolve(spec.run.model))
+        task = get_task(spec.run.task, spec.run.data, model_dir=resolve(spec.run.model), download=download)
     except (TaskDataError, ModelLoadError) as exc:
         raise StudyError(f"{where}: {exc}") from exc
     if not spec.analysis.stages or spec.analysis.allow_overlap:
-        return
-    evaluation = {p.id for p in task.problems(spec.run.problems, spec.run.seed)}
-    analysis = {p.id for p in task.problems(spec.analysis.run.problems, spec.analysis.run.seed)}
+        return spec
+    if getattr(task, "fixed_problems", False):
+        run = dataclasses.replace(spec.analysis.run, disjoint_from=(spec.run.problems, spec.run.seed))
+        try:
+            run_problems(task, run)
+        except TaskDataError as exc:
+            raise StudyError(f"{where}: {exc}") from exc
+        return dataclasses.replace(spec, analysis=dataclasses.replace(spec.analysis, run=run))
+    evaluation = {p.id for p in run_problems(task, spec.run)}
+    analysis = {p.id for p in run_problems(task, spec.analysis.run)}
     shared = evaluation & analysis
     if shared:
         raise StudyError(
             f"{where}: {len(shared)} of the {len(analysis)} analysis problems are also evaluation problems (e.g. "
             f"{sorted(shared)[0]!r}); choose another [analysis] seed or fewer problems, or set "
             "allow_overlap = true in [analysis] to accept it")
+    return spec
 
 
 def _method(table: Any, i: int, task_names: set[str], where: str) -> MethodSpec:
@@ -300,8 +311,12 @@ def _tupled_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: _tupled(v) for k, v in params.items()}
 
 
-def load_study(path: str | Path) -> Study:
-    """Reads and validates a study file; raises ``StudyError`` naming the file, table and field."""
+def load_study(path: str | Path, download: bool = False) -> Study:
+    """Reads and validates a study file; raises ``StudyError`` naming the file, table and field.
+
+    With ``download`` (or ``download = true`` in ``[study]``) a hub model and named benchmarks missing from the
+    Hugging Face cache are fetched first; otherwise nothing touches the network.
+    """
     path = Path(path)
     try:
         doc = tomllib.loads(path.read_text())
@@ -321,15 +336,18 @@ def load_study(path: str | Path) -> Study:
     reference = _take(head, "reference", str, "vanilla", where)
     n_resamples = _take(head, "n_resamples", int, 2000, where)
     seed = _take(head, "seed", int, 0, where)
+    download = _take(head, "download", bool, False, where) or download
     head.pop("name", None)  # a label only
     if head:
         raise StudyError(f"{where}: unknown field {sorted(head)[0]!r}; [study] takes model, reference, n_resamples, "
-                         "seed, name")
+                         "seed, download, name")
     if n_resamples < 100:
         raise StudyError(f"{where}: field 'n_resamples' = {n_resamples} is too few for a 95% CI; use >= 100")
-    from workbench.model import resolve
+    from workbench.model import fetch_model, hub_id, resolve
 
     try:
+        if download and hub_id(model) is not None:
+            fetch_model(model)
         resolve(model)
     except ModelLoadError as exc:
         raise StudyError(f"{where}: field 'model': {exc}") from exc
@@ -353,8 +371,7 @@ def load_study(path: str | Path) -> Study:
         run = _run_config(table, model, where)
         analysis = _analysis({**analysis_table, **override}, run,
                              f"{where}: [tasks.analysis]" if override else f"{path}: [analysis]")
-        spec = TaskSpec(name=name, run=run, analysis=analysis)
-        _check_task(spec, where)
+        spec = _check_task(TaskSpec(name=name, run=run, analysis=analysis), where, download)
         tasks.append(spec)
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):

@@ -132,11 +132,11 @@ class RunJudge:
     trigger by the generic text conventions (see the module docstring)."""
 
     def __init__(self, run: str | Path, tokenizer: Any) -> None:
-        from workbench.traces import config_task, run_config
+        from workbench.traces import config_task, run_config, run_problems
 
         cfg = run_config(run)
         self.task = config_task(cfg)
-        self.problems = {p.id: p for p in self.task.problems(cfg.problems, cfg.seed)}
+        self.problems = {p.id: p for p in run_problems(self.task, cfg)}
         self.tokenizer, self.fmt = tokenizer, cfg.prompt.resolve(tokenizer)
         self.step_pattern = self.task.text.step_pattern
 

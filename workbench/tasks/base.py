@@ -92,6 +92,8 @@ class TaskDefaults:
 
     text: ClassVar[TextConventions] = TextConventions()
     planted: ClassVar[tuple[PlantedLabel, ...]] = ()
+    # A fixed list of problems (a file, a benchmark): a study splits it between analysis and evaluation.
+    fixed_problems: ClassVar[bool] = True
 
     def labels(self, problem: TaskProblem, token_strs: Sequence[str]) -> dict[str, Any] | None:
         return None
@@ -111,6 +113,7 @@ class Task(Protocol):
     name: str
     text: TextConventions
     planted: tuple[PlantedLabel, ...]
+    fixed_problems: bool  # a fixed list (split between a study's analysis and evaluation), or generated from seeds
 
     def problems(self, n: int | None, seed: int) -> list[TaskProblem]:
         """Up to ``n`` problems (all when ``None``), chosen reproducibly from ``seed``."""

@@ -37,6 +37,7 @@ class OrganismTask:
     text: ClassVar[TextConventions] = TextConventions(
         step_ends=STEP_ENDS, step_pattern=r"\s*[;,]\s*", reflection_words=(REFLECTION_WORD,))
     planted: ClassVar[tuple[PlantedLabel, ...]] = (PlantedLabel("regime", "careless", ("careful", "careless")),)
+    fixed_problems: ClassVar[bool] = False  # generated from a seed: analysis and evaluation seeds keep them apart
 
     def problems(self, n: int | None, seed: int) -> list[TaskProblem]:
         return [

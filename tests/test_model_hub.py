@@ -95,3 +95,27 @@ def test_download_only_when_asked(hub, tiny_dir, monkeypatch, tmp_path):
     assert ran.exit_code == 0, ran.output
     assert json.loads((out / "manifest.json").read_text())["identity"]["model_revision"] == REV
     assert len(calls) == 1  # resolved from the cache from then on
+
+
+def test_a_study_fetches_its_hub_model_only_with_download(hub, tiny_dir, monkeypatch, tmp_path):
+    import huggingface_hub
+
+    from workbench.evaluation import StudyError, load_study
+
+    real = huggingface_hub.snapshot_download
+    fetched = []
+
+    def fake(repo_id, revision=None, cache_dir=None, local_files_only=False, **kwargs):
+        if not local_files_only:
+            fetched.append(repo_id)
+            cached(Path(cache_dir), repo_id, tiny_dir)
+        return real(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    text = '[study]\nmodel = "acme/study-model"\n{}\n[[tasks]]\ntask = "organism"\n[[methods]]\ntype = "vanilla"\n'
+    path = tmp_path / "study.toml"
+    path.write_text(text.format(""))
+    with pytest.raises(StudyError, match=r"field 'model': .*`workbench download acme/study-model`"):
+        load_study(path)
+    path.write_text(text.format("download = true"))
+    assert load_study(path).model == "acme/study-model" and fetched == ["acme/study-model"]

@@ -107,11 +107,9 @@ def model(spec: str):
 
 @st.cache_resource(show_spinner=False)
 def tokenizer(spec: str):
-    from transformers import AutoTokenizer
+    from workbench.model import load_tokenizer
 
-    from workbench.model import resolve
-
-    return AutoTokenizer.from_pretrained(str(resolve(spec)))
+    return load_tokenizer(spec)
 
 
 def run_spec(run: Path) -> str:

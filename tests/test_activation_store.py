@@ -102,6 +102,58 @@ def test_a_corrupt_shard_is_set_aside_and_recomputed(organism_run, organism, tmp
     np.testing.assert_array_equal(ActivationStore(run).summary("question"), before)
 
 
+def _tiny_shard(root, n: int = 0):
+    """One shard as ``_write_shard`` lays it out (tensors, then its parquet index), without a model."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from safetensors.torch import save_file
+
+    shards = root / "shards"
+    shards.mkdir(parents=True, exist_ok=True)
+    save_file({"tokens": torch.arange(64, dtype=torch.int32)}, str(shards / f"part-{n:06d}.safetensors"))
+    pq.write_table(pa.table({"trace_id": ["t0", "t1"], "row": [0, 1], "token_offset": [0, 32], "n_tokens": [32, 32]}),
+                   shards / f"part-{n:06d}.parquet")
+    return shards / f"part-{n:06d}"
+
+
+@pytest.mark.parametrize("damage", ["truncated tensors", "garbage tensors", "truncated index", "garbage index",
+                                    "no tensors"])
+def test_only_a_shard_that_fails_to_parse_is_set_aside(tmp_path, damage):
+    from workbench.store.activation_store import _recover
+
+    stem = _tiny_shard(tmp_path, 0)
+    _tiny_shard(tmp_path, 1)
+    file = stem.with_suffix(".safetensors" if "tensors" in damage else ".parquet")
+    raw = file.read_bytes()
+    if damage == "no tensors":
+        file.unlink()
+    else:
+        file.write_bytes(raw[: len(raw) // 2] if damage.startswith("truncated") else b"\x13garbage" * 40)
+    done = _recover(tmp_path)
+    assert done == {"t0": ("part-000001", {"trace_id": "t0", "row": 0, "token_offset": 0, "n_tokens": 32}),
+                    "t1": ("part-000001", {"trace_id": "t1", "row": 1, "token_offset": 32, "n_tokens": 32})}
+    assert (tmp_path / "shards-corrupt" / "part-000000.parquet").exists()
+    assert not stem.with_suffix(".parquet").exists() and not stem.with_suffix(".safetensors").exists()
+
+
+def test_a_bug_while_reading_a_shard_propagates_and_leaves_it_in_place(tmp_path, monkeypatch):
+    """Not every error is a corrupt file: a TypeError from the reader is a bug, raised, and the shard stays."""
+    import pyarrow.parquet as pq
+
+    from workbench.store.activation_store import _recover
+
+    stem = _tiny_shard(tmp_path)
+
+    def buggy(*args, **kwargs):
+        raise TypeError("read_table() got an unexpected keyword argument")
+
+    monkeypatch.setattr(pq, "read_table", buggy)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        _recover(tmp_path)
+    assert stem.with_suffix(".parquet").exists() and stem.with_suffix(".safetensors").exists()
+    assert not (tmp_path / "shards-corrupt").exists()
+
+
 def test_refuses_another_model_other_settings_and_changed_traces(organism_run, organism, organism_v1, tmp_path):
     run = _copy(organism_run, tmp_path)
     with pytest.raises(RunDirError, match="not the one that wrote the traces"):

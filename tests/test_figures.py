@@ -254,6 +254,60 @@ class TestStudy:
         assert points["vanilla"].marker.symbol == "star"
 
 
+class TestCatalogue:
+    """A figure not drawn for a documented reason is reported; a bug in a figure propagates."""
+
+    def test_missing_inputs_and_documented_refusals_are_reported(self, tmp_path):
+        from workbench.figures.catalogue import Catalogue
+        from workbench.figures.inputs import MissingInput
+
+        def missing():
+            raise MissingInput("the probe report", "workbench probe RUN", tmp_path / "report.json")
+
+        def refused():
+            raise ValueError("no trace has a slip episode and at least 8 thinking tokens")
+
+        def unreadable():
+            raise PermissionError(13, "Permission denied", str(tmp_path / "x.parquet"))
+
+        cat = Catalogue()
+        for name, build in (("a", missing), ("b", refused), ("c", unreadable)):
+            cat.add(name, build)
+        assert cat.figures == {}
+        assert [m.line() for m in cat.missing] == [
+            f"a: the probe report ({tmp_path / 'report.json'})  ->  workbench probe RUN",
+            "b: could not be drawn: ValueError: no trace has a slip episode and at least 8 thinking tokens",
+            f"c: could not be drawn: PermissionError: [Errno 13] Permission denied: '{tmp_path / 'x.parquet'}'"]
+
+    @pytest.mark.parametrize("bug", [TypeError, KeyError, AttributeError])
+    def test_a_bug_in_a_figure_is_not_swallowed(self, bug):
+        from workbench.figures.catalogue import Catalogue
+
+        def broken():
+            raise bug("a bug, not a missing input")
+
+        with pytest.raises(bug, match="a bug"):
+            Catalogue().add("broken", broken)
+
+    def test_the_pipeline_step_lets_a_bug_through(self, tmp_path, monkeypatch):
+        """``write_study_figures`` reports what it cannot draw or write, but never turns a bug into a report."""
+        import workbench.figures.catalogue as catalogue
+
+        def buggy(*args, **kwargs):
+            raise TypeError("collect_figures() got an unexpected keyword argument")
+
+        monkeypatch.setattr(catalogue, "collect_figures", buggy)
+        with pytest.raises(TypeError, match="unexpected keyword"):
+            write_study_figures(tmp_path, "html")
+
+        def unreadable(*args, **kwargs):
+            raise PermissionError(13, "Permission denied", str(tmp_path))
+
+        monkeypatch.setattr(catalogue, "collect_figures", unreadable)
+        report = write_study_figures(tmp_path, "html")
+        assert report.problem.startswith("figures not drawn: PermissionError")
+
+
 class TestBatch:
     """`workbench figures`: files of the chosen format, missing inputs with their command, browser errors."""
 

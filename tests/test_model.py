@@ -14,7 +14,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import AutoModelForCausalLM, BertConfig, BertModel, PreTrainedTokenizerFast
 
 from tests.conftest import save_tiny_model
-from workbench.model import ModelLoadError, load_model
+from workbench.model import ModelLoadError, load_model, load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,6 +104,52 @@ class TestErrors:
         (folder / "config.json").write_text(json.dumps(cfg))
         with pytest.raises(ModelLoadError, match="tokenizer"):
             load_model(folder)
+
+
+class TestLoadTokenizer:
+    """``load_tokenizer(spec)`` is ``load_model(spec).tokenizer`` without the weights, with the same errors."""
+
+    @staticmethod
+    def assert_same(ours, bridges) -> None:
+        text = "Q: 47 + 38 = ? <think> carefully ;"
+        assert type(ours) is type(bridges)
+        assert ours.get_vocab() == bridges.get_vocab() and len(ours) == len(bridges)
+        assert ours.special_tokens_map == bridges.special_tokens_map
+        assert (ours.padding_side, ours.pad_token, ours.pad_token_id) == \
+            (bridges.padding_side, bridges.pad_token, bridges.pad_token_id) and ours.padding_side == "left"
+        assert ours(text).input_ids == bridges(text).input_ids
+
+    def test_organism(self, organism):
+        self.assert_same(load_tokenizer("organism"), organism.tokenizer)
+
+    def test_tiny_folder_without_a_pad_token(self, tmp_path):
+        """A folder that names no pad token gets its EOS as pad, as the bridge's tokenizer does."""
+        folder = save_tiny_model(tmp_path, "qwen3")
+        for name in ("tokenizer_config.json", "special_tokens_map.json"):
+            if (folder / name).exists():
+                cfg = json.loads((folder / name).read_text())
+                cfg.pop("pad_token", None)
+                (folder / name).write_text(json.dumps(cfg))
+        tok = load_tokenizer(folder)
+        assert tok.pad_token == tok.eos_token is not None
+        self.assert_same(tok, load_model(folder).tokenizer)
+
+    def test_text_model(self, tmp_path):
+        from tests.text_model import save_text_model
+
+        folder = save_text_model(tmp_path / "text")
+        self.assert_same(load_tokenizer(folder), load_model(folder).tokenizer)
+
+    def test_errors_are_load_models(self, tmp_path):
+        with pytest.raises(ModelLoadError) as ours:
+            load_tokenizer(tmp_path / "nope")
+        with pytest.raises(ModelLoadError) as theirs:
+            load_model(tmp_path / "nope")
+        assert str(ours.value) == str(theirs.value) and "does not exist" in str(ours.value)
+        folder = save_tiny_model(tmp_path / "bad", "qwen3")
+        (folder / "tokenizer_config.json").write_text("[]")  # valid JSON, not a config: named, not an AttributeError
+        with pytest.raises(ModelLoadError, match=r"tokenizer_config\.json holds a JSON list"):
+            load_tokenizer(folder)
 
 
 def _set_config_field(folder, **fields):

@@ -25,11 +25,15 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from workbench.errors import ModelLoadError  # defined torch-free for the CLI; importable from here as before
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 ORGANISM = "organism"
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -238,9 +242,13 @@ def _tokenizer_class(path: Path):
 
     config_file = path / "tokenizer_config.json"
     try:
-        declared = json.loads(config_file.read_text()).get("tokenizer_class") if config_file.exists() else None
+        raw = json.loads(config_file.read_text()) if config_file.exists() else {}
     except json.JSONDecodeError as exc:
         raise ModelLoadError(f"{config_file} is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{config_file} holds a JSON {type(raw).__name__}, not a tokenizer config object; save "
+                             "the tokenizer again with `tokenizer.save_pretrained(folder)`")
+    declared = raw.get("tokenizer_class")
     generic = declared in {"TokenizersBackend", "PreTrainedTokenizerFast"}
     return PreTrainedTokenizerFast if generic else AutoTokenizer
 
@@ -265,10 +273,13 @@ def _check_round_trip(path: Path, tokenizer, probe: str = "Q: 12 + 34 = ?") -> N
         )
 
 
-def _load_tokenizer(path: Path, vocab_size: int):
+def _load_tokenizer(path: Path, vocab_size: int) -> PreTrainedTokenizerBase:
+    cls = _tokenizer_class(path)  # our own code stays outside the catch below: a bug in it is not a bad file
     try:
-        tokenizer = _tokenizer_class(path).from_pretrained(path, local_files_only=True)
-    except Exception as exc:  # tokenizers raise many types; all mean the same to the user
+        tokenizer = cls.from_pretrained(path, local_files_only=True)
+    # Only transformers' loader is inside: on garbled files it raises KeyError ({} as tokenizer.json), TypeError
+    # ([]), ValueError, OSError..., all meaning the folder's tokenizer is unusable; the cause stays chained.
+    except Exception as exc:
         raise ModelLoadError(
             f"{path}: the tokenizer files cannot be loaded ({type(exc).__name__}: {exc}); save a "
             "working tokenizer into the folder with `tokenizer.save_pretrained(folder)`"
@@ -282,6 +293,32 @@ def _load_tokenizer(path: Path, vocab_size: int):
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_tokenizer(spec: str | Path = ORGANISM) -> PreTrainedTokenizerBase:
+    """The tokenizer of model ``spec``, as ``load_model(spec).tokenizer`` has it, without loading the weights.
+
+    ``spec`` resolves as in ``load_model`` (the organism, a bundled name, a local folder, or a hub id already in
+    the Hugging Face cache), offline. The tokenizer is the folder's own class (never swapped for the config's
+    model type), checked against the model's ``vocab_size`` and for round trips, left-padding, with a pad token
+    (the EOS when the folder names none), and, when the folder names no BOS token, its EOS as BOS, as the bridge
+    leaves it (so a prompt format's BOS policy resolves alike on both). Raises ``ModelLoadError`` with the file and
+    the fix, as ``load_model`` does.
+
+    Example:
+        >>> tok = load_tokenizer("organism")
+        >>> tok.padding_side, tok.pad_token is not None
+        ('left', True)
+    """
+    path = resolve(spec)
+    with offline():
+        tokenizer = _load_tokenizer(path, _check_config(path).vocab_size)
+    # What the bridge's boot (transformer_lens setup_tokenizer) does to a tokenizer without a BOS token, which it
+    # keeps: its EOS becomes its BOS. Not in _load_tokenizer: load_model must hand such a tokenizer over without a
+    # BOS, or the bridge would reload one by name, the swap _restore_tokenizer exists to undo.
+    if tokenizer.bos_token is None:
+        tokenizer.bos_token = tokenizer.eos_token
     return tokenizer
 
 
@@ -300,7 +337,7 @@ def load_model(
     path = resolve(spec)
     with offline():
         config = _check_config(path)
-        tokenizer = _load_tokenizer(path, config.vocab_size)
+        tokenizer = _load_tokenizer(path, config.vocab_size)  # the same as load_tokenizer(spec)
         try:
             hf_model = AutoModelForCausalLM.from_pretrained(
                 path, local_files_only=True, dtype=dtype, attn_implementation="eager"

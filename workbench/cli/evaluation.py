@@ -41,7 +41,7 @@ def _run_study(config: Path, out: Path, as_json: bool, threads: int, figures: bo
     if figures:
         from workbench.figures.catalogue import write_study_figures
 
-        report = write_study_figures(out, "svg", model=model)  # never raises: figures are a by-product
+        report = write_study_figures(out, "svg", model=model)  # figures are a by-product: only a bug raises
         for line in report.lines():
             typer.echo(f"figures: {line}", err=as_json)  # --json keeps stdout for the JSON alone
         if report.none_written:

@@ -55,12 +55,18 @@ class Catalogue:
     notes: list[str] = field(default_factory=list)
 
     def add(self, name: str, build: Callable[[], go.Figure]) -> None:
-        """Draws figure ``name``, or records why not (a missing input with its command, or another error)."""
+        """Draws figure ``name``, or records why not: a missing input with its command, or a documented refusal.
+
+        Documented refusals are ``ValueError``s (every workbench error is one: ``RunDirError``, ``ModelLoadError``,
+        a method's "no trace has a slip episode"; so is pyarrow's ``ArrowInvalid`` on a garbled file) and
+        ``OSError``s (an input that cannot be read); they are reported and the batch goes on. Anything else
+        (a ``TypeError``, ``KeyError``, ``AttributeError``...) is a bug in the figure and propagates.
+        """
         try:
             self.figures[name] = build()
         except MissingInput as exc:
             self.missing.append(Missing(name, exc.what + (f" ({exc.path})" if exc.path else ""), exc.command))
-        except Exception as exc:  # one figure's failure never stops the batch: it is reported instead
+        except (ValueError, OSError) as exc:
             log.debug("figure %s failed", name, exc_info=True)
             self.missing.append(Missing(name, f"could not be drawn: {type(exc).__name__}: {exc}"))
 
@@ -270,9 +276,11 @@ def write_figures(run: str | Path, out: str | Path, fmt: str = "svg", paper: boo
 
 
 def write_study_figures(out: str | Path, fmt: str = "svg", model=None) -> FigureReport:
-    """The pipeline's last step: the study's figures into ``OUT/figures``; never raises.
+    """The pipeline's last step: the study's figures into ``OUT/figures``.
 
-    Without a working browser the figures are written as HTML instead, and ``problem`` says why.
+    It never fails the study for a figure it cannot draw or write: a missing input, a documented refusal
+    (``Catalogue.add``), an unreadable folder or a full disk is put in ``problem`` and the report; without a
+    working browser the figures are written as HTML instead, and ``problem`` says why. A bug propagates.
     """
     out = Path(out)
     target = out / "figures"
@@ -280,7 +288,7 @@ def write_study_figures(out: str | Path, fmt: str = "svg", model=None) -> Figure
         t0 = time.perf_counter()
         cat = collect_figures(out, SCREEN, model)
         report = FigureReport(target, fmt, cat, build_s=time.perf_counter() - t0)
-    except Exception as exc:  # the figures are a by-product: the study's results stand without them
+    except (ValueError, OSError) as exc:  # the figures are a by-product: the study's results stand without them
         return FigureReport(target, fmt, Catalogue(), problem=f"figures not drawn: {type(exc).__name__}: {exc}")
     try:
         report.export = export_figures(cat.figures, target, fmt, SCREEN)
@@ -288,8 +296,8 @@ def write_study_figures(out: str | Path, fmt: str = "svg", model=None) -> Figure
         report.problem = f"{fmt.upper()} figures not written ({exc}); wrote HTML instead"
         try:
             report.export = export_figures(cat.figures, target, "html", SCREEN)
-        except Exception as html_exc:
+        except OSError as html_exc:  # HTML needs no browser: only the disk can refuse it
             report.problem += f", which also failed: {html_exc}"
-    except Exception as exc:
+    except OSError as exc:  # the folder cannot be made or written
         report.problem = f"figures not written: {type(exc).__name__}: {exc}"
     return report

@@ -56,11 +56,9 @@ class ExitTrace:
 
 def _exit_id(run_dir: Path, exit_token: str) -> int:
     """The id of ``exit_token`` in the run's tokenizer; a clear error when it is not one token."""
-    from transformers import AutoTokenizer
+    from workbench.model import load_tokenizer
 
-    from workbench.model import resolve
-
-    tok = AutoTokenizer.from_pretrained(str(resolve(run_model_spec(run_dir))))
+    tok = load_tokenizer(run_model_spec(run_dir))
     tid = tok.convert_tokens_to_ids(exit_token)
     if tid is None or (tok.unk_token_id is not None and tid == tok.unk_token_id):
         raise ValueError(f"NeatConfig.exit_token {exit_token!r} is not a token of {run_model_spec(run_dir)}'s "

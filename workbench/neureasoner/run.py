@@ -37,13 +37,11 @@ OUT = "neureasoner"
 log = logging.getLogger(__name__)
 
 
-def _tokenizer(run_dir: Path, store):
-    from transformers import AutoTokenizer
-
-    from workbench.model import resolve
+def _tokenizer(run_dir: Path):
+    from workbench.model import load_tokenizer
     from workbench.store.rundir import run_model_spec
 
-    return AutoTokenizer.from_pretrained(str(resolve(run_model_spec(run_dir))))
+    return load_tokenizer(run_model_spec(run_dir))
 
 
 def trace_inputs(store, cfg: NeuReasonerConfig) -> list[TraceInput]:
@@ -60,7 +58,7 @@ def labelled_inputs(store, cfg: NeuReasonerConfig) -> tuple[list[TraceInput], st
     task = run_task(store.run_dir)
     truth = cfg.labeller == "truth" and bool(rows) and all(
         r.get("labels") and task.failure_spans(json.loads(r["labels"])) is not None for r in rows)
-    tok = None if truth else _tokenizer(store.run_dir, store)
+    tok = None if truth else _tokenizer(store.run_dir)
     pattern = None if cfg.step_pattern == DEFAULT.step_pattern else cfg.step_pattern  # None: the task's
     out = []
     for r in rows:

@@ -237,15 +237,14 @@ class RunSource:
     @classmethod
     def load(cls, run: str | Path) -> RunSource:
         """Decodes every trace of ``run`` with its model's tokenizer and splits its thinking into steps."""
-        from workbench.model import _tokenizer_class, resolve
+        from workbench.model import load_tokenizer
         from workbench.store import load_traces
         from workbench.traces import config_task, run_config
 
         run = Path(run)
         cfg = run_config(run)
         text = config_task(cfg).text
-        path = resolve(cfg.model)
-        tok = _tokenizer_class(path).from_pretrained(path, local_files_only=True)
+        tok = load_tokenizer(cfg.model)
 
         def dec(ids: list[int]) -> str:
             return tok.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False) if ids else ""

@@ -288,6 +288,8 @@ def _write_shard(root: Path, n: int, rows: list[dict], spans, summaries: list, p
 
 def _recover(root: Path) -> dict[str, tuple[str, dict]]:
     """trace_id -> (shard name, its index row) of every whole shard; clears what a killed writer left."""
+    from safetensors import SafetensorError, safe_open
+
     shards = root / SHARDS
     for tmp in shards.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
@@ -297,12 +299,12 @@ def _recover(root: Path) -> dict[str, tuple[str, dict]]:
         try:
             if not data.exists():
                 raise OSError("its tensors file is missing")
-            from safetensors import safe_open
-
             with safe_open(str(data), framework="numpy"):
                 pass
             table = pq.read_table(meta)
-        except Exception as exc:
+        # Only a shard that fails to parse is set aside: a truncated or garbled tensors file raises SafetensorError,
+        # a parquet index ArrowInvalid (an ArrowException), an unreadable file OSError. Anything else is a bug.
+        except (SafetensorError, pa.ArrowException, OSError) as exc:
             (root / CORRUPT).mkdir(exist_ok=True)
             for f in (meta, data):
                 if f.exists():
@@ -320,11 +322,9 @@ def _recover(root: Path) -> dict[str, tuple[str, dict]]:
 
 def _run_tokenizer_vocab(run_dir: Path) -> dict[str, int]:
     """The vocabulary of the tokenizer of the model that wrote a trace run."""
-    from transformers import AutoTokenizer
+    from workbench.model import load_tokenizer
 
-    from workbench.model import resolve
-
-    return AutoTokenizer.from_pretrained(str(resolve(run_model_spec(run_dir)))).get_vocab()
+    return load_tokenizer(run_model_spec(run_dir)).get_vocab()
 
 
 def cache_activations(

@@ -6,9 +6,11 @@
 # (VS Code, or `jupytext --to notebook`); it writes under `runs/` of the working folder. Figures are the
 # library's (`workbench.figures`), the same the app and `workbench figures` draw.
 #
-# The last cell runs the notebooks' study (`analyses/study.toml`) into `runs/notebooks`; the paper
-# notebooks (AdaRAS, NEAT, NeuReasoner) run the same study with their own methods added, so they reuse
-# its analysis run and every method it already ran.
+# The last cell runs the notebooks' study (`analyses/study.toml`, with methods added in Python) into
+# `runs/notebooks`; the paper notebooks (AdaRAS, NEAT, NeuReasoner) run the same study with their own
+# methods added, so they reuse its analysis run and every method it already ran. Every name comes from
+# `workbench` itself and its figures; the two `workbench.organism` imports are the organism's own
+# report and ground-truth labels, which this tour of the organism shows on purpose.
 
 # %%
 import json
@@ -18,14 +20,23 @@ import numpy as np
 import pandas as pd
 
 import workbench
-from workbench import load_model, set_threads
-from workbench.atomic import atomic_write_text
-from workbench.evaluation import load_study, markdown, run_study
+from workbench import (
+    ActivationStore,
+    CacheConfig,
+    Study,
+    StudyMethod,
+    TraceRunConfig,
+    cache_activations,
+    load_model,
+    load_traces,
+    markdown,
+    run_study,
+    run_traces,
+    set_threads,
+)
 from workbench.figures import cost_figure, forest_figure, neuron_trajectory, trajectory_figure
-from workbench.organism.evaluate import behaviour, load_samples
-from workbench.organism.task import TraceLabels
-from workbench.store import ActivationStore, CacheConfig, cache_activations, load_traces
-from workbench.traces import TraceRunConfig, run_traces
+from workbench.organism.evaluate import behaviour, load_samples  # the organism's behaviour report
+from workbench.organism.task import TraceLabels  # the organism's ground truth: slips, repeats, overthinking
 
 set_threads(1)  # one thread is fastest for the organism on a small CPU
 RUNS = Path("runs")
@@ -102,37 +113,19 @@ trajectory_figure(neuron_trajectory(store, *neuron, bins=10)).show()
 # ## A tiny study: one method of each paper, paired with vanilla
 # `analyses/study.toml` holds the model, the analysis run (its own problems: the RCNs, the gate, the
 # exit neurons and the detectors are found there) and the evaluation task; the methods below are
-# appended (AdaRAS beside random neurons pushed as hard). `run_study` is what
-# `workbench eval --config FILE --out DIR` runs: every method on the same problems and sampler seeds,
-# paired by `trace_id`, with bootstrap CIs over problems.
+# added in Python (AdaRAS beside random neurons pushed as hard), each a `[[methods]]` table of the file
+# form, checked by the same code. `save` writes the whole study beside its results, so
+# `workbench eval --config runs/notebooks/quickstart.toml --out runs/notebooks` runs it from the shell;
+# `run_study` is what that command runs: every method on the same problems and sampler seeds, paired
+# by `trace_id`, with bootstrap CIs over problems.
 
 # %%
-METHODS = """
-[[methods]]
-type = "adaras"
-name = "adaras-a2.0"
-alpha = 2.0
-gate = false
-
-[[methods]]
-type = "random-steering"
-name = "random-steering-a2.0"
-control_for = "adaras-a2.0"
-alpha = 2.0
-
-[[methods]]
-type = "neat"
-name = "neat-tau0.9"
-tau_sim = 0.9
-
-[[methods]]
-type = "neureasoner"
-name = "neureasoner-overthinking"
-types = ["overthinking"]
-"""
-OUT.mkdir(parents=True, exist_ok=True)
-(OUT / "quickstart.toml").write_text(BASE.read_text() + METHODS)
-study = load_study(OUT / "quickstart.toml")
+study = Study.from_toml(BASE).with_methods(
+    StudyMethod("adaras", name="adaras-a2.0", alpha=2.0, gate=False),
+    StudyMethod("random-steering", name="random-steering-a2.0", control_for="adaras-a2.0", alpha=2.0),
+    StudyMethod("neat", name="neat-tau0.9", tau_sim=0.9),
+    StudyMethod("neureasoner", name="neureasoner-overthinking", types=["overthinking"]),
+).save(OUT / "quickstart.toml")
 results = run_study(study, OUT, progress=False, model=model)
 print(markdown(results))
 forest_figure(results).show()
@@ -149,8 +142,8 @@ print(sorted(p.name for p in (OUT / "organism" / "analysis" / "neurons").iterdir
 key_numbers = {
     "run": str(run), "traces": traces.num_rows, "accuracy": float(np.mean(traces["correct"].to_pylist())),
     "behaviour": quick_behaviour, "store_traces": len(store), "token_neurons": len(store.token_neurons),
-    "study": str(OUT / "quickstart.toml"),
+    "study": str(study.path),
     "rows": [{k: r[k] for k in ("method", "accuracy", "accuracy_ci", "delta_vs_vanilla", "delta_ci",
                                 "thinking_tokens", "token_reduction")} for r in results],
 }
-atomic_write_text(OUT / "quickstart.json", json.dumps(key_numbers, indent=1))
+(OUT / "quickstart.json").write_text(json.dumps(key_numbers, indent=1))

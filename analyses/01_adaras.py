@@ -17,7 +17,8 @@
 #    problems); then the gated version, and the unfiltered and probing-steer neurons.
 #
 # Everything runs through the study harness on the notebooks' study (`analyses/study.toml` plus the
-# methods below), into `runs/notebooks` (shared with the other notebooks: whatever is done is reused).
+# methods below, added in Python), into `runs/notebooks` (shared with the other notebooks: whatever is
+# done is reused).
 
 # %%
 import json
@@ -27,10 +28,7 @@ import numpy as np
 import pandas as pd
 
 import workbench
-from workbench import load_model, set_threads
-from workbench.adaras.steering import mean_difference
-from workbench.atomic import atomic_write_text
-from workbench.evaluation import load_study, run_analysis, run_study
+from workbench import NeuronSet, Study, StudyMethod, load_model, load_traces, run_study, set_threads
 from workbench.figures import (
     auroc_figure,
     early_curve_figure,
@@ -39,9 +37,7 @@ from workbench.figures import (
     ranking_figure,
     roc_figure,
 )
-from workbench.neurons import NeuronSet
 from workbench.probes import auroc, auroc_ci
-from workbench.store import load_traces, model_hash
 
 set_threads(1)
 OUT = Path("runs") / "notebooks"
@@ -50,54 +46,28 @@ ALPHAS = (0.3, 1.0, 2.0, 5.0)  # the paper's 0.3, then up to where the organism 
 model = load_model("organism")
 
 # %% [markdown]
-# ## The study: analysis stages, then the methods
+# ## The study: the analysis run and its stages, then the methods
 # The alpha sweep (AdaRAS and random steering at each alpha, ungated), then at alpha 2: the gated
-# method, the unfiltered RCNs and the probing-steer neurons. `run_analysis` runs the analysis stages
-# (what `workbench eval` runs first); the methods run further down.
+# method, the unfiltered RCNs and the probing-steer neurons. `run_study` runs the analysis stages
+# first (the RCNs, the probes and the gate are found there), then every method; the sections below
+# read the analysis run (`task.analysis_dir(OUT)`), then the methods' rows.
 
 # %%
-methods = "".join(f"""
-[[methods]]
-type = "adaras"
-name = "adaras-a{a!r}"
-alpha = {a!r}
-gate = false
-
-[[methods]]
-type = "random-steering"
-name = "random-steering-a{a!r}"
-control_for = "adaras-a{a!r}"
-alpha = {a!r}
-""" for a in ALPHAS)
-methods += """
-[[methods]]
-type = "adaras"
-name = "adaras-gated-a2.0"
-control_for = "adaras-a2.0"
-alpha = 2.0
-gate = true
-
-[[methods]]
-type = "adaras"
-name = "adaras-unfiltered-a2.0"
-control_for = "adaras-a2.0"
-neurons = "rcn-unfiltered"
-alpha = 2.0
-gate = false
-
-[[methods]]
-type = "adaras"
-name = "adaras-probe-a2.0"
-control_for = "adaras-a2.0"
-neurons = "rcn-probe"
-alpha = 2.0
-gate = false
-"""
-OUT.mkdir(parents=True, exist_ok=True)
-(OUT / "adaras.toml").write_text(BASE.read_text() + methods)
-study = load_study(OUT / "adaras.toml")
+sweep_methods = [m for a in ALPHAS for m in (
+    StudyMethod("adaras", name=f"adaras-a{a!r}", alpha=a, gate=False),
+    StudyMethod("random-steering", name=f"random-steering-a{a!r}", control_for=f"adaras-a{a!r}", alpha=a),
+)]
+study = Study.from_toml(BASE).with_methods(
+    *sweep_methods,
+    StudyMethod("adaras", name="adaras-gated-a2.0", control_for="adaras-a2.0", alpha=2.0, gate=True),
+    StudyMethod("adaras", name="adaras-unfiltered-a2.0", control_for="adaras-a2.0", neurons="rcn-unfiltered",
+                alpha=2.0, gate=False),
+    StudyMethod("adaras", name="adaras-probe-a2.0", control_for="adaras-a2.0", neurons="rcn-probe", alpha=2.0,
+                gate=False),
+).save(OUT / "adaras.toml")  # `workbench eval --config runs/notebooks/adaras.toml` runs the same from the shell
+rows = {r["method"]: r for r in run_study(study, OUT, progress=False, model=model)}
 task = study.tasks[0]
-analysis = run_analysis(task, OUT / task.name, model, model_hash(model), progress=False)
+analysis = task.analysis_dir(OUT)
 print("analysis run:", analysis, f"({task.analysis.run.problems} problems x {task.analysis.run.samples} samples)")
 
 # %% [markdown]
@@ -115,6 +85,12 @@ rcn_flat = set(sets["rcn"].flat(model.cfg.d_mlp))
 def polarity(neurons: NeuronSet) -> np.ndarray:
     means = dict(neurons.group_means)
     return np.array(means["correct"]) * np.array(means["incorrect"]) < 0
+
+
+def mean_difference(neurons: NeuronSet) -> np.ndarray:
+    """`S` (Eq. 1): each neuron's mean activation over correct traces minus over incorrect ones."""
+    means = dict(neurons.group_means)
+    return np.nan_to_num(np.array(means["correct"], dtype=np.float64) - np.array(means["incorrect"], dtype=np.float64))
 
 
 ranking = pd.DataFrame([{
@@ -166,9 +142,6 @@ auroc_figure(probes).show()
 # difference with its bootstrap CI over problems, the exact McNemar p on discordant samples.
 
 # %%
-rows = {r["method"]: r for r in run_study(study, OUT, progress=False, model=model)}
-
-
 def ci(r: dict, key: str = "delta_ci") -> str:
     return f"[{r[key][0]:+.3f}, {r[key][1]:+.3f}]"
 
@@ -211,7 +184,7 @@ print(pd.Series(gate_eval).to_string())
 
 # %%
 key_numbers = {
-    "analysis": str(analysis), "study": str(OUT / "adaras.toml"),
+    "analysis": str(analysis), "study": str(study.path),
     "sets": ranking.to_dict(orient="records"),
     "probe_auroc_early": probes["probe_auroc_early"], "probe_auroc_early_ci": probes["probe_auroc_early_ci"],
     "probe_auroc_baseline": probes["probe_auroc_baseline"], "probe_auroc_tokens": probes["probe_auroc_tokens"],
@@ -222,4 +195,4 @@ key_numbers = {
                               for k in ("delta_vs_vanilla", "delta_ci", "p_value")}} for a in ALPHAS],
     "ablations": ablations.drop(columns="95% CI").to_dict(orient="records"),
 }
-atomic_write_text(OUT / "adaras.json", json.dumps(key_numbers, indent=1))
+(OUT / "adaras.json").write_text(json.dumps(key_numbers, indent=1))

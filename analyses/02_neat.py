@@ -18,7 +18,8 @@
 #    token cost, paired with vanilla.
 #
 # Everything runs through the study harness on the notebooks' study (`analyses/study.toml` plus the
-# methods below), into `runs/notebooks` (shared with the other notebooks: whatever is done is reused).
+# methods below, added in Python), into `runs/notebooks` (shared with the other notebooks: whatever is
+# done is reused).
 
 # %%
 import json
@@ -28,13 +29,8 @@ import numpy as np
 import pandas as pd
 
 import workbench
-from workbench import load_model, set_threads
-from workbench.atomic import atomic_write_text
-from workbench.evaluation import load_study, run_analysis, run_study
+from workbench import NeuronSet, Study, StudyMethod, exit_report, load_model, load_traces, run_study, set_threads
 from workbench.figures import cost_figure, exit_timeline, exit_timeline_figure
-from workbench.neat import exit_report
-from workbench.neat.exit_control import load_exit
-from workbench.store import load_traces, model_hash
 
 set_threads(1)
 OUT = Path("runs") / "notebooks"
@@ -42,31 +38,23 @@ BASE = Path(workbench.__file__).resolve().parents[1] / "analyses" / "study.toml"
 EXITS = ("neat", "neat-tau0.9")  # the paper's thresholds, and a stricter exit similarity
 model = load_model("organism")
 
-NEAT_METHODS = """
-[[methods]]
-type = "neat"
-name = "neat"
-tau_sim = 0.6
-tau_mag = 0.2
-tau_sup = 0.4
-
-[[methods]]
-type = "neat"
-name = "neat-tau0.9"
-tau_sim = 0.9
-"""
+NEAT_METHODS = (
+    StudyMethod("neat", name="neat", tau_sim=0.6, tau_mag=0.2, tau_sup=0.4),
+    StudyMethod("neat", name="neat-tau0.9", tau_sim=0.9),
+)
 
 
-def study_with(extra: str = ""):
-    """The notebooks' study with NEAT's methods and ``extra`` [[methods]] tables, written and loaded."""
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "neat.toml").write_text(BASE.read_text() + NEAT_METHODS + extra)
-    return load_study(OUT / "neat.toml")
+def study_with(*extra: StudyMethod) -> Study:
+    """The notebooks' study with NEAT's methods and ``extra`` ones, saved as `runs/notebooks/neat.toml`."""
+    return Study.from_toml(BASE).with_methods(*NEAT_METHODS, *extra).save(OUT / "neat.toml")
 
 
+# `run_study` runs the analysis run and its stages (the exit neurons and their reference are found there),
+# then the methods; the sections below read the analysis run first, then the methods' runs.
 study = study_with()
+rows = {r["method"]: r for r in run_study(study, OUT, progress=False, model=model)}
 task = study.tasks[0]
-analysis = run_analysis(task, OUT / task.name, model, model_hash(model), progress=False)
+analysis = task.analysis_dir(OUT)
 exit_cfg = task.analysis.configs["exit"]
 print("analysis run:", analysis, "| NEAT config:", {k: getattr(exit_cfg, k) for k in
                                                       ("estimator", "calibration_traces", "tau_cons", "tau_com")})
@@ -78,15 +66,16 @@ print("analysis run:", analysis, "| NEAT config:", {k: getattr(exit_cfg, k) for 
 # them.
 
 # %%
-shape = (model.cfg.n_layers, model.cfg.d_mlp)
-neurons, reference = load_exit(analysis, shape)
+neurons = NeuronSet.load(analysis / "neurons" / "exit.json", model_shape=(model.cfg.n_layers, model.cfg.d_mlp))
 saved = json.loads((analysis / "neat" / "reference.json").read_text())
+flat = neurons.flat(model.cfg.d_mlp)  # layer * d_mlp + index: how reference.json names its neurons
 vote = dict(zip(saved["flat"], zip(saved["consistency"], saved["com"], strict=True), strict=True))
+mu_ref = dict(zip(saved["flat"], saved["mu_ref"], strict=True))
 means = dict(neurons.group_means)
 exit_table = pd.DataFrame({
     "layer": neurons.layers, "neuron": neurons.indices, "sign": neurons.signs, "Imp": neurons.scores,
-    "consistency": [vote[f][0] for f in reference.flat], "centre of mass": [vote[f][1] for f in reference.flat],
-    "mu_ref (exit)": reference.mu_ref, "mean over thinking": means["thinking"],
+    "consistency": [vote[f][0] for f in flat], "centre of mass": [vote[f][1] for f in flat],
+    "mu_ref (exit)": [mu_ref[f] for f in flat], "mean over thinking": means["thinking"],
 })
 print(f"{len(neurons)} exit neurons from {saved['calibration_traces']} calibration traces ({saved['estimator']} Imp)")
 print(exit_table.round(3).to_string(index=False))
@@ -99,7 +88,6 @@ print(exit_table.round(3).to_string(index=False))
 # (by default the trace where NEAT exited after the most thinking). Positions count thinking tokens.
 
 # %%
-rows = {r["method"]: r for r in run_study(study, OUT, progress=False, model=model)}
 timeline = exit_timeline(rows["neat-tau0.9"]["run"], model=model)
 marks = {timeline.exited_at: "exit"} | {p: "suppress" for p in timeline.suppressed_at}
 if timeline.answer_reached is not None:
@@ -140,16 +128,15 @@ print(controls.round(3).to_string(index=False))
 vanilla = load_traces(rows["vanilla"]["run"]).to_pylist()
 generated = np.array([len(r["token_ids"]) - r["prompt_len"] for r in vanilla])
 thinking = np.array([r["thinking_tokens"] for r in vanilla])
-budgets: dict[int, str] = {}
+budgets: dict[int, StudyMethod] = {}
 matched: dict[str, int] = {}
 
 
 def cost(cap: int, control_for: str) -> float:
     """Mean tokens per trace of the budget ``cap`` (run through the study when not yet run)."""
     if cap not in budgets:
-        budgets[cap] = (f'\n[[methods]]\ntype = "budget"\nname = "budget-{cap}"\ncontrol_for = "{control_for}"\n'
-                        f"max_thinking = {cap}\n")
-        study = study_with("".join(budgets[c] for c in sorted(budgets)))
+        budgets[cap] = StudyMethod("budget", name=f"budget-{cap}", control_for=control_for, max_thinking=cap)
+        study = study_with(*(budgets[c] for c in sorted(budgets)))
         rows.update({r["method"]: r for r in run_study(study, OUT, progress=False, model=model)})
     return rows[f"budget-{cap}"]["total_tokens"]
 
@@ -183,7 +170,7 @@ cost_figure(shown).show()
 
 # %%
 key_numbers = {
-    "analysis": str(analysis), "study": str(OUT / "neat.toml"),
+    "analysis": str(analysis), "study": str(study.path),
     "exit_neurons": exit_table.to_dict(orient="records"),
     "timeline": {"trace_id": timeline.trace_id, "rho": list(timeline.rho), "phi": list(timeline.phi),
                  "exited_at": timeline.exited_at, "replayed_rho": replayed,
@@ -194,4 +181,4 @@ key_numbers = {
     "matched_budget": matched, "budget_costs": {c: rows[f"budget-{c}"]["total_tokens"] for c in sorted(budgets)},
     "versus": versus.drop(columns="95% CI").to_dict(orient="records"),
 }
-atomic_write_text(OUT / "neat.json", json.dumps(key_numbers, indent=1))
+(OUT / "neat.json").write_text(json.dumps(key_numbers, indent=1))

@@ -19,7 +19,8 @@
 #    paired, with its CI and the accuracy it costs.
 #
 # Everything runs through the study harness on the notebooks' study (`analyses/study.toml` plus the
-# method below), into `runs/notebooks` (shared with the other notebooks: whatever is done is reused).
+# method below, added in Python), into `runs/notebooks` (shared with the other notebooks: whatever is
+# done is reused).
 
 # %%
 import json
@@ -29,33 +30,34 @@ import numpy as np
 import pandas as pd
 
 import workbench
-from workbench import load_model, set_threads
-from workbench.atomic import atomic_write_text
-from workbench.evaluation import load_study, run_analysis, run_study
+from workbench import (
+    ActivationStore,
+    NeuronSet,
+    Study,
+    StudyMethod,
+    get_task,
+    load_model,
+    load_traces,
+    run_study,
+    set_threads,
+)
 from workbench.figures import fluctuation_figure, fluctuation_series, forest_figure, spectral_features_figure
 from workbench.neureasoner import FAILURE_TYPES, FEATURES, trace_inputs
-from workbench.neureasoner.labels import window_overlaps
-from workbench.neurons import NeuronSet
-from workbench.organism.task import TraceLabels
 from workbench.splits import fit_half
-from workbench.store import ActivationStore, load_traces, model_hash
 
 set_threads(1)
 OUT = Path("runs") / "notebooks"
 BASE = Path(workbench.__file__).resolve().parents[1] / "analyses" / "study.toml"
 model = load_model("organism")
 
-METHODS = """
-[[methods]]
-type = "neureasoner"
-name = "neureasoner-overthinking"
-types = ["overthinking"]
-"""
-OUT.mkdir(parents=True, exist_ok=True)
-(OUT / "neureasoner.toml").write_text(BASE.read_text() + METHODS)
-study = load_study(OUT / "neureasoner.toml")
+# `run_study` runs the analysis run and its stages (key neurons and detectors are found there), then the
+# remedy; the sections below read the analysis run first, then the remedy's run.
+study = Study.from_toml(BASE).with_methods(
+    StudyMethod("neureasoner", name="neureasoner-overthinking", types=["overthinking"]),
+).save(OUT / "neureasoner.toml")
+rows = {r["method"]: r for r in run_study(study, OUT, progress=False, model=model)}
 task = study.tasks[0]
-analysis = run_analysis(task, OUT / task.name, model, model_hash(model), progress=False)
+analysis = task.analysis_dir(OUT)
 cfg = task.analysis.configs["mon"]
 store = ActivationStore(analysis)
 print("analysis run:", analysis, f"| {len(store)} traces, {len(store.token_neurons)} neurons per token",
@@ -92,8 +94,15 @@ first = series["overthinking"]
 pieces = model.tokenizer.convert_ids_to_tokens(inputs[row].token_ids.tolist())[inputs[row].think[0]:]
 windows = pd.DataFrame({"start": first.window_starts,
                         "tokens": ["".join(pieces[s : s + cfg.window]).replace("▁", " ") for s in first.window_starts]})
+
+
+def overlaps(starts: np.ndarray, window: int, spans) -> np.ndarray:
+    """Which windows ``[start, start + window)`` overlap an episode ``[s, e)``."""
+    return np.array([any(start < e and start + window > s for s, e in spans) for start in starts], dtype=bool)
+
+
 for t, ser in series.items():
-    windows[f"{t} episode"] = window_overlaps(ser.window_starts, ser.window, ser.planted[t])
+    windows[f"{t} episode"] = overlaps(ser.window_starts, ser.window, ser.planted[t])
     windows[f"{t} score"] = ser.scores
     windows[f"{t} fires"] = ser.scores >= ser.threshold
 print(trace_id, "| held out:", first.held_out, "| episodes (thinking positions):", first.planted)
@@ -146,7 +155,6 @@ print(detector_table.round(3).to_string(index=False))
 # Paired with vanilla by `trace_id`; the token reduction's CI is a paired bootstrap over problems.
 
 # %%
-rows = {r["method"]: r for r in run_study(study, OUT, progress=False, model=model)}
 remedy = rows["neureasoner-overthinking"]
 print({k: remedy[k] for k in ("accuracy", "accuracy_ci", "delta_vs_vanilla", "delta_ci", "p_value", "thinking_tokens",
                               "total_tokens", "token_reduction", "token_reduction_ci", "intervened_share")},
@@ -155,15 +163,25 @@ forest_figure(list(rows.values())).show()
 
 # %% [markdown]
 # Where it fired: each `neureasoner_overthinking` event against the overthinking span of the vanilla trace
-# with the same `trace_id` (the two runs share their tokens up to the first intervention).
+# with the same `trace_id` (the two runs share their tokens up to the first intervention). The spans are
+# the task's `failure_spans` of a trace's labels: the organism's ground truth here.
 
 # %%
+labelled = get_task(task.run.task)
+
+
+def overthinking(row: dict) -> tuple[int, int] | None:
+    """The trace's overthinking span (token positions in the full sequence), or None."""
+    spans = labelled.failure_spans(json.loads(row["labels"]))["overthinking"]
+    return spans[0] if spans else None
+
+
 vanilla = {r["trace_id"]: r for r in load_traces(rows["vanilla"]["run"]).to_pylist()}
 fired, inside = 0, 0
-overthought = {k for k, r in vanilla.items() if TraceLabels.from_dict(json.loads(r["labels"])).overthinking}
+overthought = {k for k, r in vanilla.items() if overthinking(r)}
 caught = set()
 for r in load_traces(remedy["run"]).to_pylist():
-    span = TraceLabels.from_dict(json.loads(vanilla[r["trace_id"]]["labels"])).overthinking
+    span = overthinking(vanilla[r["trace_id"]])
     for e in json.loads(r["events"]):
         if e["kind"] == "neureasoner_overthinking":
             fired += 1
@@ -177,7 +195,7 @@ print(where)
 
 # %%
 key_numbers = {
-    "analysis": str(analysis), "study": str(OUT / "neureasoner.toml"),
+    "analysis": str(analysis), "study": str(study.path),
     "episodes": episodes.to_dict(orient="records"),
     "trace": {"trace_id": trace_id, "windows": len(windows), "held_out": first.held_out,
               "scores": {t: ser.scores.tolist() for t, ser in series.items()},
@@ -189,4 +207,4 @@ key_numbers = {
     "vanilla_total_tokens": rows["vanilla"]["total_tokens"],
     "where": where,
 }
-atomic_write_text(OUT / "neureasoner.json", json.dumps(key_numbers, indent=1))
+(OUT / "neureasoner.json").write_text(json.dumps(key_numbers, indent=1))

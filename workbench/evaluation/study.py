@@ -30,13 +30,29 @@ file, the table and the field::
 
 Relative paths (``data``, ``model``) are taken from the working directory, as on the command line.
 
+The same study in Python is the same tables, built with ``StudyAnalysis``, ``StudyTask`` and ``StudyMethod``
+(or plain mappings) and checked by the same code: ``Study.build`` assembles the document and
+``Study.from_dict`` validates it, as ``Study.from_toml`` (alias ``load_study``) does a parsed file. An error
+names the field as the file would, with ``<python>`` for the file name. ``study.save(path)`` writes the
+study as a file that ``workbench eval --config`` runs::
+
+    study = Study.build(
+        model="organism",
+        analysis=StudyAnalysis(problems=100, samples=8, seed=1000, stages=["cache", "rcn"],
+                               cache={"top_variance": 2048}),
+        tasks=[StudyTask("organism", problems=100, samples=4)],
+        methods=[StudyMethod("vanilla"), StudyMethod("adaras", name="adaras-a2", alpha=2.0, gate=False)],
+    )
+
 Example:
     >>> import tempfile
     >>> path = Path(tempfile.mkdtemp()) / "study.toml"
     >>> _ = path.write_text('[[tasks]]\\ntask = "organism"\\n[[methods]]\\ntype = "vanilla"\\n')
-    >>> study = load_study(path)
+    >>> study = Study.from_toml(path)
     >>> [t.name for t in study.tasks], [m.name for m in study.methods], study.tasks[0].analysis.stages
     (['organism'], ['vanilla'], ())
+    >>> Study.build(tasks=[StudyTask("organism")], methods=[StudyMethod("vanilla")]) == study  # the same specs
+    True
 """
 
 from __future__ import annotations
@@ -44,6 +60,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +68,7 @@ from typing import Any
 from workbench.errors import ModelLoadError
 from workbench.evaluation.methods import METHODS, Method
 from workbench.prompting import PromptFormat
+from workbench.study import StudyAnalysis, StudyMethod, StudyTask, tables, toml_text
 from workbench.tasks import TaskDataError, get_task
 from workbench.traces import TraceRunConfig, run_problems
 
@@ -58,6 +76,7 @@ STAGES = ("cache", "rcn", "probe", "exit", "mon")  # in the order they run
 NEEDS_CACHE = ("rcn", "probe", "mon")
 HARNESS_KEYS = ("type", "control_for", "analysis_from")  # method-table keys the harness reads itself
 ANALYSIS_RUN = "analysis"  # DIR/<task>/analysis; no method may take this name
+PYTHON = "<python>"  # stands for the file name in the errors of a study built in Python
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
 
@@ -73,6 +92,9 @@ def _stage_configs() -> dict[str, type]:
 
     return {"cache": CacheConfig, "rcn": AdarasConfig, "probe": ProbeReportConfig, "exit": NeatConfig,
             "mon": NeuReasonerConfig}
+
+
+# -- the validated form: what the runner reads ---------------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,6 +122,16 @@ class TaskSpec:
     name: str
     run: TraceRunConfig
     analysis: AnalysisSpec
+
+    def analysis_dir(self, out: str | Path) -> Path | None:
+        """Where ``run_study(study, out)`` runs this task's analysis; None when the study runs none for it.
+
+        >>> spec = TaskSpec(name="organism", run=TraceRunConfig(), analysis=AnalysisSpec(run=TraceRunConfig(),
+        ...                                                                            stages=("cache",)))
+        >>> spec.analysis_dir("runs/study").as_posix()
+        'runs/study/organism/analysis'
+        """
+        return Path(out) / self.name / ANALYSIS_RUN if self.analysis.stages else None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -129,26 +161,126 @@ class MethodSpec:
 class Study:
     """A whole study, validated. ``methods`` keep the file's order (controls beside their methods).
 
+    Made by ``Study.from_toml`` (a file), ``Study.build`` (Python) or ``Study.from_dict`` (a mapping shaped as the
+    file); all three validate through ``from_dict``. Two studies are equal when they run the same thing, wherever
+    they came from.
+
     Attributes:
-        path: the study file.
+        path: the study file (``<python>`` for a study built in Python and not saved); names the results table.
         model: ``"organism"`` or a local HF folder, shared by every task.
         reference: the name of the method every other one is paired with (usually vanilla).
         tasks: the tasks, each with its evaluation and analysis runs.
         methods: the methods, in the file's order.
         n_resamples: bootstrap resamples for every CI.
         seed: seeds the bootstrap.
+        document: the tables it was validated from, in the file's shape (what ``save`` writes).
     """
 
-    path: Path
+    path: Path = field(compare=False)
     model: str
     reference: str
     tasks: tuple[TaskSpec, ...]
     methods: tuple[MethodSpec, ...]
     n_resamples: int = 2000
     seed: int = 0
+    document: dict[str, Any] = field(default_factory=dict, hash=False, compare=False, repr=False)
 
     def method(self, name: str) -> MethodSpec:
         return next(m for m in self.methods if m.name == name)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, download: bool = False) -> Study:
+        """Reads and validates a study file; raises ``StudyError`` naming the file, table and field.
+
+        With ``download`` (or ``download = true`` in ``[study]``) a hub model and named benchmarks missing from the
+        Hugging Face cache are fetched first; otherwise nothing touches the network.
+        """
+        path = Path(path)
+        try:
+            doc = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise StudyError(f"study file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StudyError(f"cannot read the study file {path}: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise StudyError(f"{path} is not valid TOML: {exc}") from exc
+        return cls.from_dict(doc, where=str(path), download=download)
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any], where: str = PYTHON, download: bool = False) -> Study:
+        """Validates a study given as the file's tables (``{"study": {...}, "tasks": [...], "methods": [...]}``).
+
+        The one check every study goes through; ``where`` stands for the file in errors and becomes ``path``.
+        """
+        return _validate(tables(doc), where, download)
+
+    @classmethod
+    def build(
+        cls, *, tasks: Sequence[StudyTask | Mapping[str, Any]], methods: Sequence[StudyMethod | Mapping[str, Any]],
+        analysis: StudyAnalysis | Mapping[str, Any] | None = None, model: str | Path | None = None,
+        reference: str | None = None, n_resamples: int | None = None, seed: int | None = None,
+        download: bool = False, name: str | None = None,
+    ) -> Study:
+        """A study from Python: the ``[study]`` fields as arguments (None: the file's default: model organism,
+        reference vanilla, 2000 resamples, seed 0), ``[analysis]``, ``[[tasks]]`` and ``[[methods]]``."""
+        head = {"model": model, "reference": reference, "n_resamples": n_resamples, "seed": seed,
+                "download": download or None, "name": name}
+        doc: dict[str, Any] = {"study": {k: v for k, v in head.items() if v is not None}}
+        if analysis is not None:
+            doc["analysis"] = analysis
+        return cls.from_dict({**doc, "tasks": tasks, "methods": methods}, download=download)
+
+    def with_methods(self, *methods: StudyMethod | Mapping[str, Any]) -> Study:
+        """This study with ``methods`` appended, validated again as a whole (errors count them after its own).
+
+        >>> base = Study.build(tasks=[StudyTask("organism", problems=2)], methods=[StudyMethod("vanilla")])
+        >>> [m.name for m in base.with_methods(StudyMethod("budget", name="budget-8", max_thinking=8)).methods]
+        ['vanilla', 'budget-8']
+        """
+        doc = {**self.document, "methods": [*self.document.get("methods", []), *methods]}
+        return Study.from_dict(doc)
+
+    def to_toml(self) -> str:
+        """The study as a file: ``Study.from_toml`` of it gives an equal study.
+
+        >>> print(Study.build(tasks=[StudyTask("organism", problems=2)], methods=[StudyMethod("vanilla")]).to_toml())
+        [study]
+        <BLANKLINE>
+        [[tasks]]
+        task = "organism"
+        problems = 2
+        <BLANKLINE>
+        [[methods]]
+        type = "vanilla"
+        <BLANKLINE>
+        """
+        if not self.document:
+            raise StudyError(f"{self.path}: this Study was built from specs, not tables; build it with Study.build "
+                             "or Study.from_dict to write it")
+        try:
+            return toml_text(self.document)
+        except ValueError as exc:
+            raise StudyError(f"{self.path}: {exc}") from exc
+
+    def save(self, path: str | Path) -> Study:
+        """Writes the study to ``path`` (what ``workbench eval --config`` reads) and returns it with that path.
+
+        Returns the same study, its ``path`` (the results table's title) now the file.
+        """
+        from workbench.atomic import atomic_write_text
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, self.to_toml())
+        return dataclasses.replace(self, path=path)
+
+
+def load_study(path: str | Path, download: bool = False) -> Study:
+    """``Study.from_toml``: reads and validates a study file (see there)."""
+    return Study.from_toml(path, download)
+
+
+# -- validation: the one path every study takes --------------------------------------------------------------
 
 
 def _tupled(value: Any) -> Any:
@@ -311,26 +443,13 @@ def _tupled_params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: _tupled(v) for k, v in params.items()}
 
 
-def load_study(path: str | Path, download: bool = False) -> Study:
-    """Reads and validates a study file; raises ``StudyError`` naming the file, table and field.
-
-    With ``download`` (or ``download = true`` in ``[study]``) a hub model and named benchmarks missing from the
-    Hugging Face cache are fetched first; otherwise nothing touches the network.
-    """
-    path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise StudyError(f"study file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise StudyError(f"cannot read the study file {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise StudyError(f"{path} is not valid TOML: {exc}") from exc
+def _validate(doc: dict[str, Any], path: str, download: bool) -> Study:
+    """``Study.from_dict``'s body: ``doc`` in ``tomllib``'s shape, ``path`` the file (or ``<python>``) in errors."""
     unknown = sorted(set(doc) - {"study", "analysis", "tasks", "methods"})
     if unknown:
         raise StudyError(f"{path}: unknown table [{unknown[0]}]; a study has [study], [analysis], [[tasks]] and "
                          "[[methods]]")
-    head = _table(doc, "study", str(path))
+    head = _table(doc, "study", path)
     where = f"{path}: [study]"
     model = _take(head, "model", str, "organism", where)
     reference = _take(head, "reference", str, "vanilla", where)
@@ -355,7 +474,7 @@ def load_study(path: str | Path, download: bool = False) -> Study:
     task_tables = doc.get("tasks")
     if not isinstance(task_tables, list) or not task_tables:
         raise StudyError(f"{path}: no [[tasks]]; add at least one, e.g. [[tasks]] task = \"organism\"")
-    analysis_table = _table(doc, "analysis", str(path))
+    analysis_table = _table(doc, "analysis", path)
     tasks: list[TaskSpec] = []
     for i, table in enumerate(task_tables):
         where = f"{path}: [[tasks]] #{i + 1}"
@@ -381,7 +500,7 @@ def load_study(path: str | Path, download: bool = False) -> Study:
     method_tables = doc.get("methods")
     if not isinstance(method_tables, list) or not method_tables:
         raise StudyError(f"{path}: no [[methods]]; add at least [[methods]] type = \"vanilla\"")
-    methods = [_method(t, i, set(names), str(path)) for i, t in enumerate(method_tables)]
+    methods = [_method(t, i, set(names), path) for i, t in enumerate(method_tables)]
     seen: set[str] = set()
     for i, m in enumerate(methods):
         if m.name in seen:
@@ -394,5 +513,5 @@ def load_study(path: str | Path, download: bool = False) -> Study:
     if reference not in seen:
         raise StudyError(f"{path}: [study] field 'reference' = {reference!r} names no method; add [[methods]] type = "
                          f"\"vanilla\" or set reference to one of {', '.join(sorted(seen))}")
-    return Study(path=path, model=model, reference=reference, tasks=tuple(tasks), methods=tuple(methods),
-                 n_resamples=n_resamples, seed=seed)
+    return Study(path=Path(path), model=model, reference=reference, tasks=tuple(tasks), methods=tuple(methods),
+                 n_resamples=n_resamples, seed=seed, document=doc)

@@ -432,7 +432,7 @@ def _parameters_hint(kind: str) -> str:
     """``"; it takes a, b"`` when the type's default instance is a dataclass, else nothing."""
     try:
         default = METHODS[kind]({})
-    except Exception:  # a method whose every parameter is required: no hint
+    except (TypeError, ValueError):  # a method whose every parameter is required: no hint
         return ""
     if not dataclasses.is_dataclass(default):
         return ""

@@ -22,8 +22,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from workbench.tasks.base import Grade, TaskDefaults, TaskProblem
-from workbench.tasks.sandbox import require_isolation, run_python
+from workbench.tasks.base import TaskDefaults, TaskProblem
+from workbench.tasks.sandbox import SandboxGraded
 
 _FENCE = re.compile(r"```(?:python|py)?\n(.*?)```", re.DOTALL)
 
@@ -41,7 +41,7 @@ def program_for(problem: TaskProblem, answer: str) -> str:
 
 
 @dataclass(frozen=True)
-class HumanEvalTask(TaskDefaults):
+class HumanEvalTask(SandboxGraded, TaskDefaults):
     name: str
     items: tuple[TaskProblem, ...]
     timeout: float = 10.0
@@ -73,11 +73,5 @@ class HumanEvalTask(TaskDefaults):
                     f"{problem.question}")
         return problem.question
 
-    def check_ready(self) -> None:
-        """Refuses, before a run starts, to grade where generated code could reach the network."""
-        require_isolation(self.allow_unsandboxed)
-
-    def grade(self, problem: TaskProblem, answer: str) -> Grade:
-        result = run_python(program_for(problem, answer), timeout=self.timeout,
-                            allow_unisolated=self.allow_unsandboxed)
-        return Grade(result.status, result.passed)
+    def program(self, problem: TaskProblem, answer: str) -> str:
+        return program_for(problem, answer)

@@ -27,9 +27,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from workbench.tasks.base import Grade, TaskDefaults, TaskProblem
+from workbench.tasks.base import TaskDefaults, TaskProblem
 from workbench.tasks.math import TaskDataError
-from workbench.tasks.sandbox import require_isolation, run_python
+from workbench.tasks.sandbox import SandboxGraded
 
 _FENCE = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)```", re.DOTALL)
 
@@ -62,7 +62,7 @@ def _strings(value: Any, where: str, name: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class MBPPTask(TaskDefaults):
+class MBPPTask(SandboxGraded, TaskDefaults):
     """MBPP problems; ``gold`` is the reference code. ``source`` says where they came from (a run records it)."""
 
     name: str
@@ -107,11 +107,5 @@ class MBPPTask(TaskDefaults):
         return (f"You are an expert Python programmer, and here is your task: {problem.question} Your code should "
                 f"pass {which}:\n\n" + "\n".join(shown) + "\n\nReply with the function in a ```python``` block.")
 
-    def check_ready(self) -> None:
-        """Refuses, before a run starts, to grade where generated code could reach the network."""
-        require_isolation(self.allow_unsandboxed)
-
-    def grade(self, problem: TaskProblem, answer: str) -> Grade:
-        result = run_python(program_for(problem, answer), timeout=self.timeout,
-                            allow_unisolated=self.allow_unsandboxed)
-        return Grade(result.status, result.passed)
+    def program(self, problem: TaskProblem, answer: str) -> str:
+        return program_for(problem, answer)

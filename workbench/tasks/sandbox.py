@@ -37,6 +37,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+from workbench.tasks.base import Grade, TaskProblem
+
 NPROC = 64
 ALLOW_ENV = "WORKBENCH_ALLOW_UNSANDBOXED"
 _NO_ISOLATION_EXIT = 86
@@ -215,3 +217,26 @@ def run_python(code: str, timeout: float = 10.0, memory_mb: int = 1024,
     if not finished:
         return SandboxResult("timeout", None, stdout, stderr, isolate)
     return SandboxResult("passed" if proc.returncode == 0 else "failed", proc.returncode, stdout, stderr, isolate)
+
+
+class SandboxGraded:
+    """A code task graded by running ``program(problem, answer)`` in the sandbox (HumanEval, MBPP).
+
+    A mixin for a frozen dataclass task with ``timeout`` and ``allow_unsandboxed`` fields.
+    """
+
+    timeout: float
+    allow_unsandboxed: bool
+
+    def program(self, problem: TaskProblem, answer: str) -> str:
+        """The program whose run grades ``answer`` (the task's tests appended)."""
+        raise NotImplementedError
+
+    def check_ready(self) -> None:
+        """Refuses, before a run starts, to grade where generated code could reach the network."""
+        require_isolation(self.allow_unsandboxed)
+
+    def grade(self, problem: TaskProblem, answer: str) -> Grade:
+        result = run_python(self.program(problem, answer), timeout=self.timeout,
+                            allow_unisolated=self.allow_unsandboxed)
+        return Grade(result.status, result.passed)

@@ -30,7 +30,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -77,6 +77,23 @@ class ThinkSpans:
             return 0
         end = self.think_end if self.think_end is not None else length
         return max(0, end - self.think_start - 1)
+
+    def bounds(self, prompt_len: int, length: int) -> tuple[int, int]:
+        """The thinking tokens ``[lo, hi)`` of a sequence of ``length`` tokens: after the opening marker (the
+        whole generation when thinking never opened: a model that answers without a marked span), up to the
+        closing marker (to the end when it never closed). The one rule every reader of a stored trace uses.
+
+        >>> ThinkSpans(3, 9, 10).bounds(4, 12), ThinkSpans(None, None, None).bounds(4, 12)
+        ((4, 9), (4, 12))
+        """
+        lo = self.think_start + 1 if self.think_start is not None else prompt_len
+        hi = self.think_end if self.think_end is not None else length
+        return lo, max(hi, lo)
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any]) -> ThinkSpans:
+        """The spans a stored trace records (a ``traces.parquet`` row or the activation store's index)."""
+        return cls(row.get("think_start"), row.get("think_end"), row.get("answer_start"))
 
 
 @dataclass(frozen=True, kw_only=True)

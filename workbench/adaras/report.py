@@ -26,6 +26,7 @@ from workbench.adaras.regime import rcn_regime_auroc
 from workbench.atomic import atomic_write_text
 from workbench.neurons import NeuronSet
 from workbench.probes import (
+    HandFeatures,
     auroc,
     auroc_ci,
     early_curve,
@@ -37,6 +38,7 @@ from workbench.probes import (
     select_c,
     token_bag,
 )
+from workbench.prompting import ThinkSpans
 from workbench.store import ActivationStore
 from workbench.tasks import Task
 from workbench.traces import run_task
@@ -50,12 +52,9 @@ def _column(store: ActivationStore, name: str) -> np.ndarray:
 
 
 def thinking_bounds(store: ActivationStore) -> tuple[np.ndarray, np.ndarray]:
-    """Each trace's thinking ``[start, end)`` as the store's ``"think"`` span reads it: the whole generation for a
-    trace that never opened a thinking span (``span_bounds``), to the end for one that never closed it, empty
-    for one that closed a span it never opened."""
-    rows = zip(store.index["think_start"].to_pylist(), store.index["think_end"].to_pylist(),
-               _column(store, "prompt_len"), _column(store, "n_tokens"), strict=True)
-    bounds = [(s + 1 if s is not None else p if e is None else e, e if e is not None else n) for s, e, p, n in rows]
+    """Each trace's thinking ``[start, end)`` as the store's ``"think"`` span reads it (``ThinkSpans.bounds``): the
+    whole generation for a trace that never opened a thinking span, to the end for one that never closed it."""
+    bounds = [ThinkSpans.of(row).bounds(row["prompt_len"], row["n_tokens"]) for row in store.index.to_pylist()]
     return np.array([b[0] for b in bounds], dtype=np.int64), np.array([b[1] for b in bounds], dtype=np.int64)
 
 
@@ -132,7 +131,8 @@ def _probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: ProbeReportCon
     return res, list(auroc_ci(y, res.scores, groups, n_resamples=cfg.n_resamples, seed=cfg.seed))
 
 
-def _early(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig, task: Task) -> dict[str, Any]:
+def _early(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig, task: Task,
+           hand: HandFeatures | None) -> dict[str, Any]:
     """The headline probe on ``early_span`` beside hand features and token ids over the same tokens."""
     x = store.summary(cfg.early_span).reshape(len(store), -1)
     ok = ~np.isnan(x).any(axis=1)
@@ -147,7 +147,6 @@ def _early(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig, ta
                            "probe_roc_early": roc_points(y[ok], res.scores),
                            "probe_roc_early_band": roc_band(y[ok], res.scores, groups[ok], n_resamples=cfg.n_resamples,
                                                             seed=cfg.seed)}
-    hand = hand_features(traces, task)
     if hand is None:
         out.update(probe_auroc_baseline=float("nan"), probe_auroc_baseline_ci=[float("nan")] * 2,
                    probe_auroc_baseline_features=[],
@@ -239,11 +238,10 @@ def _gate(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig, mod
     return out
 
 
-def _regime(store: ActivationStore, traces, groups, cfg: ProbeReportConfig, run_dir: Path, task: Task,
-            ) -> dict[str, Any]:
+def _regime(store: ActivationStore, groups, cfg: ProbeReportConfig, run_dir: Path, task: Task,
+            hand: HandFeatures | None) -> dict[str, Any]:
     """Whether the RCNs read each label the task planted (none: nothing to check)."""
-    hand = hand_features(traces, task) if task.planted else None
-    if hand is None:
+    if hand is None or not task.planted:
         return {}
     path = run_dir / NEURONS / "rcn.json"
     rcn = NeuronSet.load(path, model_shape=(store.n_layers, store.d_mlp)) if path.exists() else \
@@ -281,10 +279,11 @@ def probe_report(
     task = run_task(run_dir)
     report: dict[str, Any] = {"config": asdict(cfg), "traces": len(store), "accuracy": float(y.mean()),
                               **thinking_note(store)}
-    stages = (("early", lambda: _early(store, traces, y, groups, cfg, task)),
+    hand = hand_features(traces, task)  # the baseline's input and the planted labels, read once
+    stages = (("early", lambda: _early(store, traces, y, groups, cfg, task, hand)),
               ("curve", lambda: {"probe_curve": _curve(store, traces, y, groups, cfg)}),
               ("gate", lambda: _gate(store, traces, y, groups, cfg, model, run_dir)),
-              ("regime", lambda: _regime(store, traces, groups, cfg, run_dir, task)))
+              ("regime", lambda: _regime(store, groups, cfg, run_dir, task, hand)))
     (run_dir / ADARAS).mkdir(exist_ok=True)
     bar = tqdm(stages, desc="probe", disable=not progress)
     for name, stage in bar:

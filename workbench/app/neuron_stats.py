@@ -27,6 +27,7 @@ from jaxtyping import Float
 
 from workbench.figures.neurons import Span
 from workbench.figures.neurons import trajectory as trajectory  # re-exported for the neuron page
+from workbench.prompting import ThinkSpans
 
 
 def thinking_span(row: dict) -> Span:
@@ -35,9 +36,7 @@ def thinking_span(row: dict) -> Span:
     >>> thinking_span({"think_start": 3, "think_end": 9, "prompt_len": 4, "token_ids": list(range(12))})
     (4, 9)
     """
-    lo = row["think_start"] + 1 if row.get("think_start") is not None else row["prompt_len"]
-    hi = row["think_end"] if row.get("think_end") is not None else len(row["token_ids"])
-    return lo, max(hi, lo)
+    return ThinkSpans.of(row).bounds(row["prompt_len"], len(row["token_ids"]))
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ import numpy as np
 from jaxtyping import Bool, Int
 
 from workbench.neureasoner.config import FAILURE_TYPES
+from workbench.prompting import ThinkSpans
 from workbench.tasks.base import Task, TextConventions
 
 Span = tuple[int, int]  # [start, end) in token positions of the full sequence
@@ -107,11 +108,10 @@ def trace_events(
             return FailureEvents.from_spans(spans), "label"
     if pieces is None:
         return FailureEvents(), "detected"
-    lo = row["think_start"] if row.get("think_start") is not None else row["prompt_len"] - 1
-    hi = row["think_end"] if row.get("think_end") is not None else len(pieces)
+    lo, hi = ThinkSpans.of(row).bounds(row["prompt_len"], len(pieces))
     pattern = step_pattern or (task.text.step_pattern if task is not None else TextConventions().step_pattern)
     unmarked = row.get("think_start") is None and row.get("think_end") is None
-    return auto_events(pieces, lo, hi, row.get("extracted"), pattern, ends_with_answer=unmarked), "detected"
+    return auto_events(pieces, lo - 1, hi, row.get("extracted"), pattern, ends_with_answer=unmarked), "detected"
 
 
 def split_steps(text: str, pattern: str = r"\n[ \t]*\n") -> list[tuple[int, int]]:

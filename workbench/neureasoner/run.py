@@ -29,8 +29,9 @@ import numpy as np
 from workbench.atomic import atomic_write_text
 from workbench.neureasoner.analysis import TraceInput, analyse, rank_key_neurons
 from workbench.neureasoner.config import DEFAULT, NeuReasonerConfig
-from workbench.neureasoner.labels import trace_events
+from workbench.neureasoner.labels import FailureEvents, trace_events
 from workbench.neurons import NeuronSet
+from workbench.prompting import ThinkSpans
 from workbench.splits import fit_half
 
 OUT = "neureasoner"
@@ -56,18 +57,19 @@ def labelled_inputs(store, cfg: NeuReasonerConfig) -> tuple[list[TraceInput], st
 
     rows = store.traces().to_pylist()
     task = run_task(store.run_dir)
-    truth = cfg.labeller == "truth" and bool(rows) and all(
-        r.get("labels") and task.failure_spans(json.loads(r["labels"])) is not None for r in rows)
+    spans = [task.failure_spans(json.loads(r["labels"])) if cfg.labeller == "truth" and r.get("labels") else None
+             for r in rows]
+    truth = bool(rows) and all(s is not None for s in spans)
     tok = None if truth else _tokenizer(store.run_dir)
     pattern = None if cfg.step_pattern == DEFAULT.step_pattern else cfg.step_pattern  # None: the task's
     out = []
-    for r in rows:
+    for r, truth_spans in zip(rows, spans, strict=True):
         ids = np.asarray(r["token_ids"], np.int64)
-        lo = (r["think_start"] + 1) if r["think_start"] is not None else r["prompt_len"]
-        hi = r["think_end"] if r["think_end"] is not None else len(ids)
-        pieces = None if truth else [tok.decode([int(i)]) for i in ids]
-        events, _ = trace_events(r, task, pieces, pattern, truth=truth)
-        out.append(TraceInput(str(r["problem_id"]), ids, (lo, hi), events))
+        if truth:
+            events = FailureEvents.from_spans(truth_spans)
+        else:
+            events, _ = trace_events(r, task, [tok.decode([int(i)]) for i in ids], pattern, truth=False)
+        out.append(TraceInput(str(r["problem_id"]), ids, ThinkSpans.of(r).bounds(r["prompt_len"], len(ids)), events))
     used = "truth" if truth else "auto"
     if used != cfg.labeller:
         log.warning("%s: task %r has no failure truth for every trace; the automatic labeller reads them",

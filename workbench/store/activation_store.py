@@ -54,6 +54,7 @@ from jaxtyping import Float
 from workbench.atomic import atomic_write, atomic_write_text
 from workbench.heads import HeadSet
 from workbench.neurons import NeuronSet, NeuronSetError
+from workbench.prompting import ThinkSpans
 from workbench.store.rundir import (
     MANIFEST,
     RunDirError,
@@ -149,14 +150,14 @@ def span_bounds(row: dict[str, Any], n_tokens: int, early_k: Sequence[int]) -> d
     >>> span_bounds({"prompt_len": 4, "think_start": None, "think_end": None, "answer_start": None}, 12, [2])["think"]
     (4, 12)
     """
-    ts, te, ans = row["think_start"], row["think_end"], row["answer_start"]
-    if ts is None and te is None:  # never opened a thinking span (a chat model that answers directly): its
-        ts = row["prompt_len"] - 1  # reasoning is the whole generation, so "think" reads that, answer included
-    think_end = te if te is not None else n_tokens
+    # A trace that never opened a thinking span (a chat model that answers directly) reasons in its whole
+    # generation, so "think" reads that, answer included.
+    lo, think_end = ThinkSpans.of(row).bounds(row["prompt_len"], n_tokens)
+    ans = row["answer_start"]
     out: dict[str, tuple[int, int] | None] = {"question": (0, row["prompt_len"])}
-    out["think"] = (ts + 1, think_end) if ts is not None and think_end > ts + 1 else None
+    out["think"] = (lo, think_end) if think_end > lo else None
     for k in sorted(set(early_k)):
-        out[f"think_first_{k}"] = (ts + 1, ts + 1 + k) if ts is not None and ts + 1 + k <= think_end else None
+        out[f"think_first_{k}"] = (lo, lo + k) if lo + k <= think_end else None
     out["last"] = (n_tokens - 1, n_tokens)
     out["answer"] = (ans, n_tokens) if ans is not None and ans < n_tokens else None
     return out
@@ -194,8 +195,7 @@ def _variance_neurons(model, rows: list[dict], cfg: CacheConfig) -> NeuronSet:
     budget = cfg.budget()
     for rows_b in budget.batches([len(r["token_ids"]) for r in calib]):
         batch = [calib[i] for i in rows_b]
-        bounds = [(r["think_start"] + 1 if r["think_start"] is not None else r["prompt_len"],
-                   r["think_end"] if r["think_end"] is not None else len(r["token_ids"])) for r in batch]
+        bounds = [ThinkSpans.of(r).bounds(r["prompt_len"], len(r["token_ids"])) for r in batch]
 
         def grab(layer: int, act: Float[torch.Tensor, "batch chunk d_mlp"], start: int, bounds=bounds) -> None:
             for r, (lo, hi) in enumerate(bounds):

@@ -6,6 +6,7 @@ Example:
 """
 
 from workbench.store.activation_store import ActivationStore, CacheConfig, cache_activations
+from workbench.store.paths import ANALYSIS_RUN, RunPaths, StudyPaths
 from workbench.store.rundir import (
     MANIFEST,
     RunDirError,
@@ -26,6 +27,7 @@ from workbench.store.trace_store import (
 )
 
 __all__ = [
+    "ANALYSIS_RUN",
     "MANIFEST",
     "SCHEMA",
     "TRACES",
@@ -33,7 +35,9 @@ __all__ = [
     "CacheConfig",
     "RunDirError",
     "RunLock",
+    "RunPaths",
     "ShardWriter",
+    "StudyPaths",
     "TraceStore",
     "cache_activations",
     "check_target",

@@ -183,6 +183,12 @@ class RunPaths:
         return self.neat / "report.json"
 
     @property
+    def exit_fit(self) -> Path:
+        """NEAT's fit on the fitting half (per-neuron exit means, the selection), read by ``exit_report``;
+        its config and fitting problems are in ``exit_reference``."""
+        return self.neat / "fit.safetensors"
+
+    @property
     def neureasoner(self) -> Path:
         return self.root / "neureasoner"
 

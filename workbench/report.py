@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import Field, fields
 from pathlib import Path
@@ -36,15 +37,21 @@ from workbench.atomic import atomic_write_text
 R = TypeVar("R", bound="Report")
 
 
-def _key(f: Field) -> str:
-    return f.metadata.get("key", f.name)
+def _key(f: Field, fill: str | None) -> str:
+    key = f.metadata.get("key", f.name)
+    return key.format(fill) if fill is not None and "{}" in key else key
+
+
+def _names(template: str, data: Mapping[str, Any]) -> list[str]:
+    """The ``{}`` of ``template`` in every key of ``data`` it matches, in the data's order."""
+    head, tail = template.split("{}")
+    pattern = re.compile(f"^{re.escape(head)}(.+){re.escape(tail)}$")
+    return [m.group(1) for k in data if (m := pattern.match(k))]
 
 
 def _plain(value: Any) -> Any:
-    """JSON's form of a field value: tuples as lists, nested reports flattened by their owner."""
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, list):
+    """JSON's form of a field value: tuples as lists."""
+    if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
@@ -52,54 +59,81 @@ def _plain(value: Any) -> Any:
 
 
 class Report:
-    """Base of a typed report (a frozen dataclass); see the module docstring."""
+    """Base of a typed report (a frozen dataclass); see the module docstring.
 
-    def to_json(self) -> dict[str, Any]:
+    Field metadata: ``key`` (the JSON key; ``{}`` in it is filled by the owner, below), ``optional`` (left out
+    while None), ``report`` (a nested ``Report`` class, flattened into this one; ``fill`` is the template its
+    ``{}`` is filled with), ``each`` (a dict field flattened once per entry, its name filling the ``{}`` of
+    ``key``, or of the nested report's keys).
+    """
+
+    def to_json(self, fill: str | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in fields(self):  # type: ignore[arg-type]
             value = getattr(self, f.name)
             if value is None and f.metadata.get("optional"):
                 continue
-            if isinstance(value, Report):
-                out.update(value.to_json())
+            if f.metadata.get("each"):
+                for name, item in value.items():
+                    if isinstance(item, Report):
+                        out.update(item.to_json(name))
+                    else:
+                        out[_key(f, name)] = _plain(item)
+            elif isinstance(value, Report):
+                out.update(value.to_json(f.metadata.get("fill", "{}").format(fill)))
             else:
-                out[_key(f)] = _plain(value)
+                out[_key(f, fill)] = _plain(value)
         return out
 
     @classmethod
-    def from_json(cls: type[R], data: Mapping[str, Any], *, strict: bool = True) -> R:
+    def from_json(cls: type[R], data: Mapping[str, Any], *, strict: bool = True, fill: str | None = None) -> R:
         """The report of a flat dict; ``strict`` refuses keys this report does not know."""
         kwargs: dict[str, Any] = {}
         used: set[str] = set()
+        each = [f for f in fields(cls) if f.metadata.get("each")]  # type: ignore[arg-type]
         for f in fields(cls):  # type: ignore[arg-type]
             nested = f.metadata.get("report")
-            if nested is not None:
-                if not f.metadata.get("optional") or any(k in data for k in nested.keys()):
-                    part = nested.from_json(data, strict=False)
-                    kwargs[f.name] = part
-                    used |= set(part.to_json())
+            if f.metadata.get("each"):
                 continue
-            key = _key(f)
+            if nested is not None:
+                sub = f.metadata.get("fill", "{}").format(fill)
+                if f.metadata.get("optional") and nested.anchor().format(sub) not in data:
+                    continue
+                kwargs[f.name] = nested.from_json(data, strict=False, fill=sub)
+                used |= set(kwargs[f.name].to_json(sub))
+                continue
+            key = _key(f, fill)
             if key in data:
                 kwargs[f.name] = data[key]
                 used.add(key)
             elif not f.metadata.get("optional"):
                 raise ValueError(f"a {cls.__name__} report without its {key!r} key: it was written by another version "
                                  "of the workbench or edited; rerun the analysis that writes it")
-        unknown = sorted(set(data) - used)
+        # Entries per name come from the keys no fixed field claimed: a fixed key never doubles as a name.
+        free = {k: v for k, v in data.items() if k not in used}
+        for f in each:
+            nested = f.metadata.get("report")
+            kwargs[f.name] = {}
+            for name in _names(nested.anchor() if nested is not None else f.metadata["key"], free):
+                if nested is None:
+                    kwargs[f.name][name] = data[_key(f, name)]
+                    used.add(_key(f, name))
+                else:
+                    kwargs[f.name][name] = item = nested.from_json(free, strict=False, fill=name)
+                    used |= set(item.to_json(name))
+        unknown = [k for k in data if k not in used]
         if strict and unknown:
             raise ValueError(f"a {cls.__name__} report with unknown key(s) {', '.join(map(repr, unknown[:5]))}: it "
                              "was written by another version of the workbench; rerun the analysis that writes it")
         return cls(**kwargs)
 
     @classmethod
-    def keys(cls) -> list[str]:
-        """The JSON keys of this report's fields (nested reports' included)."""
-        out = []
+    def anchor(cls) -> str:
+        """The key of the first required plain field: present whenever this report is."""
         for f in fields(cls):  # type: ignore[arg-type]
-            nested = f.metadata.get("report")
-            out.extend(nested.keys() if nested is not None else [_key(f)])
-        return out
+            if not f.metadata.get("optional") and "report" not in f.metadata and not f.metadata.get("each"):
+                return f.metadata.get("key", f.name)
+        raise TypeError(f"{cls.__name__} has no required plain field")
 
     def save(self, path: str | Path) -> Path:
         """Writes ``to_json()`` atomically (NaN stays NaN, as Python's json writes it)."""

@@ -207,6 +207,17 @@ class RunPaths:
         """The head sets a NeuReasoner analysis saved (a later analysis without heads removes them)."""
         return sorted(self.neureasoner.glob("heads-*.json"))
 
+    def detectors(self) -> dict[str, Path]:
+        """The detectors a NeuReasoner analysis saved, by name (the ``name`` of ``detector(name)``).
+
+        Example:
+            >>> run = RunPaths(__import__("tempfile").mkdtemp())
+            >>> run.neureasoner.mkdir(); _ = run.detector("slip_random").write_bytes(b"")
+            >>> list(run.detectors())
+            ['slip_random']
+        """
+        return {p.stem.removeprefix("detector-"): p for p in sorted(self.neureasoner.glob("detector-*.joblib"))}
+
 
 def gate_files(folder: str | Path) -> tuple[Path, Path]:
     """A saved gate's state dict and its config, inside its folder (``RunPaths.gate``)."""
@@ -250,3 +261,8 @@ class StudyPaths:
     @property
     def not_applied(self) -> Path:
         return self.root / "not_applied.json"
+
+    @property
+    def figures(self) -> Path:
+        """The study's figures (``workbench run``, ``workbench eval --figures``)."""
+        return self.root / "figures"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+from dataclasses import replace
+from unittest.mock import ANY
 
 import numpy as np
 import pytest
@@ -17,6 +20,8 @@ from workbench.neat import (
     candidates,
     exit_report,
     gradient_importance,
+    load_exit_traces,
+    load_fit,
     rank_exit,
     temporal_profile,
     trace_vote,
@@ -24,7 +29,9 @@ from workbench.neat import (
 )
 from workbench.neurons import NeuronSet
 from workbench.readout import run_forced
+from workbench.splits import fit_half
 from workbench.store import TraceStore, load_traces
+from workbench.store.paths import RunPaths
 from workbench.traces import TraceRunConfig, run_traces
 
 REPORT_KEYS = ("exit_within3", "exit_within3_random", "exit_within3_top_activated", "exit_within3_all",
@@ -150,25 +157,36 @@ def organism_run(organism, tmp_path_factory):
     return run
 
 
-class TestOrganismRun:
-    """rank_exit and exit_report on a small organism run."""
+RANK_CFG = NeatConfig(calibration_traces=16, agreement_traces=4)
 
-    def test_rank_exit_writes_the_neuron_set_and_reference(self, organism, organism_run):
-        cfg = NeatConfig(calibration_traces=16, agreement_traces=4)
-        neurons = rank_exit(organism_run, model=organism, cfg=cfg)
+
+class TestOrganismRun:
+    """rank_exit and exit_report on a small organism run: the report measures what the rank wrote."""
+
+    def test_rank_exit_writes_the_neuron_set_reference_and_fit(self, organism, organism_run):
+        neurons = rank_exit(organism_run, model=organism, cfg=RANK_CFG)
         assert len(neurons) > 0 and neurons.method == "neat" and neurons.signs is not None
-        loaded = NeuronSet.load(organism_run / "neurons" / "exit.json", model_shape=(4, 512))
+        paths = RunPaths(organism_run)
+        loaded = NeuronSet.load(paths.exit_set, model_shape=(4, 512))
         assert loaded.layers == neurons.layers and set(dict(loaded.group_means)) == {"exit", "thinking"}
         assert loaded.params["tau_cons"] == 0.6 and loaded.params["estimator_used"] == "ablation"
-        ref = json.loads((organism_run / "neat" / "reference.json").read_text())
+        ref = json.loads(paths.exit_reference.read_text())
         flat = neurons.flat(512)
         assert tuple(ref["flat"]) == flat and ref["signs"] == list(neurons.signs)
         assert min(ref["consistency"]) >= 0.6 and ref["agreement"]["attribution_spearman"] > 0.9
         # mu_ref's sign is each neuron's sign: the pattern is what the neurons do at exit points
         assert all(np.sign(m) == s for m, s in zip(ref["mu_ref"], ref["signs"], strict=True))
+        # calibrated on the fitting half only, which the reference records with the config
+        problems = {t.problem_id for t in load_exit_traces(organism_run)}
+        assert set(ref["fit_problems"]) == fit_half(problems, RANK_CFG.seed)
+        assert NeatConfig.from_dict(ref["config"]) == RANK_CFG
+        saved = load_fit(organism_run)
+        assert saved.fit_ids == set(ref["fit_problems"]) and saved.cfg == RANK_CFG
+        assert tuple(saved.fit.selection.flat.tolist()) == flat and saved.fit.exit_mean.shape == (4 * 512,)
+        assert np.allclose(saved.fit.exit_mean[list(flat)], ref["mu_ref"])
 
     def test_exit_report_measures_the_signal_beside_its_controls(self, organism, organism_run):
-        report = exit_report(organism_run, model=organism, cfg=NeatConfig(calibration_traces=16, agreement_traces=0))
+        report = exit_report(organism_run, model=organism)  # the recorded config: nothing refitted
         assert all(k in report for k in REPORT_KEYS)
         assert report["exit_traces"] > 0 and report["exit_neurons"] > 0
         for k in REPORT_KEYS[:-1]:
@@ -177,7 +195,43 @@ class TestOrganismRun:
         assert report["exit_within3"] > report["exit_within3_random"]
         assert sum(report["exit_layer_counts"].values()) == report["exit_neurons"] == len(report["exit_selected"])
         assert {str(layer) for layer, _ in report["exit_selected"]} == set(report["exit_layer_counts"])
-        assert json.loads((organism_run / "neat" / "report.json").read_text())["exit_traces"] == report["exit_traces"]
+        assert json.loads(RunPaths(organism_run).exit_report.read_text())["exit_traces"] == report["exit_traces"]
+        # what the rank wrote, measured on the problems it did not fit on
+        saved = load_fit(organism_run)
+        neurons = NeuronSet.load(RunPaths(organism_run).exit_set, model_shape=(4, 512))
+        assert report["exit_selected"] == [list(p) for p in zip(neurons.layers, neurons.indices, strict=True)]
+        held_out = [t for t in load_exit_traces(organism_run) if t.problem_id not in saved.fit_ids]
+        assert report["exit_traces"] == len(held_out) and report["exit_fit_traces"] == saved.n_fit_traces
+        # a measuring-only field may differ; a fitting one is refused, naming the field and the command
+        assert exit_report(organism_run, model=organism, cfg=replace(RANK_CFG, window=5))["exit_window"] == 5
+        with pytest.raises(ValueError, match=r"differs in: agreement_traces.*workbench rank --method exit"):
+            exit_report(organism_run, model=organism, cfg=replace(RANK_CFG, agreement_traces=0))
+
+    def test_exit_report_fits_first_on_a_run_without_an_exit_result(self, organism, organism_run, tmp_path):
+        run = tmp_path / "run"
+        shutil.copytree(organism_run, run)
+        paths = RunPaths(run)
+        for p in (paths.exit_set, paths.exit_fit, paths.exit_reference, paths.exit_report):
+            p.unlink()
+        cfg = replace(RANK_CFG, agreement_traces=0)
+        report = exit_report(run, model=organism, cfg=cfg)
+        assert paths.exit_set.exists() and load_fit(run).cfg == cfg
+        assert exit_report(run, model=organism) == {**report, "exit_seconds": ANY}  # read back: the same figures
+        # exit neurons ranked before the fit was recorded are refused, not silently refitted
+        paths.exit_fit.unlink()
+        with pytest.raises(ValueError, match=r"before NEAT recorded its fit.*workbench rank --method exit"):
+            exit_report(run, model=organism)
+
+    def test_an_empty_vote_is_recorded_and_reported_as_nan(self, organism, organism_run, tmp_path):
+        run = tmp_path / "run"
+        shutil.copytree(organism_run, run)
+        cfg = replace(RANK_CFG, tau_com=1.0, agreement_traces=0)  # no neuron peaks only at the exit position
+        with pytest.raises(ValueError, match="no neuron passed NEAT's vote"):
+            rank_exit(run, model=organism, cfg=cfg)
+        assert not RunPaths(run).exit_set.exists() and len(load_fit(run).fit.selection.flat) == 0  # no stale set
+        report = exit_report(run, model=organism)
+        assert report["exit_neurons"] == 0 and np.isnan(report["exit_within3"]) and "exit_note" in report
+        assert 0.0 <= report["exit_within3_all"] <= 1.0
 
 
 class TestOtherModels:

@@ -3,7 +3,8 @@
 The organism's traces carry ground-truth labels (regime, slips, repeats, overthinking, the answer
 point), so each paper's method can be scored where on a real model it could only be trusted. One
 call caches the run if needed, then runs AdaRAS (ranking, probes, gate, regime check), NEAT (exit
-neurons beside random, top-activated and all neurons and the model's own p(end)) and NeuReasoner
+neurons beside random, top-activated and all neurons and the model's own p(end); ``exit_report`` reads
+the run's exit fit, or fits it first when the run has none) and NeuReasoner
 (key neurons and detectors beside a token-only detector), all through the run directory, and checks
 the figures against ``TARGETS``. The report lands in ``RUN/validate.json``.
 
@@ -21,6 +22,7 @@ from typing import Any
 
 from workbench.atomic import atomic_write_text
 from workbench.store import load_traces
+from workbench.store.paths import RunPaths
 
 FAILURE_TYPES = ("slip", "oscillation", "overthinking")
 # Targets on the shipped organism (issue 8); a figure that misses stays in the report, marked as missed.
@@ -32,7 +34,6 @@ TARGETS: dict[str, float] = {
 }
 # exit_within3 must also beat these controls (the model's own p(end) is reported, not required to lose).
 EXIT_CONTROLS = ("exit_within3_random", "exit_within3_top_activated", "exit_within3_all")
-REPORT = "validate.json"
 FULL_TOKEN_CACHE = 4096  # models with at most this many MLP neurons are cached whole per token
 
 
@@ -73,14 +74,13 @@ def validate(run_dir: str | Path, model=None, progress: bool = False) -> dict[st
     from workbench.neat import exit_report
     from workbench.neureasoner import mon_report
     from workbench.store import CacheConfig, cache_activations
-    from workbench.store.activation_store import ACTIVATIONS, INDEX
     from workbench.store.rundir import run_model_spec
 
     run_dir = Path(run_dir)
     _check_organism(run_dir)
     if model is None:
         model = load_model(resolve(run_model_spec(run_dir)))
-    if not (run_dir / ACTIVATIONS / INDEX).exists():
+    if not RunPaths(run_dir).activations.index.exists():
         # NeuReasoner ranks the neurons kept per token: keep all of a model as small as the organism.
         n_neurons = model.cfg.n_layers * model.cfg.d_mlp
         cfg = CacheConfig(top_variance=n_neurons) if n_neurons <= FULL_TOKEN_CACHE else CacheConfig()
@@ -88,8 +88,8 @@ def validate(run_dir: str | Path, model=None, progress: bool = False) -> dict[st
     rcn = rank_rcn(run_dir, progress=progress)
     report: dict[str, Any] = {"run_dir": str(run_dir), "rcn_layers": list(rcn.layer_counts().items())}
     report.update(probe_report(run_dir, model=model, progress=progress))
-    report.update(exit_report(run_dir, model=model, progress=progress))
+    report.update(exit_report(run_dir, model=model, progress=progress))  # the exit stage's fit, or fitted here
     report.update(mon_report(run_dir, progress=progress))
     report["targets"] = target_table(report)
-    atomic_write_text(run_dir / REPORT, json.dumps(report, indent=1, default=str))
+    atomic_write_text(RunPaths(run_dir).validate, json.dumps(report, indent=1, default=str))
     return report

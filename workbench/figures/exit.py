@@ -29,8 +29,7 @@ from plotly.subplots import make_subplots
 
 from workbench.figures.inputs import MissingInput, read_json
 from workbench.figures.style import SCREEN, FigureStyle
-
-REFERENCE = Path("neat") / "reference.json"
+from workbench.store.paths import RunPaths
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,7 +70,7 @@ class ExitTimeline:
 
 
 def _neat_spec(run: Path) -> dict[str, Any] | None:
-    manifest = read_json(run / "manifest.json", "the run manifest", f"workbench traces --out {run}")
+    manifest = read_json(RunPaths(run).manifest, "the run manifest", f"workbench traces --out {run}")
     for c in manifest.get("identity", {}).get("interventions", {}).get("controllers", []):
         if c.get("type") == "neat_exit":
             return c
@@ -104,7 +103,7 @@ def exit_settings(run: str | Path, reference_run: str | Path | None = None) -> t
                                   tuple(spec["reference"]["mu_ref"]))
         return reference, spec["method"], list(spec.get("close_ids") or [])
     ref_run = Path(reference_run) if reference_run is not None else run
-    path = ref_run / REFERENCE
+    path = RunPaths(ref_run).exit_reference
     if not path.exists():
         raise MissingInput("NEAT's exit reference", f"workbench rank --method exit {ref_run}", path)
     defaults = NeatExit()
@@ -130,7 +129,7 @@ def exit_timeline(run: str | Path, trace_id: str | None = None, model=None, refe
     reference, method, close_ids = exit_settings(run, reference_run)
     rows = load_traces(run).to_pylist()
     if not rows:
-        raise MissingInput("traces", f"workbench traces --out {run}", run / "traces.parquet")
+        raise MissingInput("traces", f"workbench traces --out {run}", RunPaths(run).traces)
     if trace_id is None:
         row = pick_trace(rows)
     else:

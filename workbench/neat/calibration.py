@@ -3,8 +3,9 @@
 ``fit_exit`` runs the whole identification on a list of traces: Imp at the exit positions of the
 calibration traces (``attribution``), each trace's candidates ordered by their temporal profile over
 the thinking span (``selection``), the vote across traces, and the reference pattern ``mu_ref`` at
-exit points (``reference``). ``rank_exit`` does it on every trace of a run directory and writes
-``RUN/neurons/exit.json`` and ``RUN/neat/reference.json``.
+exit points (``reference``). ``rank_exit`` does it on the fitting half of a run directory's problems
+and writes ``RUN/neurons/exit.json``, ``RUN/neat/fit.safetensors`` and ``RUN/neat/reference.json``:
+everything ``exit_report`` measures with on the other half, so the report never refits.
 
 Example (``tests/test_neat.py`` runs it end to end on a generated run)::
 
@@ -14,6 +15,7 @@ Example (``tests/test_neat.py`` runs it end to end on a generated run)::
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,14 +26,15 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
+from workbench.atomic import atomic_write
 from workbench.neat.attribution import agreement, importance
 from workbench.neat.config import DEFAULT_CONFIG, NeatConfig
 from workbench.neat.exit_traces import ExitTrace, calibration_set, forced_pass, load_exit_traces, run_model
 from workbench.neat.reference import ExitReference
 from workbench.neat.selection import Selection, TraceVote, candidates, trace_vote, vote
 from workbench.neurons import NeuronSet
-
-EXIT_SET, REFERENCE = Path("neurons") / "exit.json", Path("neat") / "reference.json"
+from workbench.splits import fit_half
+from workbench.store.paths import RunPaths
 
 
 @dataclass(frozen=True)
@@ -170,30 +173,123 @@ def fit_exit(
                    tuple(layers), estimator, len(calib), _agreement(model, calib, cfg, layers))
 
 
+def split_traces(
+    run_dir: Path, traces: Sequence[ExitTrace], seed: int, fit_ids: set[str] | None = None,
+) -> tuple[list[ExitTrace], list[ExitTrace], set[str]]:
+    """(fitting traces, held-out traces, fitting problem ids): ``fit_half`` of the problems (seeded), or
+    ``fit_ids`` as a fit recorded them. A clear error when either side is empty."""
+    fit_ids = fit_half([t.problem_id for t in traces], seed) if fit_ids is None else fit_ids
+    fit = [t for t in traces if t.problem_id in fit_ids]
+    held_out = [t for t in traces if t.problem_id not in fit_ids]
+    if not fit or not held_out:
+        raise ValueError(f"{run_dir}: its closed traces come from {len({t.problem_id for t in traces})} problem(s); "
+                         "fitting on half the problems and measuring on the other needs at least 2")
+    return fit, held_out, fit_ids
+
+
+def save_fit(run_dir: Path, fit: NeatFit, cfg: NeatConfig, model_shape: tuple[int, int], fit_ids: set[str],
+             n_fit_traces: int) -> None:
+    """Writes what ``exit_report`` measures with: the per-neuron means and the selection
+    (``RunPaths.exit_fit``), then ``mu_ref`` with the config, the fitting problems and the fit's
+    summary (``RunPaths.exit_reference``), written last."""
+    from safetensors.numpy import save_file
+
+    paths = RunPaths(run_dir)
+    sel = fit.selection
+    arrays = {"exit_mean": fit.exit_mean, "exit_abs_mean": fit.exit_abs_mean, "thinking_mean": fit.thinking_mean,
+              "selection_flat": sel.flat, "selection_signs": sel.signs, "selection_consistency": sel.consistency,
+              "selection_com": sel.com, "selection_importance": sel.importance}
+    paths.neat.mkdir(parents=True, exist_ok=True)
+    atomic_write(paths.exit_fit, lambda tmp: save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()},
+                                                       str(tmp)))
+    fit.reference.save(paths.exit_reference, provenance=str(run_dir), model_shape=list(model_shape),
+                       estimator=fit.estimator, calibration_traces=fit.n_calibration,
+                       consistency=sel.consistency.tolist(), com=sel.com.tolist(), agreement=fit.agreement,
+                       config=cfg.to_dict(), layers_attributed=list(fit.layers), selection_traces=sel.n_traces,
+                       fit_traces=n_fit_traces, fit_problems=sorted(fit_ids))
+
+
+@dataclass(frozen=True)
+class SavedFit:
+    """A fit as ``rank_exit`` wrote it: the fit, its config, the fitting problems and the model's shape."""
+
+    fit: NeatFit
+    cfg: NeatConfig
+    fit_ids: set[str]
+    n_fit_traces: int
+    model_shape: tuple[int, int]
+
+
+def load_fit(run_dir: str | Path) -> SavedFit | None:
+    """The fit ``rank_exit`` wrote into the run, or None when it wrote none. A clear error when the
+    run holds exit neurons ranked before fits were recorded, or files that do not belong together."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    paths = RunPaths(run_dir)
+    again = f"rank it again with `workbench rank --method exit {run_dir}` (or `rank_exit`)"
+    if not paths.exit_fit.exists() or not paths.exit_reference.exists():
+        if paths.exit_set.exists() or paths.exit_reference.exists():
+            raise ValueError(f"{run_dir}: its exit neurons were ranked before NEAT recorded its fit "
+                             f"({paths.exit_fit.name} is missing); {again}")
+        return None
+    try:
+        meta = json.loads(paths.exit_reference.read_text())
+        arrays = load_file(str(paths.exit_fit))
+        reference = ExitReference.load(paths.exit_reference)
+        cfg = NeatConfig.from_dict(meta["config"])
+        selection = Selection(arrays["selection_flat"], arrays["selection_signs"], arrays["selection_consistency"],
+                              arrays["selection_com"], arrays["selection_importance"], int(meta["selection_traces"]))
+        fit = NeatFit(selection, reference, arrays["exit_mean"], arrays["exit_abs_mean"], arrays["thinking_mean"],
+                      tuple(meta["layers_attributed"]), meta["estimator"], int(meta["calibration_traces"]),
+                      meta["agreement"])
+        saved = SavedFit(fit, cfg, set(meta["fit_problems"]), int(meta["fit_traces"]), tuple(meta["model_shape"]))
+    except (OSError, SafetensorError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ValueError(f"{run_dir}: NEAT's recorded fit is unreadable ({exc}); {again}") from exc
+    if tuple(selection.flat.tolist()) != reference.flat:
+        raise ValueError(f"{run_dir}: {paths.exit_fit.name} and {paths.exit_reference.name} name different "
+                         f"neurons (an interrupted rank?); {again}")
+    return saved
+
+
+def fit_run(
+    run_dir: str | Path, model: TransformerBridge | None = None, cfg: NeatConfig = DEFAULT_CONFIG,
+    progress: bool = False,
+) -> tuple[NeatFit, NeuronSet | None]:
+    """``rank_exit``'s work: fits on the fitting half and writes it; an empty selection is written too
+    (``exit_report`` then reports NaN) and removes an older run's ``exit.json``."""
+    run_dir = Path(run_dir)
+    paths = RunPaths(run_dir)
+    traces = load_exit_traces(run_dir, cfg.exit_token)
+    fit_traces, _, fit_ids = split_traces(run_dir, traces, cfg.seed)
+    model = model if model is not None else run_model(run_dir)
+    fit = fit_exit(model, fit_traces, cfg, progress)
+    shape = (model.cfg.n_layers, model.cfg.d_mlp)
+    neurons = fit.neuron_set(shape, cfg, provenance=str(run_dir)) if len(fit.selection.flat) else None
+    try:
+        if neurons is not None:
+            neurons.save(paths.exit_set)
+        else:
+            paths.exit_set.unlink(missing_ok=True)
+        save_fit(run_dir, fit, cfg, shape, fit_ids, len(fit_traces))
+    except OSError as exc:
+        raise ValueError(f"cannot write NEAT's results into {run_dir} ({exc.strerror or exc}); copy the run "
+                         "directory somewhere writable and rank the copy") from exc
+    return fit, neurons
+
+
 def rank_exit(
     run_dir: str | Path, model: TransformerBridge | None = None, cfg: NeatConfig = DEFAULT_CONFIG,
     progress: bool = False,
 ) -> NeuronSet:
-    """NEAT's exit neurons of a run, calibrated on its traces; writes ``RUN/neurons/exit.json`` and
-    ``RUN/neat/reference.json`` (``mu_ref``). ``model`` defaults to the run manifest's model."""
-    run_dir = Path(run_dir)
-    traces = load_exit_traces(run_dir, cfg.exit_token)
-    model = model if model is not None else run_model(run_dir)
-    fit = fit_exit(model, traces, cfg, progress)
-    if not len(fit.selection.flat):
+    """NEAT's exit neurons of a run, calibrated on the fitting half of its problems (``splits.fit_half``,
+    seeded by ``cfg.seed``; ``exit_report`` measures on the other half). Writes ``RUN/neurons/exit.json``,
+    ``RUN/neat/fit.safetensors`` (per-neuron means, the selection) and ``RUN/neat/reference.json``
+    (``mu_ref``, the config, the fitting problems). ``model`` defaults to the run manifest's model."""
+    fit, neurons = fit_run(run_dir, model, cfg, progress)
+    if neurons is None:
         raise ValueError(
             f"{run_dir}: no neuron passed NEAT's vote over {fit.n_calibration} calibration traces (consistency >= "
             f"{cfg.tau_cons}, mean centre of mass >= {cfg.tau_com}); lower tau_cons or tau_com, or calibrate on "
             "more traces (calibration_traces)")
-    shape = (model.cfg.n_layers, model.cfg.d_mlp)
-    neurons = fit.neuron_set(shape, cfg, provenance=str(run_dir))
-    try:
-        neurons.save(run_dir / EXIT_SET)
-        fit.reference.save(run_dir / REFERENCE, provenance=str(run_dir), model_shape=list(shape),
-                           estimator=fit.estimator, calibration_traces=fit.n_calibration,
-                           consistency=fit.selection.consistency.tolist(), com=fit.selection.com.tolist(),
-                           agreement=fit.agreement)
-    except OSError as exc:
-        raise ValueError(f"cannot write NEAT's results into {run_dir} ({exc.strerror or exc}); copy the run "
-                         "directory somewhere writable and rank the copy") from exc
     return neurons

@@ -16,10 +16,14 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
 
 ESTIMATORS = ("auto", "ablation", "gradient")
 COM_SPANS = ("thinking", "sequence")
+# Fields that decide only how the report measures (or how passes are batched), never what calibration finds.
+MEASURE_ONLY = ("window", "random_draws", "batch_size", "max_tokens_per_batch", "ablation_batch")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,6 +96,29 @@ class NeatConfig:
         from workbench.readout import Budget
 
         return Budget(batch_size=self.batch_size, max_tokens_per_batch=self.max_tokens_per_batch)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field as JSON values (tuples as lists), as ``rank_exit`` records it."""
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> NeatConfig:
+        """The config ``to_dict`` wrote (lists back to tuples); unknown fields are refused by the constructor.
+
+        >>> NeatConfig.from_dict(NeatConfig(layers=(2, 3)).to_dict()) == NeatConfig(layers=(2, 3))
+        True
+        """
+        tuples = {k: tuple(d[k]) for k in ("exit_offsets", "layers") if d.get(k) is not None}
+        return cls(**{**d, **tuples})
+
+    def fit_differences(self, other: NeatConfig) -> list[str]:
+        """The fields, other than ``MEASURE_ONLY``, where ``other`` would calibrate differently.
+
+        >>> NeatConfig().fit_differences(NeatConfig(window=5, seed=1))
+        ['seed']
+        """
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [k for k in mine if k not in MEASURE_ONLY and mine[k] != theirs[k]]
 
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:

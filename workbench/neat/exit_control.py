@@ -58,9 +58,9 @@ from workbench.baselines.thinking import (
 )
 from workbench.engine import Controller, NeuronEdit, StepView
 from workbench.evaluation.methods import MethodContext
-from workbench.neat.calibration import EXIT_SET, REFERENCE
 from workbench.neat.reference import ExitReference
 from workbench.neurons import NeuronSet, NeuronSetError
+from workbench.store.paths import RunPaths
 from workbench.tasks.base import Task
 
 SIGNALS = ("paper", "aligned")
@@ -137,19 +137,20 @@ class NeatExit:
 
 def load_exit(run: Path, model_shape: tuple[int, int]) -> tuple[NeuronSet, ExitReference]:
     """The exit neurons and the reference with its columns in the neurons' order; clear errors."""
-    missing = [str(run / p) for p in (EXIT_SET, REFERENCE) if not (run / p).exists()]
+    paths = RunPaths(run)
+    missing = [str(p) for p in (paths.exit_set, paths.exit_reference) if not p.exists()]
     if missing:
         raise ValueError(f"NeatExit: {', '.join(missing)} missing; run `workbench rank --method exit {run}` first")
     try:
-        neurons = NeuronSet.load(run / EXIT_SET, model_shape=model_shape)
+        neurons = NeuronSet.load(paths.exit_set, model_shape=model_shape)
     except NeuronSetError as exc:
         raise ValueError(f"NeatExit: {exc}; rank exit neurons with this model (`workbench rank --method exit "
                          f"{run}`)") from exc
-    reference = ExitReference.load(run / REFERENCE)
+    reference = ExitReference.load(paths.exit_reference)
     flat = neurons.flat(model_shape[1])
     if sorted(flat) != sorted(reference.flat):
-        raise ValueError(f"NeatExit: {run / EXIT_SET} and {run / REFERENCE} name different neurons; rank the run "
-                         f"again (`workbench rank --method exit {run}`)")
+        raise ValueError(f"NeatExit: {paths.exit_set} and {paths.exit_reference} name different neurons; rank the "
+                         f"run again (`workbench rank --method exit {run}`)")
     order = [reference.flat.index(f) for f in flat]
     reference = ExitReference(tuple(flat), tuple(reference.signs[i] for i in order),
                               tuple(reference.mu_ref[i] for i in order))

@@ -1,6 +1,7 @@
 """Does NEAT's exit signal peak where thinking is done? Measured beside its controls.
 
-Fitted on one half of the problems (seeded), measured on the other. For every held-out trace each
+``rank_exit`` fits on one half of the problems (seeded) and writes the fit; the report reads it and
+measures on the other half, so it never refits. For every held-out trace each
 signal is read over the thinking span, and the trace counts as a hit when the signal peaks within
 ``window`` tokens of the trace's answer point (``exit_traces.ExitTrace.answer_point``). Signals, all
 read the same way:
@@ -34,13 +35,11 @@ from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
 from workbench.atomic import atomic_write_text
-from workbench.neat.calibration import NeatFit, fit_exit
+from workbench.neat.calibration import NeatFit, fit_run, load_fit, split_traces
 from workbench.neat.config import DEFAULT_CONFIG, NeatConfig
 from workbench.neat.exit_traces import ExitTrace, forced_pass, load_exit_traces, run_model
 from workbench.neat.reference import ExitReference
-from workbench.splits import fit_half
-
-REPORT = Path("neat") / "report.json"
+from workbench.store.paths import RunPaths
 
 
 def peak_hits(
@@ -114,22 +113,40 @@ def measure(
 
 
 def exit_report(
-    run_dir: str | Path, model: TransformerBridge | None = None, cfg: NeatConfig = DEFAULT_CONFIG,
+    run_dir: str | Path, model: TransformerBridge | None = None, cfg: NeatConfig | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """``exit_within3`` and its controls on a run, fitted on half its problems and measured on the
-    other half; also written to ``RUN/neat/report.json``. NaN where a figure cannot be measured."""
+    """``exit_within3`` and its controls on a run, measured on the problems ``rank_exit`` did not fit on.
+
+    Reads what ``rank_exit`` (the study's exit stage, ``workbench rank --method exit``) wrote: the
+    selection, ``mu_ref``, the per-neuron means the controls are built from and the fitting problems;
+    nothing is refitted. On a run without an exit result it runs the fit first (``rank_exit``'s work;
+    an empty selection is written and reported as NaN figures). ``cfg`` None: the config the fit
+    recorded (``NEAT``'s defaults when fitting here); a ``cfg`` that would calibrate differently from
+    the recorded fit is refused. Also written to ``RUN/neat/report.json``."""
     run_dir = Path(run_dir)
     t0 = time.time()
+    saved = load_fit(run_dir)
+    if saved is None:
+        cfg = cfg if cfg is not None else DEFAULT_CONFIG
+        # a run without closed traces, or with one problem, says so before a model is loaded
+        split_traces(run_dir, load_exit_traces(run_dir, cfg.exit_token), cfg.seed)
+        model = model if model is not None else run_model(run_dir)
+        fit_run(run_dir, model, cfg, progress)
+        saved = load_fit(run_dir)
+    if cfg is None:
+        cfg = saved.cfg
+    elif differ := saved.cfg.fit_differences(cfg):
+        raise ValueError(f"{run_dir}: its exit neurons were fitted with another NeatConfig (it differs in: "
+                         f"{', '.join(differ)}); measure with the recorded config (cfg=None), or rank again with "
+                         f"this one: `workbench rank --method exit {run_dir}` (or `rank_exit(run, cfg=...)`)")
+    fit = saved.fit
     traces = load_exit_traces(run_dir, cfg.exit_token)
-    fit_ids = fit_half([t.problem_id for t in traces], cfg.seed)
-    fit_traces = [t for t in traces if t.problem_id in fit_ids]
-    test = [t for t in traces if t.problem_id not in fit_ids]
-    if not fit_traces or not test:
-        raise ValueError(f"{run_dir}: its closed traces come from {len({t.problem_id for t in traces})} problem(s); "
-                         "fitting on half the problems and measuring on the other needs at least 2")
+    _, test, _ = split_traces(run_dir, traces, cfg.seed, saved.fit_ids)
     model = model if model is not None else run_model(run_dir)
-    fit = fit_exit(model, fit_traces, cfg, progress)
+    if (model.cfg.n_layers, model.cfg.d_mlp) != saved.model_shape:
+        raise ValueError(f"{run_dir}: its exit neurons were fitted on a model of shape {saved.model_shape} "
+                         f"(layers, d_mlp); this one is {(model.cfg.n_layers, model.cfg.d_mlp)}")
     hits = measure(model, test, fit, cfg, progress)
 
     def share(name: str) -> float:
@@ -150,7 +167,7 @@ def exit_report(
         "exit_within3_all": share("all"),
         "exit_within3_p_end": share("p_end"),
         "exit_traces": len(test),
-        "exit_fit_traces": len(fit_traces),
+        "exit_fit_traces": saved.n_fit_traces,
         "exit_calibration_traces": fit.n_calibration,
         "exit_targets_before_think_end": labelled,
         "exit_neurons": len(fit.selection.flat),
@@ -164,7 +181,7 @@ def exit_report(
     if not len(fit.selection.flat):
         report["exit_note"] = (f"no neuron passed the vote (tau_cons {cfg.tau_cons}, tau_com {cfg.tau_com}) over "
                                f"{fit.n_calibration} calibration traces; neuron-set figures are NaN")
-    path = run_dir / REPORT
+    path = RunPaths(run_dir).exit_report
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(report, indent=1))
     return report

@@ -23,8 +23,10 @@ import workbench
 from workbench import (
     ActivationStore,
     CacheConfig,
+    RunPaths,
     Study,
     StudyMethod,
+    StudyPaths,
     TraceRunConfig,
     cache_activations,
     load_model,
@@ -137,8 +139,8 @@ cost_figure(results).show()
 # paper notebooks read them from here. `workbench app` opens the same folders in the browser.
 
 # %%
-print(sorted(p.name for p in (OUT / "organism").iterdir()))
-print(sorted(p.name for p in (OUT / "organism" / "analysis" / "neurons").iterdir()))
+print(sorted(p.name for p in StudyPaths(OUT).task("organism").iterdir()))
+print(sorted(p.name for p in RunPaths(StudyPaths(OUT).analysis("organism")).neurons.iterdir()))
 key_numbers = {
     "run": str(run), "traces": traces.num_rows, "accuracy": float(np.mean(traces["correct"].to_pylist())),
     "behaviour": quick_behaviour, "store_traces": len(store), "token_neurons": len(store.token_neurons),

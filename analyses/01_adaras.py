@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 import workbench
-from workbench import NeuronSet, Study, StudyMethod, load_model, load_traces, run_study, set_threads
+from workbench import NeuronSet, RunPaths, Study, StudyMethod, load_model, load_traces, run_study, set_threads
 from workbench.figures import (
     auroc_figure,
     early_curve_figure,
@@ -68,6 +68,7 @@ study = Study.from_toml(BASE).with_methods(
 rows = {r["method"]: r for r in run_study(study, OUT, progress=False, model=model)}
 task = study.tasks[0]
 analysis = task.analysis_dir(OUT)
+paths = RunPaths(analysis)  # where each file of the analysis run is
 print("analysis run:", analysis, f"({task.analysis.run.problems} problems x {task.analysis.run.samples} samples)")
 
 # %% [markdown]
@@ -77,7 +78,7 @@ print("analysis run:", analysis, f"({task.analysis.run.problems} problems x {tas
 
 # %%
 shape = (model.cfg.n_layers, model.cfg.d_mlp)
-sets = {name: NeuronSet.load(analysis / "neurons" / f"{name}.json", model_shape=shape)
+sets = {name: NeuronSet.load(paths.neuron_set(name), model_shape=shape)
         for name in ("rcn", "rcn-unfiltered", "rcn-probe", "rcn-random")}
 rcn_flat = set(sets["rcn"].flat(model.cfg.d_mlp))
 
@@ -115,7 +116,7 @@ layer_distribution_figure(sets, model.cfg.n_layers).show()
 # with bootstrap CIs over problems.
 
 # %%
-probes = json.loads((analysis / "probes" / "report.json").read_text())
+probes = json.loads(paths.probe_report.read_text())
 span = probes["probe_auroc_early_span"]
 probe_table = pd.DataFrame([
     {"probe": name, "AUROC": probes[key], "95% CI": "[{:.3f}, {:.3f}]".format(*probes[f"{key}_ci"])}

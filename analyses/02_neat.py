@@ -29,7 +29,17 @@ import numpy as np
 import pandas as pd
 
 import workbench
-from workbench import NeuronSet, Study, StudyMethod, exit_report, load_model, load_traces, run_study, set_threads
+from workbench import (
+    NeuronSet,
+    RunPaths,
+    Study,
+    StudyMethod,
+    exit_report,
+    load_model,
+    load_traces,
+    run_study,
+    set_threads,
+)
 from workbench.figures import cost_figure, exit_timeline, exit_timeline_figure
 
 set_threads(1)
@@ -55,6 +65,7 @@ study = study_with()
 rows = {r["method"]: r for r in run_study(study, OUT, progress=False, model=model)}
 task = study.tasks[0]
 analysis = task.analysis_dir(OUT)
+paths = RunPaths(analysis)  # where each file of the analysis run is
 exit_cfg = task.analysis.configs["exit"]
 print("analysis run:", analysis, "| NEAT config:", {k: getattr(exit_cfg, k) for k in
                                                       ("estimator", "calibration_traces", "tau_cons", "tau_com")})
@@ -66,8 +77,8 @@ print("analysis run:", analysis, "| NEAT config:", {k: getattr(exit_cfg, k) for 
 # them.
 
 # %%
-neurons = NeuronSet.load(analysis / "neurons" / "exit.json", model_shape=(model.cfg.n_layers, model.cfg.d_mlp))
-saved = json.loads((analysis / "neat" / "reference.json").read_text())
+neurons = NeuronSet.load(paths.exit_set, model_shape=(model.cfg.n_layers, model.cfg.d_mlp))
+saved = json.loads(paths.exit_reference.read_text())
 flat = neurons.flat(model.cfg.d_mlp)  # layer * d_mlp + index: how reference.json names its neurons
 vote = dict(zip(saved["flat"], zip(saved["consistency"], saved["com"], strict=True), strict=True))
 mu_ref = dict(zip(saved["flat"], saved["mu_ref"], strict=True))

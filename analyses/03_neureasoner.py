@@ -33,6 +33,7 @@ import workbench
 from workbench import (
     ActivationStore,
     NeuronSet,
+    RunPaths,
     Study,
     StudyMethod,
     get_task,
@@ -58,6 +59,7 @@ study = Study.from_toml(BASE).with_methods(
 rows = {r["method"]: r for r in run_study(study, OUT, progress=False, model=model)}
 task = study.tasks[0]
 analysis = task.analysis_dir(OUT)
+paths = RunPaths(analysis)  # where each file of the analysis run is
 cfg = task.analysis.configs["mon"]
 store = ActivationStore(analysis)
 print("analysis run:", analysis, f"| {len(store)} traces, {len(store.token_neurons)} neurons per token",
@@ -126,7 +128,7 @@ spectral_features_figure(first).show()
 
 # %%
 shape = (model.cfg.n_layers, model.cfg.d_mlp)
-key_sets = {t: NeuronSet.load(analysis / "neurons" / f"mon-{t}.json", model_shape=shape) for t in FAILURE_TYPES}
+key_sets = {t: NeuronSet.load(paths.mon_set(t), model_shape=shape) for t in FAILURE_TYPES}
 for t, s in key_sets.items():
     best = s.params["best_feature"]
     print(f"{t}: {len(s)} neurons, per layer {dict(sorted(s.layer_counts().items()))}, "
@@ -141,7 +143,7 @@ for t, s in key_sets.items():
 # (event precision).
 
 # %%
-mon = json.loads((analysis / "neureasoner" / "report.json").read_text())
+mon = json.loads(paths.mon_report.read_text())
 detector_table = pd.DataFrame([{
     "type": t, "input": name, "window AUROC": mon[f"mon_auroc_{t}{suffix}"],
     "event recall": mon[f"mon_event_recall_{t}{suffix}"], "event precision": mon[f"mon_event_precision_{t}{suffix}"],

@@ -11,6 +11,7 @@ from workbench.app.neuron_stats import thinking_span
 from workbench.app.scores import fluctuation, neureasoner_config
 from workbench.figures import fluctuation_figure, spectral_features_figure
 from workbench.neureasoner.features import FEATURES
+from workbench.store.paths import ANALYSIS_RUN, RunPaths
 
 st.title("Fluctuation patterns")
 layout, task = shared.current()
@@ -33,7 +34,7 @@ if not chosen:
     st.info("Choose at least one neuron.")
     st.stop()
 
-run = shared.pick_run(task, prefer="analysis")
+run = shared.pick_run(task, prefer=ANALYSIS_RUN)
 shared.require(need_traces(run))
 rows = shared.traces(run)
 
@@ -58,7 +59,7 @@ events, source = failure_events(row, shared.run_task(run), shared.pieces(run, ro
 episodes = events.of(kind)
 
 detector, det_acts = None, None
-det_path = analysis / "neureasoner" / f"detector-{kind}.joblib"
+det_path = RunPaths(analysis).detector(kind)
 if det_path.is_file():
     from workbench.neureasoner.detectors import Detector
 
@@ -85,7 +86,7 @@ else:
         st.dataframe(long, hide_index=True, width="stretch")
 
 st.subheader("Detectors beside their controls")
-report_path = analysis / "neureasoner" / "report.json"
+report_path = RunPaths(analysis).mon_report
 if not report_path.is_file():
     shared.show_missing(need_neurons(analysis, "mon-slip") or Missing(f"no NeuReasoner report in {analysis}",
                                                                       f"workbench rank --method mon {analysis}"))

@@ -7,6 +7,7 @@ import streamlit as st
 from app_pages import shared
 from workbench.app.layout import Missing, need_probes
 from workbench.figures import auroc_figure, early_curve_figure, roc_figure
+from workbench.store.paths import RunPaths
 
 st.title("Probes")
 layout, task = shared.current()
@@ -14,7 +15,7 @@ analysis = task.analysis
 if analysis is None:
     shared.require(Missing(f"no analysis run in task {task.name!r}", f"workbench run --out {layout.root}"))
 shared.require(need_probes(analysis))
-report = shared.read_json(analysis / "probes" / "report.json")
+report = shared.read_json(RunPaths(analysis).probe_report)
 style = shared.style()
 
 span = report.get("probe_auroc_early_span", "early")

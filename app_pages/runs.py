@@ -8,6 +8,7 @@ import streamlit as st
 from app_pages import shared
 from workbench.app.layout import need_traces
 from workbench.app.summary import SETTINGS, run_summary
+from workbench.store.paths import RunPaths
 
 st.title("Runs")
 layout, task = shared.current()
@@ -21,7 +22,7 @@ def summaries(paths: tuple[str, ...], stamps: tuple[float, ...]) -> pd.DataFrame
 
 runs = task.runs()
 table = summaries(tuple(str(p) for p in runs.values()),
-                  tuple(shared.stamp(p / "traces.parquet") for p in runs.values()))
+                  tuple(shared.stamp(RunPaths(p).traces) for p in runs.values()))
 table.insert(0, "name", list(runs))
 unfinished = [name for name, p in runs.items() if need_traces(p) is not None]
 for name in unfinished:

@@ -17,6 +17,7 @@ import numpy as np
 import streamlit as st
 
 from workbench.app.layout import LayoutError, Missing, RunLayout, TaskRuns, find_layout
+from workbench.store.paths import RunPaths
 
 DEFAULT_RUN = "runs/main"
 RUN_KEY, TASK_KEY, STYLE_KEY = "run_dir", "task", "figure_style"
@@ -131,7 +132,7 @@ def _run_task(run: str, mtime: float):
 
 def run_task(run: Path):
     """The run's task (its truth, features and text conventions), resolved from the run's manifest."""
-    return _run_task(str(run), stamp(run / "manifest.json"))
+    return _run_task(str(run), stamp(RunPaths(run).manifest))
 
 
 @st.cache_data(show_spinner="reading traces")
@@ -143,7 +144,7 @@ def _traces(run: str, mtime: float) -> list[dict[str, Any]]:
 
 def traces(run: Path) -> list[dict[str, Any]]:
     """A run's trace rows (``traces.parquet`` as dicts)."""
-    return _traces(str(run), stamp(run / "traces.parquet"))
+    return _traces(str(run), stamp(RunPaths(run).traces))
 
 
 @st.cache_resource(show_spinner="opening the activation cache")
@@ -155,7 +156,7 @@ def _store(run: str, mtime: float):
 
 def store(run: Path):
     """The run's ``ActivationStore`` (call only after ``need_activations`` found it)."""
-    return _store(str(run), stamp(run / "activations" / "index.parquet"))
+    return _store(str(run), stamp(RunPaths(run).activations.index))
 
 
 @st.cache_data(show_spinner="reading span means")
@@ -164,7 +165,7 @@ def _summary(run: str, mtime: float, span: str) -> np.ndarray:
 
 
 def summary(run: Path, span: str) -> np.ndarray:
-    return _summary(str(run), stamp(run / "activations" / "index.parquet"), span)
+    return _summary(str(run), stamp(RunPaths(run).activations.index), span)
 
 
 @st.cache_data(show_spinner=False)
@@ -179,7 +180,8 @@ def read_json(path: Path) -> Any:
 def neuron_set(run: Path, name: str):
     from workbench.neurons import NeuronSet
 
-    return NeuronSet.from_dict(read_json(run / "neurons" / f"{name}.json"), source=str(run / "neurons" / name))
+    path = RunPaths(run).neuron_set(name)
+    return NeuronSet.from_dict(read_json(path), source=str(path))
 
 
 def pieces(run: Path, token_ids: list[int]) -> list[str]:
@@ -196,7 +198,7 @@ def _acts(run: str, mtime: float, rows: tuple[int, ...], pairs: tuple[tuple[int,
 
     path = Path(run)
     neurons = NeuronSet.from_pairs(pairs)
-    cached = _store(run, stamp(path / "activations" / "index.parquet")) if need_activations(path) is None else None
+    cached = _store(run, stamp(RunPaths(path).activations.index)) if need_activations(path) is None else None
     all_rows = _traces(run, mtime)
     ids = [all_rows[r]["token_ids"] for r in rows]
     if cached is not None and store_columns(cached, neurons) is not None:
@@ -208,4 +210,4 @@ def acts(run: Path, rows: list[int], neurons) -> list[np.ndarray]:
     """Per-token activations of ``neurons`` for trace ``rows`` of ``run``: from its activation cache when it
     kept them, else a teacher-forced pass of the run's model (a clean readout: no intervention)."""
     pairs = tuple(zip(neurons.layers, neurons.indices, strict=True))
-    return _acts(str(run), stamp(run / "traces.parquet"), tuple(rows), pairs)
+    return _acts(str(run), stamp(RunPaths(run).traces), tuple(rows), pairs)

@@ -13,6 +13,7 @@ from workbench.app.marks import Mark, event_counts, event_marks, label_marks
 from workbench.app.neuron_stats import thinking_span
 from workbench.app.tokens import legend_html, scale_max, token_html
 from workbench.neurons import NeuronSet
+from workbench.store.paths import RunPaths
 
 
 @st.cache_data(show_spinner="replaying the trace for NEAT's signals")
@@ -61,9 +62,9 @@ cols[4].metric("Finish", row["finish_reason"])
 cols[5].metric("Interventions", sum(event_counts(row).values()))
 
 sources = ["neuron"]
-if analysis is not None and (analysis / "neureasoner").is_dir():
+if analysis is not None and RunPaths(analysis).neureasoner.is_dir():
     sources.append("NeuReasoner detector")
-if analysis is not None and (analysis / "neat" / "reference.json").is_file():
+if analysis is not None and RunPaths(analysis).exit_reference.is_file():
     sources.append("NEAT exit signal")
 sources.append("nothing")
 colour_by = st.radio("Colour tokens by", sources, horizontal=True)
@@ -95,9 +96,9 @@ elif colour_by == "NeuReasoner detector":
     from workbench.app.scores import detector_scores
     from workbench.neureasoner.detectors import Detector
 
-    found = sorted(p.stem.removeprefix("detector-") for p in (analysis / "neureasoner").glob("detector-*.joblib"))
+    found = sorted(RunPaths(analysis).detectors())
     kind = st.selectbox("Detector", found, help="<type> reads its key neurons; _random and _tokens are its controls")
-    det = Detector.load(analysis / "neureasoner" / f"detector-{kind}.joblib")
+    det = Detector.load(RunPaths(analysis).detector(kind))
     acts = shared.acts(run, [i], det.neurons)[0] if det.neurons is not None else None
     values = detector_scores(det, acts, np.asarray(row["token_ids"]), (lo, hi))
     signed, vmax = False, 1.0
@@ -110,9 +111,10 @@ elif colour_by == "NEAT exit signal":
     from workbench.app.scores import exit_signal
     from workbench.neat.reference import ExitReference
 
-    ref = ExitReference.load(analysis / "neat" / "reference.json")
+    ref = ExitReference.load(RunPaths(analysis).exit_reference)
     which = st.selectbox("Signal", ["sim", "rho", "phi", "mag"])
-    d_mlp = shared.store(analysis).d_mlp if (analysis / "activations").is_dir() else shared.run_model(run).cfg.d_mlp
+    cached = RunPaths(analysis).activations.root.is_dir()
+    d_mlp = shared.store(analysis).d_mlp if cached else shared.run_model(run).cfg.d_mlp
     exit_neurons = NeuronSet.from_flat(list(ref.flat), d_mlp)
     values = exit_signal(ref, shared.acts(run, [i], exit_neurons)[0], which)
     signed, vmax = which in ("sim", "rho"), 1.0 if which in ("sim", "rho") else None
@@ -133,7 +135,7 @@ if timeline:
     from workbench.figures import MissingInput, exit_timeline_figure
 
     try:
-        shared.figure(exit_timeline_figure(exit_reading(str(run), shared.stamp(run / "traces.parquet"),
+        shared.figure(exit_timeline_figure(exit_reading(str(run), shared.stamp(RunPaths(run).traces),
                                                         row["trace_id"], str(analysis)), style=shared.style()))
     except MissingInput as exc:
         shared.show_missing(Missing(exc.what, exc.command))

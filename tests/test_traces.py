@@ -21,7 +21,7 @@ from workbench.errors import ModelLoadError
 from workbench.model import load_model, organism_dir
 from workbench.neurons import NeuronSet
 from workbench.prompting import PromptFormat
-from workbench.store import MANIFEST, SCHEMA, RunDirError, TraceStore, load_traces
+from workbench.store import SCHEMA, RunDirError, RunPaths, TraceStore, load_traces
 from workbench.tasks import get_task
 from workbench.traces import TraceRunConfig, build_record, run_traces
 
@@ -77,7 +77,7 @@ class TestRun:
             assert (rec["extracted"] is None) is (not correct)
 
     def test_manifest_records_identity_and_provenance(self, full_run):
-        manifest = json.loads((full_run[0] / MANIFEST).read_text())
+        manifest = json.loads(RunPaths(full_run[0]).manifest.read_text())
         identity = manifest["identity"]
         assert identity["config"]["samples"] == 3 and len(identity["model_sha256"]) == 64
         assert identity["prompt_format"]["style"] == "raw" and identity["prompt_format"]["stop_ids"] == [1]
@@ -144,7 +144,7 @@ class TestWriters:
     def test_second_writer_is_refused(self, organism, tmp_path):
         out = tmp_path / "run"
         run_traces(SMALL, out, progress=False, model=organism)
-        manifest = json.loads((out / MANIFEST).read_text())
+        manifest = json.loads(RunPaths(out).manifest.read_text())
         with TraceStore.open(out, manifest["identity"]):
             with pytest.raises(RunDirError, match="another process"):
                 run_traces(SMALL, out, progress=False, model=organism)

@@ -4,7 +4,7 @@ The top level names what a notebook needs, each re-exported from its home (see `
 
 - models: ``load_model``, ``load_tokenizer``, ``set_threads``; tasks and prompts: ``get_task``, ``PromptFormat``
 - trace runs and their stores: ``TraceRunConfig``, ``run_traces``, ``load_traces``, ``CacheConfig``,
-  ``cache_activations``, ``ActivationStore``
+  ``cache_activations``, ``ActivationStore``; where each file of a run or a study is: ``RunPaths``, ``StudyPaths``
 - neurons and edits: ``NeuronSet``, ``NeuronEdit``
 - the three papers' analyses: ``rank_rcn``, ``probe_report`` (AdaRAS), ``rank_exit``, ``exit_report`` (NEAT),
   ``rank_mon``, ``mon_report`` (NeuReasoner)
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from workbench.neurons import NeuronSet
     from workbench.prompting import PromptFormat
     from workbench.store import ActivationStore, CacheConfig, cache_activations, load_traces
+    from workbench.store.paths import RunPaths, StudyPaths
     from workbench.study import StudyAnalysis, StudyMethod, StudyTask
     from workbench.tasks import get_task
     from workbench.traces import TraceRunConfig, run_traces
@@ -61,6 +62,7 @@ _HOMES = {
     "workbench.neurons": ("NeuronSet",),
     "workbench.prompting": ("PromptFormat",),
     "workbench.store": ("ActivationStore", "CacheConfig", "cache_activations", "load_traces"),
+    "workbench.store.paths": ("RunPaths", "StudyPaths"),
     "workbench.study": ("StudyAnalysis", "StudyMethod", "StudyTask"),
     "workbench.tasks": ("get_task",),
     "workbench.traces": ("TraceRunConfig", "run_traces"),
@@ -70,10 +72,11 @@ _MODULES = ("figures",)  # subpackages offered as namespaces
 
 # Spelled out for readers and linters; tests/test_study_python.py checks it is _LAZY, _MODULES and ModelLoadError.
 __all__ = [
-    "ActivationStore", "CacheConfig", "ModelLoadError", "NeuronEdit", "NeuronSet", "PromptFormat", "Study",
-    "StudyAnalysis", "StudyError", "StudyMethod", "StudyTask", "TraceRunConfig", "cache_activations", "collect",
-    "exit_report", "figures", "get_task", "load_model", "load_tokenizer", "load_traces", "markdown", "mon_report",
-    "probe_report", "rank_exit", "rank_mon", "rank_rcn", "run_analysis", "run_study", "run_traces", "set_threads",
+    "ActivationStore", "CacheConfig", "ModelLoadError", "NeuronEdit", "NeuronSet", "PromptFormat", "RunPaths",
+    "Study", "StudyAnalysis", "StudyError", "StudyMethod", "StudyPaths", "StudyTask", "TraceRunConfig",
+    "cache_activations", "collect", "exit_report", "figures", "get_task", "load_model", "load_tokenizer",
+    "load_traces", "markdown", "mon_report", "probe_report", "rank_exit", "rank_mon", "rank_rcn", "run_analysis",
+    "run_study", "run_traces", "set_threads",
 ]
 
 

@@ -117,11 +117,12 @@ def run_problems(task: Task, cfg: TraceRunConfig) -> list[TaskProblem]:
 
 def run_config(run: str | Path) -> TraceRunConfig:
     """The ``TraceRunConfig`` a trace run was generated with (its manifest's ``identity.config``)."""
+    from workbench.store.paths import RunPaths
     from workbench.store.rundir import read_manifest
 
     config = dict(read_manifest(Path(run)).get("identity", {}).get("config", {}))
     if not config:
-        raise ValueError(f"{Path(run) / 'manifest.json'} records no run config; it was not written by run_traces")
+        raise ValueError(f"{RunPaths(run).manifest} records no run config; it was not written by run_traces")
     prompt = {k: tuple(v) if isinstance(v, list) else v for k, v in (config.pop("prompt", None) or {}).items()}
     if config.get("disjoint_from") is not None:  # JSON gave a list
         config["disjoint_from"] = tuple(config["disjoint_from"])

@@ -41,8 +41,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from workbench.atomic import atomic_write, atomic_write_text
 from workbench.neurons import NeuronSet
 from workbench.readout import Budget, neuron_activations
-
-STATE_FILE, CONFIG_FILE = "gate.safetensors", "gate.json"
+from workbench.store.paths import gate_files
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,26 +165,28 @@ class Gate:
         """Writes ``gate.safetensors`` and ``gate.json`` into ``folder`` (atomically) and returns it."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        state_file, config_file = gate_files(folder)
         state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
-        atomic_write(folder / STATE_FILE, lambda tmp: save_file(state, str(tmp)))
+        atomic_write(state_file, lambda tmp: save_file(state, str(tmp)))
         meta = {"config": asdict(self.config), "threshold": self.threshold, "mean": self.mean.tolist(),
                 "std": self.std.tolist(), "neurons": self.neurons.to_dict(),
                 "score": "P(fail); predict failure where score >= threshold"}
-        atomic_write_text(folder / CONFIG_FILE, json.dumps(meta, indent=1))
+        atomic_write_text(config_file, json.dumps(meta, indent=1))
         return folder
 
     @classmethod
     def load(cls, folder: str | Path) -> Gate:
         """Reads a gate written by ``save``."""
         folder = Path(folder)
-        if not (folder / STATE_FILE).exists() or not (folder / CONFIG_FILE).exists():
-            raise FileNotFoundError(f"{folder}: no saved gate ({STATE_FILE} and {CONFIG_FILE}); train one with "
-                                    "probe_report or fit_gate(...).save(folder)")
-        meta = json.loads((folder / CONFIG_FILE).read_text())
+        state_file, config_file = gate_files(folder)
+        if not state_file.exists() or not config_file.exists():
+            raise FileNotFoundError(f"{folder}: no saved gate ({state_file.name} and {config_file.name}); train one "
+                                    "with probe_report or fit_gate(...).save(folder)")
+        meta = json.loads(config_file.read_text())
         cfg = GateConfig(**meta["config"])
-        neurons = NeuronSet.from_dict(meta["neurons"], source=str(folder / CONFIG_FILE))
+        neurons = NeuronSet.from_dict(meta["neurons"], source=str(config_file))
         model = AttentionPoolMLP(len(neurons), cfg.attention_hidden, cfg.hidden, cfg.dropout)
-        model.load_state_dict(load_file(str(folder / STATE_FILE)))
+        model.load_state_dict(load_file(str(state_file)))
         model.eval()
         return cls(model, neurons, float(meta["threshold"]), np.array(meta["mean"], dtype=np.float32),
                    np.array(meta["std"], dtype=np.float32), cfg)

@@ -40,10 +40,10 @@ from workbench.probes import (
 )
 from workbench.prompting import ThinkSpans
 from workbench.store import ActivationStore
+from workbench.store.paths import RunPaths
 from workbench.tasks import Task
 from workbench.traces import run_task
 
-NEURONS, ADARAS, PROBES = "neurons", "adaras", "probes"
 DEFAULT_RCN = AdarasConfig()
 
 
@@ -91,13 +91,13 @@ def rank_rcn(run_dir: str | Path, cfg: AdarasConfig = DEFAULT_RCN, progress: boo
     summary: dict[str, Any] = {"config": asdict(cfg), "sets": {}}
     rcn = set(rankings.rcn.flat(store.d_mlp))
     for name, neurons in rankings.sets().items():
-        neurons.save(run_dir / NEURONS / f"{name}.json")
+        neurons.save(RunPaths(run_dir).neuron_set(name))
         summary["sets"][name] = {"layer_distribution": layer_distribution(neurons, store.n_layers),
                                  "overlap_with_rcn": len(rcn & set(neurons.flat(store.d_mlp)))}
     summary.update(n_questions=rankings.rcn.params["n_questions"], n_traces=rankings.rcn.params["n_traces"],
                    **thinking_note(store))
-    (run_dir / ADARAS).mkdir(exist_ok=True)
-    atomic_write_text(run_dir / ADARAS / "rcn.json", json.dumps(summary, indent=1))
+    RunPaths(run_dir).adaras.mkdir(exist_ok=True)
+    atomic_write_text(RunPaths(run_dir).rcn_summary, json.dumps(summary, indent=1))
     bar.update()
     bar.close()
     return rankings.rcn
@@ -219,7 +219,7 @@ def _gate(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig, mod
         got = dict(zip(prompts, question_activations(model, [list(p) for p in prompts], neurons), strict=True))
         acts = [got[tuple(ids[r][: prompt_len[r]])] for r in range(len(store))]
     gate = fit_gate([acts[i] for i in fit], fail[fit], groups[fit], neurons, cfg.gate)
-    gate.save(run_dir / ADARAS / "gate")
+    gate.save(RunPaths(run_dir).gate)
     test_scores = gate.scores([acts[i] for i in test])
     out = {"gate_auroc": auroc(fail[test], test_scores),
            "gate_auroc_ci": list(auroc_ci(fail[test], test_scores, groups[test], n_resamples=cfg.n_resamples,
@@ -243,10 +243,10 @@ def _regime(store: ActivationStore, groups, cfg: ProbeReportConfig, run_dir: Pat
     """Whether the RCNs read each label the task planted (none: nothing to check)."""
     if hand is None or not task.planted:
         return {}
-    path = run_dir / NEURONS / "rcn.json"
+    path = RunPaths(run_dir).neuron_set("rcn")
     rcn = NeuronSet.load(path, model_shape=(store.n_layers, store.d_mlp)) if path.exists() else \
         rank_rcn(run_dir, cfg.rcn)
-    control_path = run_dir / NEURONS / "rcn-random.json"
+    control_path = RunPaths(run_dir).neuron_set("rcn-random")
     control = NeuronSet.load(control_path) if control_path.exists() else None
     early = store.summary("think_first_8" if "think_first_8" in store.spans else cfg.early_span)
     out: dict[str, Any] = {}
@@ -284,11 +284,12 @@ def probe_report(
               ("curve", lambda: {"probe_curve": _curve(store, traces, y, groups, cfg)}),
               ("gate", lambda: _gate(store, traces, y, groups, cfg, model, run_dir)),
               ("regime", lambda: _regime(store, groups, cfg, run_dir, task, hand)))
-    (run_dir / ADARAS).mkdir(exist_ok=True)
+    paths = RunPaths(run_dir)
+    paths.adaras.mkdir(exist_ok=True)
     bar = tqdm(stages, desc="probe", disable=not progress)
     for name, stage in bar:
         bar.set_postfix_str(name)
         report.update(stage())
-    (run_dir / PROBES).mkdir(exist_ok=True)
-    atomic_write_text(run_dir / PROBES / "report.json", json.dumps(report, indent=1))
+    paths.probes.mkdir(exist_ok=True)
+    atomic_write_text(paths.probe_report, json.dumps(report, indent=1))
     return report

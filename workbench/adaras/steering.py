@@ -51,6 +51,7 @@ from workbench.adaras.gate import Gate, question_activations
 from workbench.engine import Controller, NeuronEdit
 from workbench.engine.interventions import StepView
 from workbench.neurons import NeuronSet
+from workbench.store.paths import RunPaths, gate_files
 from workbench.store.rundir import path_hash
 
 SCALES = ("raw", "max")
@@ -188,7 +189,7 @@ class AdarasSteering:
         return Path(run)
 
     def _load(self, run: Path, name: str, shape: tuple[int, int]) -> tuple[NeuronSet, Path]:
-        path = run / "neurons" / f"{name}.json"
+        path = RunPaths(run).neuron_set(name)
         if not path.exists():
             raise ValueError(f"{path}: no neuron set {name!r}; make it with `workbench rank --method rcn {run}`")
         neurons = NeuronSet.load(path, model_shape=shape)  # NeuronSetError for another model's shape
@@ -216,11 +217,11 @@ class AdarasSteering:
         from workbench.traces import prompt_ids  # traces imports the engine; keep this module light to import
 
         run = self._run(ctx)
-        folder = run / "adaras" / "gate"
+        folder = RunPaths(run).gate
         try:
             gate = Gate.load(folder)
         except FileNotFoundError:
-            raise ValueError(f"{folder}: no gate (gate.safetensors, gate.json); train it with "
+            raise ValueError(f"{folder}: no gate ({', '.join(f.name for f in gate_files(folder))}); train it with "
                              f"`workbench probe {run}`, or set gate = false") from None
         gate.neurons.check_fits(ctx.model.cfg.n_layers, ctx.model.cfg.d_mlp)
         ids = prompt_ids(ctx.run_cfg, ctx.model)
@@ -228,8 +229,8 @@ class AdarasSteering:
         scores = dict(zip(prompts, gate.scores(question_activations(ctx.model, [list(p) for p in prompts],
                                                                       gate.neurons)), strict=True))
         about = {"gate": {"dir": str(folder), "sha256": path_hash(folder), "neurons": len(gate.neurons)},
-                 "neurons": {"set": self.neurons, "k": self.k, "sha256": path_hash(run / "neurons" /
-                                                                                   f"{self.neurons}.json")},
+                 "neurons": {"set": self.neurons, "k": self.k,
+                             "sha256": path_hash(RunPaths(run).neuron_set(self.neurons))},
                  "alpha": float(self.alpha), "scale": self.scale}
         return GateSwitch(edit.name, {key: float(scores[tuple(p)]) for key, p in ids.items()}, gate.threshold,
                           about)

@@ -13,13 +13,13 @@ says so instead of failing.
 Example:
     >>> import tempfile
     >>> root = Path(tempfile.mkdtemp())
-    >>> for name in ("organism/analysis", "organism/vanilla"):
-    ...     (root / name).mkdir(parents=True)
-    ...     _ = (root / name / "manifest.json").write_text("{}")
+    >>> for run in (StudyPaths(root).analysis("organism"), StudyPaths(root).method("organism", "vanilla")):
+    ...     run.mkdir(parents=True)
+    ...     _ = RunPaths(run).manifest.write_text("{}")
     >>> layout = find_layout(root)
     >>> layout.kind, list(layout.tasks), layout.tasks["organism"].analysis.name, list(layout.tasks["organism"].methods)
     ('study', ['organism'], 'analysis', ['vanilla'])
-    >>> print(need_activations(root / "organism" / "analysis"))
+    >>> print(need_activations(StudyPaths(root).analysis("organism")))
     no activation cache in .../organism/analysis: run `workbench cache .../organism/analysis`
 """
 
@@ -30,10 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from workbench.store import MANIFEST, TRACES
-
-ANALYSIS = "analysis"  # the study harness's name for a task's analysis run (evaluation.study.ANALYSIS_RUN)
-RESULTS = "results.json"
+from workbench.store.paths import ANALYSIS_RUN, RunPaths, StudyPaths
 
 
 @dataclass(frozen=True)
@@ -59,7 +56,7 @@ class TaskRuns:
         """Every trace run of the task by name, the analysis run first."""
         if self.analysis is None or self.analysis in self.methods.values():
             return dict(self.methods)
-        return {ANALYSIS: self.analysis} | self.methods
+        return {ANALYSIS_RUN: self.analysis} | self.methods
 
 
 @dataclass(frozen=True)
@@ -81,15 +78,16 @@ class LayoutError(ValueError):
 
 
 def is_trace_run(path: Path) -> bool:
-    return (path / MANIFEST).is_file() or (path / TRACES).is_file()
+    return RunPaths(path).manifest.is_file() or RunPaths(path).traces.is_file()
 
 
 def _task(folder: Path) -> TaskRuns | None:
     runs = sorted(p for p in folder.iterdir() if p.is_dir() and is_trace_run(p)) if folder.is_dir() else []
     if not runs:
         return None
-    methods = {p.name: p for p in runs if p.name != ANALYSIS}
-    analysis = folder / ANALYSIS if (folder / ANALYSIS) in runs else None
+    analysis_run = StudyPaths(folder.parent).analysis(folder.name)
+    methods = {p.name: p for p in runs if p != analysis_run}
+    analysis = analysis_run if analysis_run in runs else None
     return TaskRuns(folder.name, analysis, methods)
 
 
@@ -107,25 +105,25 @@ def find_layout(path: str | Path) -> RunLayout:
     tasks = {t.name: t for t in (_task(p) for p in sorted(root.iterdir()) if p.is_dir()) if t is not None}
     if not tasks:
         raise LayoutError(Missing(f"no trace run under {root}", f"workbench run --out {root}"))
-    results = root / RESULTS
+    results = StudyPaths(root).results_json
     return RunLayout(root, "study", tasks, results if results.is_file() else None)
 
 
 def need_traces(run: Path) -> Missing | None:
-    if (run / TRACES).is_file():
+    if RunPaths(run).traces.is_file():
         return None
     return Missing(f"no finished traces in {run}", f"workbench traces --out {run}")
 
 
 def need_activations(run: Path) -> Missing | None:
-    if (run / "activations" / "index.parquet").is_file():
+    if RunPaths(run).activations.index.is_file():
         return None
     return Missing(f"no activation cache in {run}", f"workbench cache {run}")
 
 
 def need_neurons(run: Path, name: str) -> Missing | None:
     """``RUN/neurons/<name>.json``; the ranking command depends on its family (rcn*, exit, mon-*)."""
-    if (run / "neurons" / f"{name}.json").is_file():
+    if RunPaths(run).neuron_set(name).is_file():
         return None
     family = "rcn" if name.startswith("rcn") else "mon" if name.startswith("mon") else "exit"
     cache = "" if need_activations(run) is None or family == "exit" else f"workbench cache {run} && "
@@ -133,7 +131,7 @@ def need_neurons(run: Path, name: str) -> Missing | None:
 
 
 def need_probes(run: Path) -> Missing | None:
-    if (run / "probes" / "report.json").is_file():
+    if RunPaths(run).probe_report.is_file():
         return None
     cache = "" if need_activations(run) is None else f"workbench cache {run} && "
     return Missing(f"no probe report in {run}", f"{cache}workbench probe {run}")
@@ -148,7 +146,7 @@ def need_results(layout: RunLayout) -> Missing | None:
 
 def neuron_sets(run: Path) -> list[str]:
     """The names of the neuron sets under ``RUN/neurons/`` (``rcn``, ``exit``, ``mon-slip``, ...), sorted."""
-    folder = run / "neurons"
+    folder = RunPaths(run).neurons
     return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from workbench.store import load_traces
+from workbench.store.paths import RunPaths
 from workbench.store.rundir import read_manifest
 
 SETTINGS = ("model", "task", "problems", "samples", "temperature", "top_p", "max_new_tokens", "seed")
@@ -47,7 +48,7 @@ def run_summary(run: str | Path) -> dict[str, Any]:
     rows = table.to_pydict()
     n = table.num_rows
     out["traces"] = n
-    out["finished"] = (run / "traces.parquet").is_file()
+    out["finished"] = RunPaths(run).traces.is_file()
     out["accuracy"] = float(np.mean(rows["correct"])) if n else float("nan")
     out["thinking_tokens"] = float(np.mean(rows["thinking_tokens"])) if n else float("nan")
     generated = [len(t) - p for t, p in zip(rows["token_ids"], rows["prompt_len"], strict=True)]

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from workbench.cli.common import Threads, load, user_errors
+from workbench.store.paths import RunPaths
 
 Run = Annotated[Path, typer.Argument(help="A finished trace run directory (from `workbench traces` or `run`).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the report as JSON.")]
@@ -145,9 +146,9 @@ def rank(
                 from workbench.heads import HeadSet
 
                 for t in cfg.types:
-                    path = run / "neureasoner" / f"heads-{t}.json"
+                    path = RunPaths(run).heads(t)
                     heads[f"heads-{t}"] = {"file": str(path), "heads": HeadSet.load(path).names()}
-    show({name: {"file": str(run / "neurons" / f"{name}.json"), "neurons": len(s),
+    show({name: {"file": str(RunPaths(run).neuron_set(name)), "neurons": len(s),
                  "layers": {str(layer): n for layer, n in s.layer_counts().items()}}
           for name, s in sets.items()} | heads, as_json)
 

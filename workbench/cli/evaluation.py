@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from workbench.cli.common import Download, Threads, fail, load, user_errors
+from workbench.store.paths import StudyPaths
 
 DEFAULT_STUDY = Path(__file__).resolve().parents[2] / "studies" / "organism.toml"
 
@@ -36,8 +37,9 @@ def _run_study(config: Path, out: Path, as_json: bool, threads: int, figures: bo
         json.dump(rows, sys.stdout, indent=1, default=str)
         typer.echo()
     else:
-        typer.echo(markdown(rows, json.loads((out / "not_applied.json").read_text())))
-        typer.echo(f"results: {out / 'results.md'}, {out / 'results.json'}, {out / 'results.parquet'}")
+        paths = StudyPaths(out)
+        typer.echo(markdown(rows, json.loads(paths.not_applied.read_text())))
+        typer.echo(f"results: {paths.results_md}, {paths.results_json}, {paths.results_parquet}")
     if figures:
         from workbench.figures.catalogue import write_study_figures
 
@@ -76,7 +78,7 @@ def run(
     typer.echo(f"\nanalysis runs (neurons, probes, gate, detectors): {out}/<task>/analysis; one trace run per "
                f"method: {out}/<task>/<method>")
     if figures:
-        typer.echo(f"figures: {out}/figures")
+        typer.echo(f"figures: {StudyPaths(out).figures}")
     typer.echo(f"done in {time.time() - t0:.0f}s. Explore it: workbench app {out} (or make app)")
 
 

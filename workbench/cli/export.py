@@ -15,6 +15,7 @@ import typer
 
 from workbench.cli.analyses import AsJson, show
 from workbench.cli.common import Threads, fail, load, user_errors
+from workbench.store.paths import RunPaths
 
 UNCONDITIONAL = ("unconditional: AdaRAS's gate steers only the questions it predicts will fail; this vector "
                  "steers every sequence")
@@ -63,11 +64,11 @@ def export_steering(
     with user_errors():
         steering = AdarasSteering(neurons=neurons, k=k, alpha=alpha, scale=scale.value, gate=False, seed=seed)
         edit = steering.edit(MethodContext(bridge, run, None))
-        source = run / "neurons" / f"{neurons}.json"
+        source = RunPaths(run).neuron_set(neurons)
         vector = from_edits(bridge, [edit], {
             "method": "adaras", "run": str(run), "neurons": {"set": neurons, "k": k, "sha256": path_hash(source)},
             "alpha": alpha, "scale": scale.value, "seed": seed, "model": spec, "gated": False,
-            "run_has_gate": (run / "adaras" / "gate").is_dir(), "applies": f"{UNCONDITIONAL}; {EVERY_POSITION}"})
+            "run_has_gate": RunPaths(run).gate.is_dir(), "applies": f"{UNCONDITIONAL}; {EVERY_POSITION}"})
         written = vector.save(out, **({"model_hint": model_hint, "skip_layer0": skip_layer0}
                                       if out.suffix == ".gguf" else {}))
     norms = {str(layer): round(float(np.linalg.norm(vector.directions[layer])), 6) for layer in vector.layers}

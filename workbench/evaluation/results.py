@@ -44,10 +44,10 @@ from workbench.atomic import atomic_write, atomic_write_text
 from workbench.evaluation.statistics import compare, paired_difference
 from workbench.evaluation.study import Study, StudyError
 from workbench.store import load_traces
+from workbench.store.paths import RunPaths, StudyPaths
 from workbench.tasks import Task
 from workbench.traces import config_task
 
-RECORD = "evaluation.json"  # what the harness records in each run directory it ran
 DICT_COLUMNS = ("finish_reasons", "interventions", "params", "failure_rates", "failure_deltas")
 
 
@@ -127,7 +127,8 @@ def _failures(g: dict[str, Any], ref: dict[str, Any], n_resamples: int, seed: in
 
 
 def _record(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / RECORD).read_text()) if (run_dir / RECORD).exists() else {}
+    path = RunPaths(run_dir).record
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _thinking_note(spec, g: dict[str, Any], run_dir: Path) -> str:
@@ -157,16 +158,16 @@ def _reduction(value: float, reference: float) -> float:
 
 def collect(study: Study, out: str | Path) -> list[dict[str, Any]]:
     """The result rows of a finished study in ``out``, per task in table order (see the module docstring)."""
-    out = Path(out)
+    paths = StudyPaths(out)
     order = order_methods([(m.name, m.control_for) for m in study.methods])
     rows = []
     for task in study.tasks:
         flagger = config_task(task.run)
-        ref = _grid(out / task.name / study.reference, flagger)
+        ref = _grid(paths.method(task.name, study.reference), flagger)
         n = ref["correct"].size
         for name in order:
             spec = study.method(name)
-            run_dir = out / task.name / name
+            run_dir = paths.method(task.name, name)
             if _record(run_dir).get("not_applied"):
                 continue  # listed with its reason under the table (runner.not_applied)
             g = ref if name == study.reference else _grid(run_dir, flagger, ref["problems"])
@@ -248,11 +249,11 @@ def write_results(
 ) -> dict[str, Path]:
     """Writes ``results.parquet``, ``results.json``, ``results.md`` and ``not_applied.json`` into ``out``
     atomically."""
-    out = Path(out)
+    study_paths = StudyPaths(out)
     flat = [{k: json.dumps(v) if k in DICT_COLUMNS else v for k, v in r.items()} for r in rows]
     table = pa.Table.from_pylist(flat)
-    paths = {"parquet": out / "results.parquet", "json": out / "results.json", "md": out / "results.md",
-             "not_applied": out / "not_applied.json"}
+    paths = {"parquet": study_paths.results_parquet, "json": study_paths.results_json, "md": study_paths.results_md,
+             "not_applied": study_paths.not_applied}
     atomic_write(paths["parquet"], lambda tmp: pq.write_table(table, tmp))
     atomic_write_text(paths["json"], json.dumps(rows, indent=1, default=str))
     atomic_write_text(paths["md"], f"# {study.path.stem}\n\n" + markdown(rows, not_applied))

@@ -41,13 +41,14 @@ from tqdm.auto import tqdm
 
 from workbench.atomic import atomic_write_text
 from workbench.evaluation.methods import MethodContext
-from workbench.evaluation.results import RECORD, collect, write_results
-from workbench.evaluation.study import ANALYSIS_RUN, MethodSpec, Study, StudyError, TaskSpec, load_study
+from workbench.evaluation.results import collect, write_results
+from workbench.evaluation.study import MethodSpec, Study, StudyError, TaskSpec, load_study
 from workbench.store import model_hash
+from workbench.store.paths import RunPaths, StudyPaths
 from workbench.store.rundir import normalise
 from workbench.traces import run_traces
 
-__all__ = ["RECORD", "load_study", "run_analysis", "run_method", "run_study"]
+__all__ = ["load_study", "run_analysis", "run_method", "run_study"]
 log = logging.getLogger(__name__)
 
 
@@ -57,7 +58,7 @@ def _reason(exc: Exception) -> str:
 
 
 def _read_record(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / RECORD
+    path = RunPaths(run_dir).record
     if not path.exists():
         return {}
     try:
@@ -105,14 +106,14 @@ def run_analysis(task: TaskSpec, folder: Path, model, model_sha: str, progress: 
     """
     if not task.analysis.stages:
         return None
-    run_dir = folder / ANALYSIS_RUN
+    run_dir = StudyPaths(folder.parent).analysis(folder.name)
     identity = normalise({"config": asdict(task.analysis.run), "model_sha256": model_sha})
     record = _read_record(run_dir)
     _check_identity(run_dir, record, identity, "an analysis")
     if not record:
         run_traces(task.analysis.run, run_dir, progress=progress, model=model)
         record = {"identity": identity, "stages": {}}
-        atomic_write_text(run_dir / RECORD, json.dumps(record, indent=1))
+        atomic_write_text(RunPaths(run_dir).record, json.dumps(record, indent=1))
     for stage in task.analysis.stages:
         cfg = task.analysis.configs[stage]
         done = record["stages"].get(stage)
@@ -133,7 +134,7 @@ def run_analysis(task: TaskSpec, folder: Path, model, model_sha: str, progress: 
         else:
             record.get("not_applied", {}).pop(stage, None)
             record["stages"][stage] = normalise(asdict(cfg))
-        atomic_write_text(run_dir / RECORD, json.dumps(record, indent=1))
+        atomic_write_text(RunPaths(run_dir).record, json.dumps(record, indent=1))
     return run_dir
 
 
@@ -142,13 +143,13 @@ def not_applied(folder: Path, study: Study) -> list[dict[str, str]]:
 
     Rows: ``task``, ``what`` (``"analysis"`` or ``"method"``), ``name`` (the stage or method) and ``reason``.
     """
-    out = []
+    out, paths = [], StudyPaths(folder)
     for task in study.tasks:
-        analysis = _read_record(folder / task.name / ANALYSIS_RUN)
+        analysis = _read_record(paths.analysis(task.name))
         for stage, entry in analysis.get("not_applied", {}).items():
             out.append({"task": task.name, "what": "analysis", "name": stage, "reason": entry["reason"]})
         for spec in study.methods:
-            reason = _read_record(folder / task.name / spec.name).get("not_applied")
+            reason = _read_record(paths.method(task.name, spec.name)).get("not_applied")
             if reason:
                 out.append({"task": task.name, "what": "method", "name": spec.name, "reason": reason})
     return out
@@ -165,7 +166,7 @@ def run_method(
     progress: bool = True,
 ) -> dict[str, Any]:
     """One method on one task: build its edits and controllers, generate; skipped when already complete."""
-    run_dir = folder / spec.name
+    run_dir = StudyPaths(folder.parent).method(folder.name, spec.name)
     identity = method_identity(spec, task, model_sha)
     record = _read_record(run_dir)
     _check_identity(run_dir, record, identity, f"the {spec.name!r}")
@@ -183,7 +184,7 @@ def run_method(
                 f"{stage}: {entry['reason']}" for stage, entry in skipped.items()) + ")"
         log.warning("task %r: method %r cannot apply: %s", task.name, spec.name, reason)
         record = {"identity": identity, "complete": False, "not_applied": reason}
-        atomic_write_text(run_dir / RECORD, json.dumps(record, indent=1))
+        atomic_write_text(RunPaths(run_dir).record, json.dumps(record, indent=1))
         return record
     built = time.perf_counter() - t0
     summary = run_traces(task.run, run_dir, progress=progress, model=model, edits=edits, controllers=controllers)
@@ -191,7 +192,7 @@ def run_method(
                                         "tokens": summary["generated_tokens_this_call"],
                                         "resumed_from": summary["resumed_from"]}]
     record = {"identity": identity, "complete": True, "calls": calls, "summary": summary}
-    atomic_write_text(run_dir / RECORD, json.dumps(record, indent=1, default=str))
+    atomic_write_text(RunPaths(run_dir).record, json.dumps(record, indent=1, default=str))
     return record
 
 
@@ -202,16 +203,16 @@ def run_study(study: Study, out: str | Path, progress: bool = True, model=None) 
     """
     from workbench.model import load_model, resolve
 
-    out = Path(out)
+    out, paths = Path(out), StudyPaths(out)
     model = model if model is not None else load_model(resolve(study.model))
     model_sha = model_hash(model)
-    analyses = {t.name: run_analysis(t, out / t.name, model, model_sha, progress) for t in study.tasks}
+    analyses = {t.name: run_analysis(t, paths.task(t.name), model, model_sha, progress) for t in study.tasks}
     bar = tqdm(total=len(study.tasks) * len(study.methods), desc="methods", unit="method", disable=not progress)
     try:
         for task in study.tasks:
             for spec in study.methods:
                 bar.set_postfix_str(f"{task.name}/{spec.name}")
-                record = run_method(spec, task, out / task.name, analyses[spec.analysis_from or task.name], model,
+                record = run_method(spec, task, paths.task(task.name), analyses[spec.analysis_from or task.name], model,
                                     model_sha, progress)
                 if spec.name == study.reference and not record.get("complete"):
                     raise StudyError(f"task {task.name!r}: the reference method {spec.name!r}, which every other "

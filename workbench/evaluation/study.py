@@ -68,6 +68,8 @@ from typing import Any
 from workbench.errors import ModelLoadError
 from workbench.evaluation.methods import METHODS, Method
 from workbench.prompting import PromptFormat
+from workbench.store.paths import ANALYSIS_RUN as ANALYSIS_RUN  # DIR/<task>/analysis; no method may take this name
+from workbench.store.paths import StudyPaths
 from workbench.study import StudyAnalysis, StudyMethod, StudyTask, tables, toml_text
 from workbench.tasks import TaskDataError, get_task
 from workbench.traces import TraceRunConfig, run_problems
@@ -75,7 +77,6 @@ from workbench.traces import TraceRunConfig, run_problems
 STAGES = ("cache", "rcn", "probe", "exit", "mon")  # in the order they run
 NEEDS_CACHE = ("rcn", "probe", "mon")
 HARNESS_KEYS = ("type", "control_for", "analysis_from")  # method-table keys the harness reads itself
-ANALYSIS_RUN = "analysis"  # DIR/<task>/analysis; no method may take this name
 PYTHON = "<python>"  # stands for the file name in the errors of a study built in Python
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
 
@@ -131,7 +132,7 @@ class TaskSpec:
         >>> spec.analysis_dir("runs/study").as_posix()
         'runs/study/organism/analysis'
         """
-        return Path(out) / self.name / ANALYSIS_RUN if self.analysis.stages else None
+        return StudyPaths(out).analysis(self.name) if self.analysis.stages else None
 
 
 @dataclass(frozen=True, kw_only=True)

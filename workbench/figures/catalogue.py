@@ -27,9 +27,9 @@ import plotly.graph_objects as go
 from workbench.figures.export import BrowserMissing, ExportError, ExportResult, export_figures
 from workbench.figures.inputs import MissingInput, open_store
 from workbench.figures.style import PAPER, SCREEN, FigureStyle
+from workbench.store.paths import RunPaths, StudyPaths
 
 log = logging.getLogger(__name__)
-ANALYSIS = "analysis"
 FAILURE_KINDS = ("slip", "oscillation", "overthinking")
 
 
@@ -105,7 +105,7 @@ def _analysis(cat: Catalogue, run: Path, style: FigureStyle, prefix: str, model:
     cat.add(name("probe-early-curve"), lambda: probes.early_curve_figure(probes.load_probe_report(run), style))
 
     def rcn_family() -> dict[str, Any]:
-        names = [n for n in neurons.FAMILIES["rcn"] if n == "rcn" or (run / neurons.NEURONS / f"{n}.json").exists()]
+        names = [n for n in neurons.FAMILIES["rcn"] if n == "rcn" or RunPaths(run).neuron_set(n).exists()]
         return neurons.load_neuron_sets(run, names)
 
     def store():
@@ -122,9 +122,9 @@ def _analysis(cat: Catalogue, run: Path, style: FigureStyle, prefix: str, model:
 
     def all_layers() -> go.Figure:
         names = [n for n in ("rcn", "exit", *(f"mon-{k}" for k in FAILURE_KINDS))
-                 if (run / neurons.NEURONS / f"{n}.json").exists()]
+                 if RunPaths(run).neuron_set(n).exists()]
         if not names:
-            raise MissingInput("every neuron set", f"workbench rank --method rcn {run}", run / neurons.NEURONS)
+            raise MissingInput("every neuron set", f"workbench rank --method rcn {run}", RunPaths(run).neurons)
         sets = neurons.load_neuron_sets(run, names)
         n_layers = next(s.model_shape for s in sets.values() if s.model_shape)[0]
         return neurons.layer_distribution_figure(sets, n_layers, style)
@@ -158,8 +158,7 @@ def _analysis(cat: Catalogue, run: Path, style: FigureStyle, prefix: str, model:
         cat.add(name("exit-timeline") if source == run else name(f"exit-timeline-{source.name}"),
                 lambda source=source: timeline(source))
     for kind in FAILURE_KINDS:
-        if not (run / fluctuation.DETECTORS / f"detector-{kind}.joblib").exists() and \
-                (run / neurons.NEURONS / f"mon-{kind}.json").exists():
+        if not RunPaths(run).detector(kind).exists() and RunPaths(run).mon_set(kind).exists():
             cat.notes.append(f"{name(f'fluctuation-{kind}')}: no {kind} detector, drawn without detected spans  ->  "
                              f"workbench validate {run}")
         series: dict[str, Any] = {}
@@ -174,7 +173,7 @@ def _analysis(cat: Catalogue, run: Path, style: FigureStyle, prefix: str, model:
 
 
 def is_study(run: Path) -> bool:
-    return (run / "results.json").exists() or any(p.is_dir() for p in run.glob(f"*/{ANALYSIS}"))
+    return StudyPaths(run).results_json.exists() or bool(StudyPaths(run).analyses())
 
 
 def collect_figures(run: str | Path, style: FigureStyle = SCREEN, model=None) -> Catalogue:
@@ -191,19 +190,20 @@ def collect_figures(run: str | Path, style: FigureStyle = SCREEN, model=None) ->
         except MissingInput as exc:
             for fig in ("forest", "cost"):
                 cat.missing.append(Missing(f"<task>-{fig}", exc.what, exc.command))
-        names = study.tasks(rows) or sorted(p.parent.name for p in run.glob(f"*/{ANALYSIS}") if p.is_dir())
+        names = study.tasks(rows) or [p.parent.name for p in StudyPaths(run).analyses()]
         for task in names:
             cat.add(f"{task}-forest", lambda task=task: study.forest_figure(rows, task, style))
             cat.add(f"{task}-cost", lambda task=task: study.cost_figure(rows, task, style))
-            neat = [run / task / r["method"] for r in rows if r["task"] == task and r.get("type") == "neat"
-                    and not r.get("control_for") and (run / task / r["method"]).is_dir()]
-            analysis = run / task / ANALYSIS
+            neat = [StudyPaths(run).method(task, r["method"]) for r in rows if r["task"] == task
+                    and r.get("type") == "neat" and not r.get("control_for")
+                    and StudyPaths(run).method(task, r["method"]).is_dir()]
+            analysis = StudyPaths(run).analysis(task)
             if not analysis.is_dir():
                 cat.missing.append(Missing(f"{task}-<analysis figures>", f"the analysis run ({analysis})",
                                            f"workbench eval --config STUDY.toml --out {run}  (with [analysis] stages)"))
                 continue
             _analysis(cat, analysis, style, f"{task}-", holder, neat)
-    elif (run / "traces.parquet").exists():
+    elif RunPaths(run).traces.exists():
         _analysis(cat, run, style, "", holder, [])
     else:
         cat.missing.append(Missing("<all>", f"{run} is neither a study folder nor a run directory",
@@ -283,7 +283,7 @@ def write_study_figures(out: str | Path, fmt: str = "svg", model=None) -> Figure
     working browser the figures are written as HTML instead, and ``problem`` says why. A bug propagates.
     """
     out = Path(out)
-    target = out / "figures"
+    target = StudyPaths(out).figures
     try:
         t0 = time.perf_counter()
         cat = collect_figures(out, SCREEN, model)

@@ -29,9 +29,9 @@ from plotly.subplots import make_subplots
 from workbench.figures.inputs import MissingInput, open_store
 from workbench.figures.neurons import load_neuron_sets, neuron_label
 from workbench.figures.style import SCREEN, FigureStyle
+from workbench.store.paths import RunPaths
 
 Span = tuple[int, int]
-DETECTORS = "neureasoner"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,7 +85,7 @@ def fluctuation_series(run: str | Path, kind: str = "slip", trace_id: str | None
     run = Path(run)
     store = open_store(run)
     key = load_neuron_sets(run, [f"mon-{kind}"])[f"mon-{kind}"]
-    det_path = run / DETECTORS / f"detector-{kind}.joblib"
+    det_path = RunPaths(run).detector(kind)
     detector = Detector.load(det_path) if det_path.exists() else None
     cfg = _config(detector.config if detector is not None else key.params)
     traces = trace_inputs(store, cfg)

@@ -7,7 +7,7 @@ notebooks and ``workbench figures`` can all say so instead of failing with a tra
 Example:
     >>> import tempfile
     >>> try:
-    ...     read_json(Path(tempfile.mkdtemp()) / "probes" / "report.json", "the probe report", "workbench probe RUN")
+    ...     read_json(RunPaths(tempfile.mkdtemp()).probe_report, "the probe report", "workbench probe RUN")
     ... except MissingInput as exc:
     ...     exc.command
     'workbench probe RUN'
@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+
+from workbench.store.paths import RunPaths
 
 
 class MissingInput(ValueError):
@@ -51,7 +53,7 @@ def cache_command(run: Path) -> str:
 
 def after_cache(run: Path | str, command: str) -> str:
     """``command``, preceded by ``workbench cache RUN`` when the run has no complete activation store yet."""
-    return command if (Path(run) / "activations" / "index.parquet").exists() else f"{cache_command(run)} && {command}"
+    return command if RunPaths(run).activations.index.exists() else f"{cache_command(run)} && {command}"
 
 
 def open_store(run: Path):
@@ -61,5 +63,6 @@ def open_store(run: Path):
     try:
         return ActivationStore(run)
     except RunDirError as exc:
-        state = "incomplete" if (Path(run) / "activations" / "manifest.json").exists() else "none"
-        raise MissingInput(f"the activation store ({state})", cache_command(run), Path(run) / "activations") from exc
+        cache = RunPaths(run).activations
+        state = "incomplete" if cache.manifest.exists() else "none"
+        raise MissingInput(f"the activation store ({state})", cache_command(run), cache.root) from exc

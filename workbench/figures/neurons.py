@@ -30,10 +30,10 @@ from scipy import stats
 from workbench.figures.inputs import MissingInput, after_cache, open_store
 from workbench.figures.style import SCREEN, FigureStyle
 from workbench.neurons import NeuronSet, NeuronSetError
+from workbench.store.paths import RunPaths
 
 Span = tuple[int, int]  # [start, end) token positions
 
-NEURONS = "neurons"
 # A method's set first, then its controls (the files `workbench rank` writes beside it).
 FAMILIES: dict[str, tuple[str, ...]] = {
     "rcn": ("rcn", "rcn-unfiltered", "rcn-probe", "rcn-random"),
@@ -55,7 +55,7 @@ def load_neuron_sets(run: str | Path, names: Sequence[str]) -> dict[str, NeuronS
     """The named sets of ``RUN/neurons/`` (best first, as ranked); ``MissingInput`` for the first one missing."""
     out = {}
     for name in names:
-        path = Path(run) / NEURONS / f"{name}.json"
+        path = RunPaths(run).neuron_set(name)
         if not path.exists():
             raise MissingInput(f"the neuron set {name!r}", rank_command(name, run), path)
         try:

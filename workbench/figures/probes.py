@@ -23,8 +23,8 @@ import plotly.graph_objects as go
 
 from workbench.figures.inputs import after_cache, read_json
 from workbench.figures.style import SCREEN, FigureStyle
+from workbench.store.paths import RunPaths
 
-REPORT = Path("probes") / "report.json"
 # (report key, label): the headline probe's AUROC beside its baselines and the AdaRAS gates, in this order.
 AUROCS: tuple[tuple[str, str], ...] = (
     ("probe_auroc_early", "probe on neurons"),
@@ -37,7 +37,7 @@ AUROCS: tuple[tuple[str, str], ...] = (
 
 def load_probe_report(run: str | Path) -> dict[str, Any]:
     """``RUN/probes/report.json``, or ``MissingInput`` naming ``workbench probe RUN``."""
-    return read_json(Path(run) / REPORT, "the probe report", after_cache(run, f"workbench probe {run}"))
+    return read_json(RunPaths(run).probe_report, "the probe report", after_cache(run, f"workbench probe {run}"))
 
 
 def _ci_text(value: float, ci: list[float] | None) -> str:

@@ -26,13 +26,12 @@ import plotly.graph_objects as go
 
 from workbench.figures.inputs import MissingInput
 from workbench.figures.style import SCREEN, FigureStyle
-
-RESULTS = "results.json"
+from workbench.store.paths import StudyPaths
 
 
 def load_results(study: str | Path) -> list[dict[str, Any]]:
     """The rows of ``OUT/results.json`` (one per task x method, in table order)."""
-    path = Path(study) / RESULTS
+    path = StudyPaths(study).results_json
     if not path.exists():
         raise MissingInput("the study's results table", f"workbench eval --config STUDY.toml --out {study}", path)
     return json.loads(path.read_text())

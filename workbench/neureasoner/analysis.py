@@ -50,6 +50,7 @@ from workbench.neureasoner.ranking import SeparationStats, key_neurons
 from workbench.neurons import NeuronSet, mlp_post
 from workbench.probes import auroc
 from workbench.splits import fit_half
+from workbench.store.paths import RunPaths
 
 CONTROLS = ("tokens", "random")
 
@@ -123,12 +124,13 @@ def save_heads(run_dir: str | Path, heads: dict[str, HeadSet]) -> None:
 
     Head sets of an earlier analysis that this one does not write are removed, so the folder never pairs
     this analysis's detectors with another's heads."""
-    folder = Path(run_dir) / "neureasoner"
-    for stale in folder.glob("heads-*.json"):
-        if stale.stem.removeprefix("heads-") not in heads:
+    paths = RunPaths(run_dir)
+    keep = {paths.heads(t) for t in heads}
+    for stale in paths.head_sets():
+        if stale not in keep:
             stale.unlink()
     for t, h in heads.items():
-        h.save(folder / f"heads-{t}.json")
+        h.save(paths.heads(t))
 
 
 def _windows(trace: TraceInput, acts: np.ndarray, cfg: NeuReasonerConfig) -> np.ndarray:

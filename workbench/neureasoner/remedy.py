@@ -55,6 +55,7 @@ from workbench.neureasoner.detectors import Detector
 from workbench.neureasoner.features import OnlineFluctuation
 from workbench.neureasoner.triggers import TRIGGERS, trigger_id
 from workbench.neurons import NeuronSet, NeuronSetError
+from workbench.store.paths import RunPaths
 from workbench.tasks.base import TextConventions
 
 PAPER_PHRASE = "Okay, I have finished thinking."
@@ -157,8 +158,8 @@ def load_detectors(
     ``RUN/neurons/mon-<type>.json`` and the model."""
     out = {}
     for t in types:
-        det_path = run / "neureasoner" / f"detector-{t}{'_random' if random else ''}.joblib"
-        set_path = run / "neurons" / f"mon-{t}.json"
+        det_path = RunPaths(run).detector(f"{t}{'_random' if random else ''}")
+        set_path = RunPaths(run).mon_set(t)
         missing = [str(p) for p in (det_path, set_path) if not p.exists()]
         if missing:
             raise ValueError(f"NeuReasonerRemedy: {', '.join(missing)} missing; run `workbench rank --method mon "

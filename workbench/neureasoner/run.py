@@ -33,8 +33,8 @@ from workbench.neureasoner.labels import FailureEvents, trace_events
 from workbench.neurons import NeuronSet
 from workbench.prompting import ThinkSpans
 from workbench.splits import fit_half
+from workbench.store.paths import RunPaths
 
-OUT = "neureasoner"
 log = logging.getLogger(__name__)
 
 
@@ -101,7 +101,7 @@ def rank_mon(run_dir: str | Path, cfg: NeuReasonerConfig = DEFAULT, progress: bo
                                          (store.n_layers, store.d_mlp), cfg, str(run_dir), progress, heads)
         save_heads(run_dir, head_sets)
     for t, s in sets.items():
-        s.save(Path(run_dir) / "neurons" / f"mon-{t}.json")
+        s.save(RunPaths(run_dir).mon_set(t))
     return sets
 
 
@@ -116,13 +116,13 @@ def mon_report(run_dir: str | Path, cfg: NeuReasonerConfig = DEFAULT, progress: 
     traces, labeller = labelled_inputs(store, cfg)
     load, columns, heads = store_units(store, cfg)  # store.token_acts and its neurons unless cfg.units has heads
     result = analyse(traces, load, columns, (store.n_layers, store.d_mlp), cfg, str(run_dir), progress, heads)
-    out = Path(run_dir) / OUT
+    paths = RunPaths(run_dir)
     for t, s in result.sets.items():
-        s.save(Path(run_dir) / "neurons" / f"mon-{t}.json")
+        s.save(paths.mon_set(t))
     save_heads(run_dir, result.heads)
     for name, det in result.detectors.items():
-        det.save(out / f"detector-{name}.joblib")
+        det.save(paths.detector(name))
     report = {**result.report, "mon_token_neurons": len(store.token_neurons), "mon_labeller": labeller,
               **({"mon_token_heads": len(heads)} if heads is not None else {})}
-    atomic_write_text(out / "report.json", json.dumps(report, indent=1, allow_nan=True))
+    atomic_write_text(paths.mon_report, json.dumps(report, indent=1, allow_nan=True))
     return report

@@ -55,8 +55,8 @@ from workbench.atomic import atomic_write, atomic_write_text
 from workbench.heads import HeadSet
 from workbench.neurons import NeuronSet, NeuronSetError
 from workbench.prompting import ThinkSpans
+from workbench.store.paths import RunPaths, StorePaths
 from workbench.store.rundir import (
-    MANIFEST,
     RunDirError,
     RunLock,
     identity_diff,
@@ -66,12 +66,12 @@ from workbench.store.rundir import (
     read_manifest,
     run_model_spec,
 )
-from workbench.store.trace_store import TRACES, load_traces
+from workbench.store.trace_store import load_traces
 
 log = logging.getLogger(__name__)
 
-ACTIVATIONS, SHARDS, CORRUPT, INDEX, TOKEN_NEURONS = (
-    "activations", "shards", "shards-corrupt", "index.parquet", "token_neurons.json")
+# TODO(#22): remove when neat/organism switch to RunPaths (workbench/validation.py imports these two)
+ACTIVATIONS, INDEX = RunPaths(".").activations.root.name, RunPaths(".").activations.index.name
 INDEX_COLUMNS = ("trace_id", "problem_id", "sample_index", "correct", "prompt_len", "think_start", "think_end",
                  "answer_start", "answer_reached")
 
@@ -164,14 +164,15 @@ def span_bounds(row: dict[str, Any], n_tokens: int, early_k: Sequence[int]) -> d
 
 
 def _cache_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / ACTIVATIONS
+    return RunPaths(run_dir).activations.root
 
 
 def _trace_identity(run_dir: Path) -> dict[str, Any]:
-    if not (run_dir / TRACES).exists():
-        raise RunDirError(f"{run_dir} has no {TRACES}: the trace run is not complete; finish it with the same "
+    traces = RunPaths(run_dir).traces
+    if not traces.exists():
+        raise RunDirError(f"{run_dir} has no {traces.name}: the trace run is not complete; finish it with the same "
                           "`workbench traces` command, then cache it")
-    return {"path": str(run_dir.resolve()), "traces_sha256": path_hash(run_dir / TRACES)}
+    return {"path": str(run_dir.resolve()), "traces_sha256": path_hash(traces)}
 
 
 # -- writing ---------------------------------------------------------------------------------------
@@ -275,7 +276,7 @@ def _write_shard(root: Path, n: int, rows: list[dict], spans, summaries: list, p
     for key in per_trace[0]:
         tensors[key] = torch.cat([t[key] for t in per_trace]).contiguous()
     offsets = np.cumsum([0] + [len(t["tokens"]) for t in per_trace])
-    stem = root / SHARDS / f"part-{n:06d}"
+    stem = StorePaths(root).shard(f"{n:06d}", suffix="")
     atomic_write(stem.with_suffix(".safetensors"), lambda tmp: save_file(tensors, str(tmp)))
     index = pa.table({
         "trace_id": [r["trace_id"] for r in rows],
@@ -290,11 +291,11 @@ def _recover(root: Path) -> dict[str, tuple[str, dict]]:
     """trace_id -> (shard name, its index row) of every whole shard; clears what a killed writer left."""
     from safetensors import SafetensorError, safe_open
 
-    shards = root / SHARDS
-    for tmp in shards.glob(".*.tmp"):
+    store = StorePaths(root)
+    for tmp in store.shards.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
     done: dict[str, tuple[str, dict]] = {}
-    for meta in sorted(shards.glob("part-*.parquet")):
+    for meta in store.shard_files():
         data = meta.with_suffix(".safetensors")
         try:
             if not data.exists():
@@ -305,16 +306,16 @@ def _recover(root: Path) -> dict[str, tuple[str, dict]]:
         # Only a shard that fails to parse is set aside: a truncated or garbled tensors file raises SafetensorError,
         # a parquet index ArrowInvalid (an ArrowException), an unreadable file OSError. Anything else is a bug.
         except (SafetensorError, pa.ArrowException, OSError) as exc:
-            (root / CORRUPT).mkdir(exist_ok=True)
+            store.corrupt.mkdir(exist_ok=True)
             for f in (meta, data):
                 if f.exists():
-                    f.replace(root / CORRUPT / f.name)
+                    f.replace(store.corrupt / f.name)
             log.warning("activation shard %s is unreadable (%s); set aside into %s, its traces are recomputed",
-                        meta.name, exc, CORRUPT)
+                        meta.name, exc, store.corrupt.name)
             continue
         for r in table.to_pylist():
             done[r["trace_id"]] = (meta.stem, r)
-    for orphan in shards.glob("part-*.safetensors"):  # tensors whose index never landed
+    for orphan in store.shard_files(".safetensors"):  # tensors whose index never landed
         if not orphan.with_suffix(".parquet").exists():
             orphan.unlink()
     return done
@@ -380,7 +381,8 @@ def cache_activations(
     identity = normalise({"traces": traces, "model_sha256": digest, "config": config,
                           "model_shape": [n_layers, d_mlp], "on_policy": on_policy,
                           **({"head_shape": [n_layers, model.cfg.n_heads]} if cfg.heads else {})})
-    existing = read_manifest(root) if (root / MANIFEST).exists() else None
+    store = StorePaths(root)
+    existing = read_manifest(root) if store.manifest.exists() else None
     if existing is not None:
         diff = identity_diff(existing.get("identity"), identity)
         if diff:
@@ -390,22 +392,21 @@ def cache_activations(
     if not rows:
         raise RunDirError(f"{run_dir} holds no traces; nothing to cache")
     with RunLock.acquire(root):
-        (root / SHARDS).mkdir(exist_ok=True)
+        store.shards.mkdir(exist_ok=True)
         if existing is None:
             manifest = {"identity": identity, "provenance": normalise({
                 "created": datetime.now(UTC).isoformat(timespec="seconds"), "versions": package_versions(),
                 "note": "clean teacher-forced readout: the trace run's interventions are not applied"})}
-            atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2))
-        if not (root / TOKEN_NEURONS).exists():
+            atomic_write_text(store.manifest, json.dumps(manifest, indent=2))
+        if not store.token_neurons.exists():
             chosen = token_set if token_set is not None else _variance_neurons(model, rows, cfg)
-            chosen.layer_ordered().save(root / TOKEN_NEURONS)
-        token_flat = NeuronSet.load(root / TOKEN_NEURONS).flat(d_mlp)
+            chosen.layer_ordered().save(store.token_neurons)
+        token_flat = NeuronSet.load(store.token_neurons).flat(d_mlp)
         # Columns of the per-token tensor follow layer order, then index order within a layer.
         done = _recover(root)
         todo = [r for r in rows if r["trace_id"] not in done]
         spans = cfg.spans()
-        next_shard = 1 + max((int(p.stem.split("-")[1]) for p in (root / SHARDS).glob("part-*.parquet")),
-                             default=-1)
+        next_shard = 1 + max((int(p.stem.split("-")[1]) for p in store.shard_files()), default=-1)
         bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc="cache", unit="trace", disable=not progress)
         from workbench.readout import Budget
 
@@ -438,7 +439,7 @@ def _write_index(root: Path, rows: list[dict]) -> None:
     table["shard"] = [where[r["trace_id"]][0] for r in rows]
     table["shard_row"] = [where[r["trace_id"]][1]["row"] for r in rows]
     table["token_offset"] = [where[r["trace_id"]][1]["token_offset"] for r in rows]
-    atomic_write(root / INDEX, lambda tmp: pq.write_table(pa.table(table), tmp))
+    atomic_write(StorePaths(root).index, lambda tmp: pq.write_table(pa.table(table), tmp))
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -454,14 +455,16 @@ class ActivationStore:
         self.run_dir = Path(run_dir)
         self._handles: dict[str, Any] = {}
         root = _cache_dir(self.run_dir)
-        if not (root / INDEX).exists():
-            state = "is incomplete" if (root / MANIFEST).exists() else "does not exist"
+        self.paths = StorePaths(root)
+        if not self.paths.index.exists():
+            state = "is incomplete" if self.paths.manifest.exists() else "does not exist"
             raise RunDirError(f"the activation cache of {self.run_dir} {state}; run `workbench cache {self.run_dir}`")
         self.root = root
         self.manifest = read_manifest(root)
         ident = self.manifest["identity"]
-        if path_hash(self.run_dir / TRACES) != ident["traces"]["traces_sha256"]:
-            raise RunDirError(f"{self.run_dir / TRACES} changed since it was cached; delete {root} and cache again")
+        traces = RunPaths(self.run_dir).traces
+        if path_hash(traces) != ident["traces"]["traces_sha256"]:
+            raise RunDirError(f"{traces} changed since it was cached; delete {root} and cache again")
         self.config = CacheConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ident["config"].items()})
         self.n_layers, self.d_mlp = ident["model_shape"]
         self.n_neurons = self.n_layers * self.d_mlp
@@ -472,7 +475,7 @@ class ActivationStore:
 
     @cached_property
     def index(self) -> pa.Table:
-        return pq.read_table(self.root / INDEX)
+        return pq.read_table(self.paths.index)
 
     def __len__(self) -> int:
         return self.index.num_rows
@@ -480,7 +483,7 @@ class ActivationStore:
     @cached_property
     def token_neurons(self) -> NeuronSet:
         """The neurons of ``token_acts``' columns, in order."""
-        return NeuronSet.load(self.root / TOKEN_NEURONS, model_shape=(self.n_layers, self.d_mlp))
+        return NeuronSet.load(self.paths.token_neurons, model_shape=(self.n_layers, self.d_mlp))
 
     def traces(self) -> pa.Table:
         """The trace store's rows (token ids, labels, ...), aligned with ``index``."""
@@ -493,7 +496,7 @@ class ActivationStore:
         from safetensors import safe_open
 
         if shard not in self._handles:
-            self._handles[shard] = safe_open(str(self.root / SHARDS / f"{shard}.safetensors"), framework="numpy")
+            self._handles[shard] = safe_open(str(self.paths.shards / f"{shard}.safetensors"), framework="numpy")
         return self._handles[shard]
 
     def _shard_rows(self) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:

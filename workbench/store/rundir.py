@@ -28,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-MANIFEST, LOCK = "manifest.json", ".lock"
+from workbench.store.paths import RunPaths
 
 
 class RunDirError(ValueError):
@@ -115,10 +115,10 @@ def identity_diff(old: Any, new: Any, prefix: str = "") -> list[str]:
 
 
 def read_manifest(root: Path) -> dict[str, Any]:
-    path = Path(root) / MANIFEST
+    path = RunPaths(root).manifest
     if not path.exists():
         raise RunDirError(
-            f"{root} is not a run directory (no {MANIFEST}); make one with `workbench traces --out {root}`")
+            f"{root} is not a run directory (no {path.name}); make one with `workbench traces --out {root}`")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -129,7 +129,7 @@ def run_model_spec(root: str | Path) -> str:
     """The model a run was generated with (its manifest's ``identity.config.model``), as it was given."""
     spec = read_manifest(Path(root)).get("identity", {}).get("config", {}).get("model")
     if not spec:
-        raise RunDirError(f"{Path(root) / MANIFEST} names no model (identity.config.model); pass the model in "
+        raise RunDirError(f"{RunPaths(root).manifest} names no model (identity.config.model); pass the model in "
                           "explicitly")
     return spec
 
@@ -166,7 +166,7 @@ class RunLock:
         root = Path(root)
         make_dir(root)
         try:
-            fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = os.open(RunPaths(root).lock, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as exc:
             raise RunDirError(f"cannot write to the run directory {root}: {exc.strerror or exc}; choose a folder you "
                               "can write to") from exc

@@ -37,8 +37,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from workbench.atomic import atomic_write, atomic_write_text
+from workbench.store.paths import RunPaths, StorePaths
 from workbench.store.rundir import (
-    MANIFEST,
     RunDirError,
     RunLock,
     identity_diff,
@@ -70,7 +70,6 @@ SCHEMA = pa.schema([
     ("events", pa.string()),  # JSON list of {step, kind, payload}
     ("labels", pa.string()),  # JSON labels from the task, null when it has none
 ])
-TRACES, SHARDS, CORRUPT = "traces.parquet", "shards", "shards-corrupt"
 
 
 def trace_id(problem_id: str, sample_index: int) -> str:
@@ -79,10 +78,10 @@ def trace_id(problem_id: str, sample_index: int) -> str:
 
 def check_target(root: str | Path) -> None:
     """Refuses, before anything is written, a path that cannot become or resume a run directory."""
-    root = Path(root)
+    root, paths = Path(root), RunPaths(root)
     refuse_file(root)
-    if root.is_dir() and not (root / MANIFEST).exists() and any(p.name != ".lock" for p in root.iterdir()):
-        raise RunDirError(f"{root} is not empty and has no {MANIFEST}; choose an empty or new folder")
+    if root.is_dir() and not paths.manifest.exists() and any(p.name != paths.lock.name for p in root.iterdir()):
+        raise RunDirError(f"{root} is not empty and has no {paths.manifest.name}; choose an empty or new folder")
 
 
 def _read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
@@ -91,7 +90,7 @@ def _read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
     except (pa.ArrowException, OSError) as exc:
         raise RunDirError(
             f"shard {path} is unreadable ({exc}); run the same `workbench traces` command again to resume: it "
-            f"sets the shard aside into {CORRUPT}/ and recomputes its traces"
+            f"sets the shard aside into {StorePaths(path.parents[1]).corrupt}/ and recomputes its traces"
         ) from exc
 
 
@@ -110,10 +109,11 @@ class ShardWriter:
     """
 
     def __init__(self, root: str | Path, name: str | None = None) -> None:
-        self.root = Path(root)
-        if not (self.root / SHARDS).is_dir():
-            raise RunDirError(f"{self.root} has no {SHARDS}/ folder on host {platform.node()}: a shard writer writes "
-                              "into a run opened with TraceStore.open, on storage that every worker can reach")
+        self.root, self.store = Path(root), StorePaths(Path(root))
+        if not self.store.shards.is_dir():
+            raise RunDirError(f"{self.root} has no {self.store.shards.name}/ folder on host {platform.node()}: a shard "
+                              "writer writes into a run opened with TraceStore.open, on storage that every worker can "
+                              "reach")
         if name is not None and ("-" in name or "/" in name):
             raise ValueError(f"writer name {name!r} must not contain '-' or '/' (they delimit shard names)")
         suffix = uuid.uuid4().hex[:8]
@@ -125,8 +125,8 @@ class ShardWriter:
         if not rows:
             return
         table = pa.Table.from_pylist(list(rows), schema=SCHEMA)
-        shard = f"part-{self.name}-{self.written:06d}.parquet"
-        atomic_write(self.root / SHARDS / shard, lambda tmp: pq.write_table(table, tmp))
+        shard = self.store.shard(f"{self.name}-{self.written:06d}")
+        atomic_write(shard, lambda tmp: pq.write_table(table, tmp))
         self.written += 1
 
 
@@ -135,6 +135,7 @@ class TraceStore:
 
     def __init__(self, root: str | Path, lock: RunLock | None = None) -> None:
         self.root = Path(root)
+        self.paths = RunPaths(root)
         self._lock = lock
         self._writer: ShardWriter | None = None
         self.set_aside: list[Path] = []
@@ -142,10 +143,10 @@ class TraceStore:
     @classmethod
     def open(cls, root: str | Path, identity: dict[str, Any], provenance: dict[str, Any] | None = None) -> TraceStore:
         """Starts a run, or resumes the run with the same ``identity``; holds the run's lock until ``close``."""
-        root = Path(root)
+        root, paths = Path(root), RunPaths(root)
         check_target(root)
         identity = normalise(identity)
-        existing = read_manifest(root) if (root / MANIFEST).exists() else None
+        existing = read_manifest(root) if paths.manifest.exists() else None
         if existing is not None:
             diff = identity_diff(existing.get("identity"), identity)
             if diff:
@@ -158,9 +159,9 @@ class TraceStore:
         try:
             store = cls(root, lock)
             if existing is None:
-                (root / SHARDS).mkdir(exist_ok=True)
+                paths.store.shards.mkdir(exist_ok=True)
                 manifest = {"identity": identity, "provenance": normalise(provenance or {})}
-                atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=2))
+                atomic_write_text(paths.manifest, json.dumps(manifest, indent=2))
             store._recover()
         except BaseException:
             lock.release()
@@ -169,14 +170,14 @@ class TraceStore:
 
     def _recover(self) -> None:
         """Clears what a killed writer left: temporary files, and shards that cannot be read."""
-        for tmp in (self.root / SHARDS).glob(".*.tmp"):
+        for tmp in self.paths.store.shards.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
         for shard in self._shards():
             try:
                 _read_shard(shard, ["trace_id"])
             except RunDirError:
-                (self.root / CORRUPT).mkdir(exist_ok=True)
-                target = self.root / CORRUPT / shard.name
+                self.paths.store.corrupt.mkdir(exist_ok=True)
+                target = self.paths.store.corrupt / shard.name
                 shard.replace(target)
                 self.set_aside.append(target)
                 log.warning("shard %s is unreadable; moved it to %s, its traces will be recomputed", shard, target)
@@ -196,7 +197,7 @@ class TraceStore:
         return read_manifest(self.root)
 
     def _shards(self) -> list[Path]:
-        return sorted((self.root / SHARDS).glob("part-*.parquet"))
+        return self.paths.store.shard_files()
 
     def append(self, rows: Sequence[dict[str, Any]]) -> None:
         """Writes ``rows`` as one new shard, atomically."""
@@ -232,18 +233,18 @@ class TraceStore:
     def finalize(self) -> Path:
         """Writes ``traces.parquet`` from the shards, atomically."""
         table = self.read()
-        atomic_write(self.root / TRACES, lambda tmp: pq.write_table(table, tmp))
-        return self.root / TRACES
+        atomic_write(self.paths.traces, lambda tmp: pq.write_table(table, tmp))
+        return self.paths.traces
 
 
 def load_traces(run_dir: str | Path) -> pa.Table:
     """The traces of a run: ``traces.parquet`` when complete, else what the shards hold so far."""
-    run_dir = Path(run_dir)
+    run_dir, traces = Path(run_dir), RunPaths(run_dir).traces
     read_manifest(run_dir)
-    if (run_dir / TRACES).exists():
+    if traces.exists():
         try:
-            return pq.read_table(run_dir / TRACES, schema=SCHEMA)
+            return pq.read_table(traces, schema=SCHEMA)
         except (pa.ArrowException, OSError) as exc:
-            raise RunDirError(f"{run_dir / TRACES} is unreadable ({exc}); delete it and run the same "
+            raise RunDirError(f"{traces} is unreadable ({exc}); delete it and run the same "
                               "`workbench traces` command to rebuild it from the shards") from exc
     return TraceStore(run_dir).read()

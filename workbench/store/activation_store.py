@@ -70,8 +70,6 @@ from workbench.store.trace_store import load_traces
 
 log = logging.getLogger(__name__)
 
-# TODO(#22): remove when neat/organism switch to RunPaths (workbench/validation.py imports these two)
-ACTIVATIONS, INDEX = RunPaths(".").activations.root.name, RunPaths(".").activations.index.name
 INDEX_COLUMNS = ("trace_id", "problem_id", "sample_index", "correct", "prompt_len", "think_start", "think_end",
                  "answer_start", "answer_reached")
 

@@ -2,11 +2,17 @@
 their committed evaluation reports, the numbers the model cards cite.
 
 Each report is the output of ``workbench organism eval --problems 300 --samples 8 --json`` (seed 1234;
-``--model organism-v2`` for v2): ``docs/organism_eval.json`` and ``docs/organism_v2_eval.json``, about
-10 minutes each on one CPU thread. A fast test ties each report to the weights shipped today: it
-regenerates the first problems' greedy and sampled traces and must match the report's trace digests
-exactly, so new weights (or a dependency that changes what they generate) fail here until the report
-is regenerated and committed.
+``--model organism-v2`` for v2): ``docs/organism_eval.json`` and ``docs/organism_v2_eval.json``. A fast
+test ties each report to the weights shipped today: it regenerates the first problems' greedy and
+sampled traces and must match the report's trace digests exactly, so new weights (or a dependency that
+changes what they generate) fail here until the report is regenerated and committed.
+
+v4's report is today's command: behaviour, the teacher-forced checks, and the early probe and NEAT
+figures it carries from ``workbench validate`` on its sampled run. Steering while sampling is measured
+once, by the study harness (``workbench run``; README, "Interventions on one harness"), and asserted
+nowhere from a committed report. v2's report is a record of the command before issue #22 (its card
+cites it) and is not regenerated: the tests read from it only what today's report still measures under
+the same name and meaning; its steering keys stay in the file as history.
 
 A target a model misses is a strict xfail carrying its measured value: it fails the suite the day the
 model meets it (so the card and this file get updated), and it can never hide a regression of a
@@ -16,7 +22,6 @@ target that is met.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -94,29 +99,23 @@ class TestClaims:
         assert report["anticipation_auroc"] >= 0.70
         assert report["anticipation_auroc"] <= report["anticipation_ceiling_catch"] + 0.05
 
+    def test_the_figures_come_from_validate_on_the_same_run(self, report):
+        assert report["validate_report"].endswith("sampled/validate.json")
+        assert report["probe_traces"] == report["config"]["problems"] * report["config"]["samples"]
+
     def test_early_probe(self, report):
         assert report["probe_auroc_early"] >= 0.80
 
-    @missed("within careless 0.768 vs 0.794 on hand-computed features (0.830 counting every cue word)")
-    def test_early_probe_beats_hand_features_within_careless(self, report):
-        assert report["probe_auroc_early_within_careless"] >= report["probe_auroc_baseline_within_careless"] + 0.05
+    @missed("probe_auroc_early 0.828 [0.810, 0.848] vs hand features 0.856 [0.839, 0.873] (validate's probe_report)")
+    def test_early_probe_beats_hand_features(self, report):
+        assert report["probe_auroc_early"] > report["probe_auroc_baseline"]
 
-    def test_adaras_finds_the_planted_regime_and_steering_lifts_accuracy(self, report):
-        assert report["steer_planted_precision"] >= 0.8
-        assert report["steer_lift"] >= 0.05 and report["steer_lift_ci"][0] > 0
-
-    def test_a_steerable_direction_exists(self, report):
-        """The positive control: the decision-point careful-minus-careless direction lifts accuracy."""
-        assert report["steer_direction_lift_ci"][0] > 0
+    def test_adaras_ranks_the_planted_regime_neurons(self, report):
+        assert report["rcn_planted_precision"] >= 0.8
 
     def test_the_direction_steers_at_decision_points(self, report):
         assert report["steer_p_slip_careless_alpha2"] < report["steer_p_slip_careless"] - 0.3
         assert abs(report["steer_p_slip_careless_random_alpha2"] - report["steer_p_slip_careless"]) < 0.05
-
-    @missed("steer_lift_random -0.035, CI [-0.049, -0.021]: random neurons at the RCNs' push sizes cost 3.5 points")
-    def test_random_steering_does_nothing(self, report):
-        lo, hi = report["steer_lift_random_ci"]
-        assert abs(report["steer_lift_random"]) <= 0.01 and lo <= 0 <= hi
 
     def test_neat_finds_the_planted_exit_and_its_pattern_peaks_at_the_answer_point(self, report):
         assert report["exit_planted_precision"] >= 0.8 and report["exit_planted_recall"] >= 0.5
@@ -146,20 +145,3 @@ class TestV2:
     @missed("probe_auroc_early 0.715 (labels oracle 0.739)")
     def test_early_probe(self, report_v2):
         assert report_v2["probe_auroc_early"] >= 0.80
-
-    @missed("within careless 0.695 vs 0.726 on hand-computed features")
-    def test_early_probe_beats_hand_features_within_careless(self, report_v2):
-        r = report_v2
-        assert r["probe_auroc_early_within_careless"] >= r["probe_auroc_baseline_within_careless"] + 0.05
-
-    @missed("steer_lift -0.001, CI [-0.005, 0.0025]")
-    def test_adaras_steering_lifts_accuracy(self, report_v2):
-        assert report_v2["steer_lift"] >= 0.05 and report_v2["steer_lift_ci"][0] > 0
-
-    def test_a_steerable_direction_exists(self, report_v2):
-        assert report_v2["steer_direction_lift_ci"][0] > 0
-
-    def test_random_steering_does_nothing(self, report_v2):
-        lo, hi = report_v2["steer_lift_random_ci"]
-        assert abs(report_v2["steer_lift_random"]) <= 0.01 and lo <= 0 <= hi
-        assert not math.isnan(report_v2["steer_lift_random"])

@@ -1,4 +1,4 @@
-"""The organism's compact claim checks: halves, paired lifts, decision points, and v1's saturated slips."""
+"""The organism's teacher-forced checks: halves, decision points, planted overlap, and v1's saturated slips."""
 
 from __future__ import annotations
 
@@ -6,17 +6,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from workbench.organism.checks import decision_points, paired_lift, slip_prob
+from workbench.organism.checks import decision_points, slip_prob
 from workbench.organism.labeler import label_tokens
 from workbench.organism.task import RECIPE_V2, Problem, TraceRecipe
 from workbench.organism.tokenizer import build_tokenizer
 from workbench.splits import fit_half
 
 TOK = build_tokenizer()
-
-
-def sample(problem_id: str, correct: bool):
-    return SimpleNamespace(problem=SimpleNamespace(id=problem_id), labels=SimpleNamespace(correct=correct))
 
 
 def traced(text: str, recipe: TraceRecipe | None = None):
@@ -29,16 +25,6 @@ def test_fit_half_is_a_stable_half():
     ids = [f"p{i}" for i in range(11)]
     assert fit_half(ids, 3) == fit_half(list(reversed(ids)), 3) and len(fit_half(ids, 3)) == 5
     assert fit_half(ids, 3) != fit_half(ids, 4)
-
-
-def test_paired_lift_is_the_mean_difference_over_problems():
-    ids = {f"p{i}" for i in range(20)}
-    base = [sample(f"p{i}", j == 0) for i in range(20) for j in range(4)]  # 1 of 4 correct everywhere
-    steered = [sample(f"p{i}", j <= (1 if i < 10 else 0)) for i in range(20) for j in range(4)]
-    lift, (lo, hi) = paired_lift(base, steered, ids, seed=0)
-    assert lift == pytest.approx(0.125) and 0 < lo <= lift <= hi
-    same, (lo, hi) = paired_lift(base, base, ids, seed=0)
-    assert same == 0 and lo == hi == 0
 
 
 @pytest.mark.parametrize(("text", "wrong", "digit"), [

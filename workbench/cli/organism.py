@@ -63,15 +63,21 @@ def organism_eval(
     temperature: Annotated[float | None, typer.Option(min=0.0, help="Sampling temperature.")] = None,
     seed: int = 1234,
     task: Annotated[str, typer.Option(help="organism (addition) or organism-sub (subtraction).")] = "organism",
+    validate: Annotated[bool, typer.Option(
+        help="Run `workbench validate` on the sampled run (or read its validate.json) and carry its probe and "
+             "NEAT figures; --no-validate: behaviour and the teacher-forced checks only.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     threads: Threads = 1,
 ) -> None:
-    """Measure the organism's behaviour targets on held-out problems (traces through a run directory)."""
+    """Measure the organism's behaviour targets on held-out problems (traces through a run directory).
+
+    Steering while sampling is measured by the study harness (`workbench run`), the analyses by
+    `workbench validate`, which this command runs on its sampled run."""
     from workbench.organism.evaluate import DEFAULT_TEMPERATURE, EvalConfig, evaluate
 
     if task not in ("organism", "organism-sub"):
         fail(f"--task must be organism or organism-sub, got {task!r}")
-    cfg = EvalConfig(model=model, problems=problems, samples=samples, seed=seed, task=task,
+    cfg = EvalConfig(model=model, problems=problems, samples=samples, seed=seed, task=task, validate=validate,
                      temperature=DEFAULT_TEMPERATURE if temperature is None else temperature)
     if out is None:
         out = Path("runs") / f"eval-{Path(model).name}-{task}-{problems}x{samples}-T{cfg.temperature:g}-seed{seed}"

@@ -1,22 +1,19 @@
-"""Compact checks of each paper's claim against the organism's planted truth, for choosing a recipe.
-
-The analyses issue builds these properly (``workbench/adaras``, ``neat``, ``neureasoner``); here
-each is the smallest honest version, always beside its control, on problems split in halves: what
-is fitted on one half is measured on the other.
+"""Teacher-forced checks of the organism that need its planted recipe, which no analysis of a run measures.
 
 * ``slip_prob``: teacher-forced P(planted slip) at the decision points of careless traces. A value
   near 1 means the slip is decided and no push can tip it; well inside (0, 1) leaves room to steer.
-* ``steer_lift`` (AdaRAS): polarity-filtered mean-difference neurons, added while sampling; the
-  paired lift in accuracy beside 50 random neurons with the same magnitudes.
 * ``anticipation``: does a probe on activations at a decision point predict a catch (or, at the
   answer point, an overthinking episode) before it happens? Beside the AUROC of the recipe's own
   probabilities, the ceiling any predictor reading the same cues can reach.
-* ``exit_within3`` (NEAT) is measured by ``workbench.neat.exit_report`` on the same run directory.
+* ``regime_direction``: the careful-minus-careless mean at slip decision points (for ``steering_look``).
+* ``planted_overlap``: how many of a neuron set are a planted read-out.
+
+Each paper's claim is measured elsewhere, once: AdaRAS's and NEAT's analyses by ``workbench validate``
+(``probe_report``, ``exit_report``), steering while sampling by the study harness (``workbench run``).
 
 Example:
-    >>> fit = fit_half(["a", "b", "c", "d"], seed=0)
-    >>> len(fit)
-    2
+    >>> planted_overlap("organism", NeuronSet.from_pairs([(3, 26), (3, 27)]), what="exit", prefix="exit")
+    {'exit_planted_hits': 1, 'exit_planted_precision': 0.5, 'exit_planted_recall': 0.0625}
 """
 
 from __future__ import annotations
@@ -26,19 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import stats
 from transformer_lens.model_bridge import TransformerBridge
 
-from workbench.adaras import AdarasConfig, rank_rcn_arrays
-from workbench.engine import NeuronEdit
 from workbench.neurons import NeuronSet
 from workbench.organism.task import CARELESS_OPENERS, STEP_ENDS, Step, TraceRecipe, slip_value
 from workbench.organism.tokenizer import SPACE
 from workbench.probes import auroc, probe_auroc
-from workbench.readout import gather_positions, next_token_probs, token_activations
-from workbench.splits import fit_half
-
-STEER_NEURONS, RANDOM_DRAWS = 50, 3
+from workbench.readout import gather_positions, next_token_probs
 
 
 @dataclass(frozen=True)
@@ -139,101 +130,6 @@ def anticipation(model: TransformerBridge, samples, recipe: TraceRecipe) -> dict
     return out
 
 
-def rcn_neurons(model: TransformerBridge, samples, k: int = STEER_NEURONS) -> NeuronSet:
-    """AdaRAS's ranking (``workbench.adaras``) on each sample's mean activation over its thinking span."""
-    usable = [s for s in samples if s.labels.think_start is not None]
-    means = np.empty((len(usable), model.cfg.n_layers, model.cfg.d_mlp), dtype=np.float32)
-    for rows, acts in token_activations(model, [s.tokens for s in usable]):
-        for r, a in zip(rows, acts, strict=True):
-            s = usable[r]
-            end = s.labels.think_end if s.labels.think_end is not None else len(s.tokens)
-            means[r] = a[s.labels.think_start + 1 : end].mean(0).reshape(model.cfg.n_layers, -1).numpy()
-    correct, problems = np.array([s.labels.correct for s in usable]), np.array([s.problem.id for s in usable])
-    return rank_rcn_arrays(means, correct, problems, AdarasConfig(k=k), provenance="organism claim check")
-
-
-def _per_problem_accuracy(samples, ids: set[str]) -> dict[str, float]:
-    acc: dict[str, list[bool]] = {}
-    for s in samples:
-        if s.problem.id in ids:
-            acc.setdefault(s.problem.id, []).append(s.labels.correct)
-    return {k: float(np.mean(v)) for k, v in acc.items()}
-
-
-def _problem_diffs(base, steered, ids: set[str]) -> np.ndarray:
-    """Per problem in ``ids`` (sorted), steered accuracy minus base accuracy over its samples."""
-    a, b = _per_problem_accuracy(base, ids), _per_problem_accuracy(steered, ids)
-    return np.array([b[k] - a[k] for k in sorted(a)])
-
-
-def _mean_ci(diff: np.ndarray, seed: int) -> tuple[float, tuple[float, float]]:
-    """The mean of per-problem differences and its bootstrap 95% CI (resampling problems)."""
-    if len(diff) < 2 or np.all(diff == diff[0]):
-        return float(diff.mean()) if len(diff) else float("nan"), (float(diff.mean()), float(diff.mean()))
-    ci = stats.bootstrap((diff,), np.mean, confidence_level=0.95, n_resamples=2000, method="percentile",
-                         random_state=np.random.default_rng(seed)).confidence_interval
-    return float(diff.mean()), (float(ci.low), float(ci.high))
-
-
-def paired_lift(base, steered, ids: set[str], seed: int) -> tuple[float, tuple[float, float]]:
-    """Mean accuracy difference over problems in ``ids`` and its bootstrap 95% CI (resampling problems)."""
-    return _mean_ci(_problem_diffs(base, steered, ids), seed)
-
-
-def _steered(model: TransformerBridge, run_cfg, out: Path, edit: NeuronEdit) -> list:
-    """The sampled run again, with ``edit``, through its own run directory; read back."""
-    from workbench.organism.evaluate import load_samples
-    from workbench.traces import run_traces
-
-    run_traces(run_cfg, out, progress=False, model=model, edits=[edit])
-    return load_samples(out)
-
-
-def steer_lift(
-    model: TransformerBridge, sampled, run_cfg, out: Path, alphas: tuple[float, ...], seed: int,
-) -> dict:
-    """AdaRAS steering while sampling, fitted on one half of the problems and measured on the other.
-
-    ``run_cfg`` is the sampled run's config: every steered run uses the same problems and seeds, so
-    each (problem, sample) is paired with its unsteered twin.
-    """
-    fit_ids = fit_half([s.problem.id for s in sampled], seed)
-    test_ids = {s.problem.id for s in sampled} - fit_ids
-    try:
-        neurons = rcn_neurons(model, [s for s in sampled if s.problem.id in fit_ids])
-    except ValueError as exc:  # too few traces to rank neurons: say so instead of a number
-        return {"steer_lift": float("nan"), "steer_note": str(exc)}
-    scores = np.array(neurons.scores)
-    fitted = {}
-    for a in alphas:
-        steered = _steered(model, run_cfg, out / f"steer-alpha{a:g}",
-                           NeuronEdit(neurons, tuple(a * scores), name="adaras"))
-        fitted[a] = (steered, paired_lift(sampled, steered, fit_ids, seed)[0])
-    alpha = max(alphas, key=lambda a: fitted[a][1])
-    lift, ci = paired_lift(sampled, fitted[alpha][0], test_ids, seed)
-    report = {
-        "steer_alpha": alpha, "steer_lift": lift, "steer_lift_ci": list(ci), **planted_overlap(run_cfg.model, neurons),
-        "steer_fit_lifts": {f"{a:g}": fitted[a][1] for a in alphas},
-        "steer_layers": sorted(set(neurons.layers)),
-        "steer_layer_counts": {str(layer): neurons.layers.count(layer) for layer in sorted(set(neurons.layers))},
-    }
-    # Control: random neurons, the same per-neuron magnitudes (random signs), paired the same way.
-    n_total = model.cfg.n_layers * model.cfg.d_mlp
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for draw in range(RANDOM_DRAWS):
-        idx = rng.choice(n_total, size=len(neurons), replace=False)
-        rand = NeuronSet.from_flat(idx.tolist(), model.cfg.d_mlp, provenance=f"random draw {draw}")
-        values = alpha * np.abs(scores) * rng.choice([-1.0, 1.0], size=len(neurons))
-        steered = _steered(model, run_cfg, out / f"random{draw}-alpha{alpha:g}",
-                           NeuronEdit(rand, tuple(values), name="random"))
-        diffs.append(_problem_diffs(sampled, steered, test_ids))
-        report[f"steer_lift_random_draw{draw}"] = float(diffs[-1].mean())
-    lift, ci = _mean_ci(np.mean(diffs, axis=0), seed)
-    report["steer_lift_random"], report["steer_lift_random_ci"] = lift, list(ci)
-    return report
-
-
 def planted_overlap(
     model: str | Path, neurons: NeuronSet, what: str = "regime", prefix: str = "steer",
 ) -> dict[str, float | int]:
@@ -264,26 +160,3 @@ def regime_direction(model: TransformerBridge, samples, recipe: TraceRecipe, fit
         return gather_positions(model, [p.sample.tokens[: p.pos + 1] for p in ps], [p.pos for p in ps])
 
     return acts(by_regime["careful"]).mean(0) - acts(by_regime["careless"]).mean(0)
-
-
-def direction_lift(
-    model: TransformerBridge, sampled, run_cfg, out: Path, direction: torch.Tensor | None,
-    alphas: tuple[float, ...], seed: int,
-) -> dict:
-    """A positive control for ``steer_lift``: ``regime_direction`` (fitted on the fitting half, every
-    neuron of every layer) added while sampling; alpha chosen on the fitting half, the paired lift
-    measured on the other. It says whether *some* neuron direction lifts accuracy, whatever the
-    AdaRAS ranking finds."""
-    if direction is None:
-        return {"steer_direction_lift": float("nan")}
-    fit_ids = fit_half([s.problem.id for s in sampled], seed)
-    test_ids = {s.problem.id for s in sampled} - fit_ids
-    n_layers, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
-    every = NeuronSet.from_flat(range(n_layers * d_mlp), d_mlp,
-                                provenance="careful-minus-careless at slip decision points")
-    runs = {a: _steered(model, run_cfg, out / f"direction-alpha{a:g}",
-                        NeuronEdit(every, tuple((a * direction).flatten().tolist()), name="direction"))
-            for a in alphas}
-    alpha = max(alphas, key=lambda a: paired_lift(sampled, runs[a], fit_ids, seed)[0])
-    lift, ci = paired_lift(sampled, runs[alpha], test_ids, seed)
-    return {"steer_direction_alpha": alpha, "steer_direction_lift": lift, "steer_direction_lift_ci": list(ci)}

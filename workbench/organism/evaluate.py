@@ -1,24 +1,29 @@
 """Measures the organism's behaviour on held-out problems against its behaviour targets.
 
-* greedy and sampled accuracy (sampling at ``DEFAULT_TEMPERATURE``, the documented default);
+* greedy and sampled accuracy (sampling at ``DEFAULT_TEMPERATURE``, the documented default), generated
+  through the trace store by ``run_traces`` (the study harness's sampler);
 * the share of sampled traces showing each planted failure (reflection, oscillation or stagnation,
   overthinking, uncaught slips), read back from the tokens by the labeler;
-* a correctness probe on the mean MLP activations (``blocks.{L}.mlp.hook_post``, all layers) of the
-  first ``THINK_WINDOW`` thinking tokens, against the same probe on hand-made features (operand
-  count, carry count, regime opener; and, stricter, with every opener cue word counted), split by problem;
-* a first look at steering: does adding the careful-minus-careless mean difference at the positions
-  where a dropped carry is decided lower the probability of the slip? (teacher-forced; the
-  direction is fitted on one half of the problems and tested on the other; a random direction of
-  the same norm is the control.)
-* the claim checks of ``checks``: ``slip_prob``, ``anticipation`` (beside its ceiling) and
-  ``steer_lift`` (beside random neurons); ``exit_within3`` from NEAT's ``exit_report`` (beside random,
-  top-activated and all neurons, and the model's own p(end)).
+* the teacher-forced checks that need the organism's recipe (``checks``): ``slip_prob``,
+  ``anticipation`` (beside its ceiling) and a first look at steering: does adding the careful-minus-careless
+  mean difference at the positions where a dropped carry is decided lower the probability of the slip?
+  (the direction is fitted on one half of the problems and tested on the other; a random direction of
+  the same norm is the control);
+* composed, not measured again: ``workbench validate`` on the sampled run (``RUN/validate.json``, run
+  when the run has none) is the one place the analyses' figures come from; the report carries its
+  early probe and NEAT figures (``FROM_VALIDATE``) and the planted read-outs' share of the neuron sets
+  the analyses wrote (``RUN/neurons/rcn.json``, ``exit.json``).
+
+Steering while sampling is measured once, by the study harness (``workbench run``, ``studies/organism.toml``):
+paired with vanilla, beside random neurons, on problems disjoint from the analysis run. Until issue #22
+this report sampled steered runs itself (``steer_lift``, ``direction_lift``) and fitted its own probe and
+NEAT split; the README says what each last measured.
 
 Every trace goes through the trace store (``out/greedy``, ``out/sampled``) and is read back from it.
 
 The full report (300 problems x 8 samples, the numbers of the model card) is a command,
-``workbench organism eval --problems 300 --samples 8 --json`` (about 4 minutes on one CPU thread);
-its output is committed as ``docs/organism_eval.json``, and the tests read their targets from it.
+``workbench organism eval --problems 300 --samples 8 --json``; its output is committed as
+``docs/organism_eval.json``, and the tests read their targets from it.
 
 Example (the two trace runs a report reads; ``evaluate(cfg, out)`` generates them and measures):
     >>> cfg = EvalConfig(problems=20, samples=2)
@@ -38,19 +43,23 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 
 from workbench.model import load_model, resolve
-from workbench.neat import NeatConfig, exit_report
 from workbench.neurons import NeuronSet
 from workbench.organism import checks
 from workbench.organism.task import Problem, TraceLabels, TraceRecipe
-from workbench.organism.train import planted_of, recipe_of
-from workbench.probes import auroc, probe_auroc
-from workbench.readout import next_token_probs, window_means
+from workbench.organism.train import recipe_of
+from workbench.readout import next_token_probs
 from workbench.splits import fit_half
 from workbench.store import load_traces
+from workbench.store.paths import RunPaths
 from workbench.traces import TraceRunConfig, run_traces
 
 DEFAULT_TEMPERATURE = 1.0
-THINK_WINDOW = 8
+# What the report carries from ``RUN/validate.json``: the early probe beside its hand-feature baseline, and
+# every key of NEAT's ``exit_report`` (``exit_*``, ``attribution_*``).
+FROM_VALIDATE = ("probe_auroc_early", "probe_auroc_early_ci", "probe_auroc_early_within_careful",
+                 "probe_auroc_early_within_careless", "probe_auroc_baseline", "probe_auroc_baseline_ci",
+                 "probe_auroc_baseline_features", "probe_traces")
+FROM_VALIDATE_PREFIXES = ("exit_", "attribution_")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,9 +74,9 @@ class EvalConfig:
         seed: picks the problems and seeds every row's sampler.
         batch_size: rows generated at once.
         steer_alphas: multiples of the careful-minus-careless direction tried in the steering look.
-        lift_alphas: multiples of the AdaRAS score tried (on the fitting half) for ``steer_lift``.
-        direction_alphas: multiples of the decision-point direction tried for ``steer_direction_lift``.
         task: ``organism`` (addition) or ``organism-sub`` (subtraction).
+        validate: run ``workbench validate`` on the sampled run (or read its ``RUN/validate.json``) and carry
+            its probe and NEAT figures; False: the behaviour and the teacher-forced checks only.
     """
 
     model: str = "organism"
@@ -77,9 +86,8 @@ class EvalConfig:
     seed: int = 1234
     batch_size: int = 64
     steer_alphas: tuple[float, ...] = (1.0, 2.0)
-    lift_alphas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
-    direction_alphas: tuple[float, ...] = (0.5, 1.0, 2.0)
     task: str = "organism"
+    validate: bool = True
 
     def runs(self) -> dict[str, TraceRunConfig]:
         """The two trace runs the report reads: greedy (one per problem) and sampled."""
@@ -168,47 +176,6 @@ def behaviour(samples: list[Sample]) -> dict[str, float]:
     return out
 
 
-def probe_report(
-    model: TransformerBridge, samples: list[Sample], planted: NeuronSet | None = None,
-) -> dict[str, float | int]:
-    """Held-out AUROCs of correctness probes: activations vs hand-made features, and within regime; with
-    ``planted`` (v3's regime read-out), also the read-out's own mean as a score, nothing fitted."""
-    usable = [
-        s for s in samples
-        if s.labels.think_start is not None and len(s.tokens) > s.labels.think_start + THINK_WINDOW
-    ]
-    y = np.array([s.labels.correct for s in usable])
-    groups = np.array([s.problem.id for s in usable])
-    acts = window_means(
-        model, [s.tokens for s in usable], [s.labels.think_start + 1 for s in usable], THINK_WINDOW
-    )
-    act_probe = probe_auroc(acts.flatten(1).numpy(), y, groups)
-    careless = np.array([s.labels.regime == "careless" for s in usable], dtype=float)
-    hand = np.array([[s.labels.n_operands, s.labels.carry_count] for s in usable], dtype=float)
-    base_probe = probe_auroc(np.c_[hand, careless], y, groups)
-    oracle = np.c_[hand, careless, [s.labels.big_carry_count for s in usable],
-                   careless * np.array([s.labels.big_carry_count for s in usable])]
-    # A stricter hand-made baseline: every opener cue word counted, not only the first (v3 writes several).
-    cues = np.array([[s.labels.careless_cues, len(s.labels.cues)] for s in usable], dtype=float)
-    cue_probe = probe_auroc(np.c_[hand, careless, cues], y, groups)
-    out = {
-        "probe_auroc_early": act_probe.auroc,
-        "probe_auroc_baseline": base_probe.auroc,
-        "probe_auroc_baseline_cues": cue_probe.auroc,
-        "probe_auroc_oracle_labels": probe_auroc(oracle, y, groups).auroc,
-        "probe_traces": len(usable),
-    }
-    if planted is not None:
-        readout = acts[:, list(planted.layers), list(planted.indices)].mean(-1).numpy()
-        out["probe_auroc_early_planted"] = auroc(y, readout)
-    for regime in ("careful", "careless"):
-        m = np.array([s.labels.regime == regime for s in usable])
-        out[f"probe_auroc_early_within_{regime}"] = auroc(y[m], act_probe.scores[m])
-        out[f"probe_auroc_baseline_within_{regime}"] = auroc(y[m], base_probe.scores[m])
-        out[f"probe_auroc_baseline_cues_within_{regime}"] = auroc(y[m], cue_probe.scores[m])
-    return out
-
-
 def steering_look(
     model: TransformerBridge, samples: list[Sample], recipe: TraceRecipe, direction: torch.Tensor | None,
     alphas: tuple[float, ...], seed: int = 0,
@@ -239,13 +206,37 @@ def steering_look(
     return out
 
 
+def validated(run_dir: str | Path, model: TransformerBridge, progress: bool = False) -> dict:
+    """``workbench validate``'s report on ``run_dir``: ``RUN/validate.json`` when the run has one (delete it
+    to measure again), else ``validation.validate`` run now (which writes it)."""
+    path = RunPaths(run_dir).validate
+    if path.exists():
+        return json.loads(path.read_text())
+    from workbench.validation import validate
+
+    return validate(run_dir, model=model, progress=progress)
+
+
+def from_validate(validate_report: dict, run_dir: str | Path, model: str) -> dict:
+    """What the behaviour report carries from ``validate_report`` (``FROM_VALIDATE``), and the planted
+    read-outs' share of the neuron sets the analyses wrote into ``run_dir``: the RCNs (``rcn_planted_*``,
+    the regime read-out) and NEAT's exit neurons (``exit_planted_*``)."""
+    out = {k: v for k, v in validate_report.items() if k in FROM_VALIDATE or k.startswith(FROM_VALIDATE_PREFIXES)}
+    paths = RunPaths(run_dir)
+    for name, what in (("rcn", "regime"), ("exit", "exit")):
+        if paths.neuron_set(name).exists():
+            out.update(checks.planted_overlap(model, NeuronSet.load(paths.neuron_set(name)), what=what, prefix=name))
+    return {"validate_report": str(paths.validate), **out}
+
+
 def evaluate(
     cfg: EvalConfig, out: str | Path, model: TransformerBridge | None = None, progress: bool = False,
 ) -> dict:
     """The full behaviour report (see the module docstring); keys are stable for ``--json``.
 
     The traces go through the trace store: generated into ``out/greedy`` and ``out/sampled`` (resumed
-    when already there), then read back.
+    when already there), then read back. With ``cfg.validate`` the sampled run is validated (or its
+    ``validate.json`` read) and the report carries the figures listed in ``FROM_VALIDATE``.
     """
     model = model if model is not None else load_model(cfg.model)
     runs = generate_runs(cfg, out, model, progress)
@@ -261,17 +252,10 @@ def evaluate(
     recipe, sampled = recipe_of(resolve(cfg.model)), runs["sampled"]
     direction = checks.regime_direction(model, sampled, recipe, fit_half([s.problem.id for s in sampled],
                                                                                  cfg.seed))
-    report.update(probe_report(model, sampled, planted_of(resolve(cfg.model))))
     report.update(steering_look(model, sampled, recipe, direction, cfg.steer_alphas, seed=cfg.seed))
     report.update(checks.slip_prob(model, sampled, recipe))
     report.update(checks.anticipation(model, sampled, recipe))
-    report.update(exit_report(Path(out) / "sampled", model, NeatConfig(seed=cfg.seed)))
-    exit_set = NeuronSet.from_pairs([tuple(p) for p in report["exit_selected"]], method="neat")
-    report.update(checks.planted_overlap(cfg.model, exit_set, what="exit", prefix="exit"))
-    if cfg.lift_alphas:
-        run_cfg, steer_dir = cfg.runs()["sampled"], Path(out) / "steer"
-        report.update(checks.steer_lift(model, sampled, run_cfg, steer_dir, cfg.lift_alphas, cfg.seed))
-        if cfg.direction_alphas:
-            report.update(checks.direction_lift(model, sampled, run_cfg, steer_dir, direction, cfg.direction_alphas,
-                                                cfg.seed))
+    if cfg.validate:
+        run_dir = Path(out) / "sampled"
+        report.update(from_validate(validated(run_dir, model, progress), run_dir, cfg.model))
     return report

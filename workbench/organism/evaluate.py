@@ -210,11 +210,11 @@ def validated(run_dir: str | Path, model: TransformerBridge, progress: bool = Fa
     """``workbench validate``'s report on ``run_dir``: ``RUN/validate.json`` when the run has one (delete it
     to measure again), else ``validation.validate`` run now (which writes it)."""
     path = RunPaths(run_dir).validate
-    if path.exists():
-        return json.loads(path.read_text())
-    from workbench.validation import validate
+    if not path.exists():
+        from workbench.validation import validate
 
-    return validate(run_dir, model=model, progress=progress)
+        validate(run_dir, model=model, progress=progress)
+    return json.loads(path.read_text())  # the flat keys, as written
 
 
 def from_validate(validate_report: dict, run_dir: str | Path, model: str) -> dict:

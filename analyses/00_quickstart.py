@@ -57,9 +57,9 @@ print(f"organism: {model.cfg.n_layers} layers x {model.cfg.d_mlp} MLP neurons (b
 
 # %%
 run = RUNS / "quickstart"
-summary = run_traces(TraceRunConfig(problems=16, samples=4, seed=7), run, progress=False, model=model)
+summary = run_traces(run, config=TraceRunConfig(problems=16, samples=4, seed=7), progress=False, model=model)
 traces = load_traces(run)
-print(traces.num_rows, "traces;", {k: summary[k] for k in ("accuracy", "mean_thinking_tokens") if k in summary})
+print(traces.num_rows, "traces;", {k: getattr(summary, k) for k in ("accuracy", "mean_thinking_tokens")})
 quick_behaviour = behaviour(load_samples(run))
 print(pd.Series(quick_behaviour).round(3).to_string())
 
@@ -84,7 +84,7 @@ print({"regime": lab.regime, "slips": [(s.token, s.kind, s.caught) for s in lab.
 # (question, thinking, the first k thinking tokens, ...) and, per token, the most variable neurons.
 
 # %%
-cache_activations(run, CacheConfig(top_variance=64), model=model)
+cache_activations(run, config=CacheConfig(top_variance=64), model=model)
 store = ActivationStore(run)
 print(len(store), "traces; spans:", ", ".join(store.spans))
 print("thinking means:", store.summary("think").shape, "(trace, n_layers, d_mlp);",
@@ -128,7 +128,7 @@ study = Study.from_toml(BASE).with_methods(
     StudyMethod("neat", name="neat-tau0.9", tau_sim=0.9),
     StudyMethod("neureasoner", name="neureasoner-overthinking", types=["overthinking"]),
 ).save(OUT / "quickstart.toml")
-results = run_study(study, OUT, progress=False, model=model)
+results = run_study(OUT, study=study, progress=False, model=model)
 print(markdown(results))
 forest_figure(results).show()
 cost_figure(results).show()

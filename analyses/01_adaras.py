@@ -65,7 +65,7 @@ study = Study.from_toml(BASE).with_methods(
     StudyMethod("adaras", name="adaras-probe-a2.0", control_for="adaras-a2.0", neurons="rcn-probe", alpha=2.0,
                 gate=False),
 ).save(OUT / "adaras.toml")  # `workbench eval --config runs/notebooks/adaras.toml` runs the same from the shell
-rows = {r["method"]: r for r in run_study(study, OUT, progress=False, model=model)}
+rows = {r["method"]: r for r in run_study(OUT, study=study, progress=False, model=model)}
 task = study.tasks[0]
 analysis = task.analysis_dir(OUT)
 paths = RunPaths(analysis)  # where each file of the analysis run is

@@ -62,7 +62,7 @@ def study_with(*extra: StudyMethod) -> Study:
 # `run_study` runs the analysis run and its stages (the exit neurons and their reference are found there),
 # then the methods; the sections below read the analysis run first, then the methods' runs.
 study = study_with()
-rows = {r["method"]: r for r in run_study(study, OUT, progress=False, model=model)}
+rows = {r["method"]: r for r in run_study(OUT, study=study, progress=False, model=model)}
 task = study.tasks[0]
 analysis = task.analysis_dir(OUT)
 paths = RunPaths(analysis)  # where each file of the analysis run is
@@ -117,7 +117,7 @@ exit_timeline_figure(timeline).show()
 # (`RUN/neat/report.json`, what `workbench validate` reads).
 
 # %%
-report = exit_report(analysis, model, exit_cfg)
+report = exit_report(analysis, model=model, config=exit_cfg)
 controls = pd.DataFrame([{"signal": name, "peaks within 3 tokens": report[key]} for name, key in (
     ("rho over the exit neurons", "exit_within3"), ("sign-aligned sim (reference code)", "exit_within3_aligned"),
     ("random neurons (mean of draws)", "exit_within3_random"), ("top-activated neurons", "exit_within3_top_activated"),
@@ -148,7 +148,7 @@ def cost(cap: int, control_for: str) -> float:
     if cap not in budgets:
         budgets[cap] = StudyMethod("budget", name=f"budget-{cap}", control_for=control_for, max_thinking=cap)
         study = study_with(*(budgets[c] for c in sorted(budgets)))
-        rows.update({r["method"]: r for r in run_study(study, OUT, progress=False, model=model)})
+        rows.update({r["method"]: r for r in run_study(OUT, study=study, progress=False, model=model)})
     return rows[f"budget-{cap}"]["total_tokens"]
 
 

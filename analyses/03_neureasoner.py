@@ -56,7 +56,7 @@ model = load_model("organism")
 study = Study.from_toml(BASE).with_methods(
     StudyMethod("neureasoner", name="neureasoner-overthinking", types=["overthinking"]),
 ).save(OUT / "neureasoner.toml")
-rows = {r["method"]: r for r in run_study(study, OUT, progress=False, model=model)}
+rows = {r["method"]: r for r in run_study(OUT, study=study, progress=False, model=model)}
 task = study.tasks[0]
 analysis = task.analysis_dir(OUT)
 paths = RunPaths(analysis)  # where each file of the analysis run is

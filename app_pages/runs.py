@@ -62,10 +62,10 @@ with st.expander("Generate a new trace run"):
         cfg = TraceRunConfig(model=spec, problems=int(n), temperature=float(temperature), seed=int(seed))
         try:
             with st.spinner("sampling traces"):
-                summary = run_traces(cfg, out, progress=False, model=shared.model(spec))
+                summary = run_traces(out, config=cfg, progress=False, model=shared.model(spec))
         except ValueError as exc:  # RunDirError, a bad model folder, ...: the library's message says what to do
             st.error(str(exc))
         else:
-            st.success(f"{summary['traces']} traces in {out} (accuracy {summary['accuracy']:.3f}); open it in the "
+            st.success(f"{summary.traces} traces in {out} (accuracy {summary.accuracy:.3f}); open it in the "
                        "sidebar")
             st.session_state["generated_run"] = str(Path(out))

@@ -60,8 +60,9 @@ def main() -> None:
     set_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="bench-cache-"))
     seed_run = tmp / "seed"
-    run_traces(TraceRunConfig(model="organism", task="organism", problems=100, samples=2, temperature=1.0),
-               seed_run, progress=False)
+    run_traces(seed_run,
+               config=TraceRunConfig(model="organism", task="organism", problems=100, samples=2, temperature=1.0),
+               progress=False)
     rows = []
     for n in (int(x) for x in args.sizes.split(",")):
         run = tmp / f"run{n}"

@@ -108,8 +108,8 @@ def organism_run(tmp_path_factory, organism) -> Path:
 
     set_threads(1)
     out = tmp_path_factory.mktemp("organism-run") / "run"
-    run_traces(TraceRunConfig(model="organism", task="organism", problems=24, samples=4, temperature=1.0, seed=7),
-               out, progress=False, model=organism)
+    cfg = TraceRunConfig(model="organism", task="organism", problems=24, samples=4, temperature=1.0, seed=7)
+    run_traces(out, config=cfg, progress=False, model=organism)
     return out
 
 
@@ -135,7 +135,8 @@ def organism_study(tmp_path_factory, organism) -> Path:
 
     set_threads(1)
     out = tmp_path_factory.mktemp("organism-study") / "study"
-    run_study(load_study(Path(__file__).parent / "data" / "study-small.toml"), out, progress=False, model=organism)
+    study = load_study(Path(__file__).parent / "data" / "study-small.toml")
+    run_study(out, study=study, progress=False, model=organism)
     return out
 
 
@@ -154,5 +155,5 @@ def run_method(model, method, cfg, out: Path, analysis: Path | None = None) -> d
     from workbench.traces import run_traces
 
     edits, controllers = method.build(MethodContext(model, analysis, cfg))
-    run_traces(cfg, out, progress=False, model=model, edits=edits, controllers=controllers)
+    run_traces(out, config=cfg, progress=False, model=model, edits=edits, controllers=controllers)
     return traces_by_id(out)

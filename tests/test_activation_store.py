@@ -61,7 +61,7 @@ def test_token_neurons_by_variance_are_the_most_variable(organism_cache, organis
 def test_kill_midway_resumes_to_the_same_cache(organism_run, organism, tmp_path, monkeypatch):
     whole = _copy(organism_run, tmp_path / "whole")
     cfg = CacheConfig(shard_traces=16, batch_size=8, top_variance=64)
-    cache_activations(whole, cfg, model=organism)
+    cache_activations(whole, config=cfg, model=organism)
 
     broken = _copy(organism_run, tmp_path / "broken")
     import workbench.store.activation_store as mod
@@ -76,13 +76,13 @@ def test_kill_midway_resumes_to_the_same_cache(organism_run, organism, tmp_path,
 
     monkeypatch.setattr(mod, "_write_shard", dies_on_third)
     with pytest.raises(KeyboardInterrupt):
-        cache_activations(broken, cfg, model=organism)
+        cache_activations(broken, config=cfg, model=organism)
     with pytest.raises(RunDirError, match="incomplete"):
         ActivationStore(broken)
     # A tensors file whose index never landed (killed between the two writes) is dropped on resume.
     (broken / "activations/shards/part-000099.safetensors").write_bytes(b"half")
     monkeypatch.setattr(mod, "_write_shard", real)
-    cache_activations(broken, cfg, model=organism)
+    cache_activations(broken, config=cfg, model=organism)
     a, b = ActivationStore(whole), ActivationStore(broken)
     assert a.index["trace_id"].to_pylist() == b.index["trace_id"].to_pylist()
     np.testing.assert_array_equal(a.summary("think"), b.summary("think"))
@@ -93,11 +93,11 @@ def test_kill_midway_resumes_to_the_same_cache(organism_run, organism, tmp_path,
 def test_a_corrupt_shard_is_set_aside_and_recomputed(organism_run, organism, tmp_path):
     run = _copy(organism_run, tmp_path)
     cfg = CacheConfig(shard_traces=32, top_variance=16)
-    cache_activations(run, cfg, model=organism)
+    cache_activations(run, config=cfg, model=organism)
     before = ActivationStore(run).summary("question")
     (run / "activations/index.parquet").unlink()
     (run / "activations/shards/part-000001.parquet").write_bytes(b"not parquet")
-    cache_activations(run, cfg, model=organism)
+    cache_activations(run, config=cfg, model=organism)
     assert (run / "activations/shards-corrupt/part-000001.parquet").exists()
     np.testing.assert_array_equal(ActivationStore(run).summary("question"), before)
 
@@ -158,9 +158,9 @@ def test_refuses_another_model_other_settings_and_changed_traces(organism_run, o
     run = _copy(organism_run, tmp_path)
     with pytest.raises(RunDirError, match="not the one that wrote the traces"):
         cache_activations(run, model=organism_v1)
-    cache_activations(run, CacheConfig(top_variance=8), model=organism)
+    cache_activations(run, config=CacheConfig(top_variance=8), model=organism)
     with pytest.raises(RunDirError, match=r"differs in: config\.top_variance"):
-        cache_activations(run, CacheConfig(top_variance=9), model=organism)
+        cache_activations(run, config=CacheConfig(top_variance=9), model=organism)
     (run / "traces.parquet").write_bytes((run / "traces.parquet").read_bytes() + b"\0")
     with pytest.raises(RunDirError, match="changed since it was cached"):
         ActivationStore(run)
@@ -170,7 +170,7 @@ def test_chosen_token_neurons_and_full_layers(organism_run, organism, tmp_path):
     run = _copy(organism_run, tmp_path)
     chosen = NeuronSet.from_pairs([(3, 5), (0, 7), (3, 1)], model_shape=(4, 512))
     path = chosen.save(tmp_path / "n.json")
-    cache_activations(run, CacheConfig(token_neurons=str(path), layers=(2,)), model=organism)
+    cache_activations(run, config=CacheConfig(token_neurons=str(path), layers=(2,)), model=organism)
     store = ActivationStore(run)
     assert store.token_neurons.flat(512) == (7, 3 * 512 + 5, 3 * 512 + 1)
     full = store.layer_acts(1, 2)
@@ -181,7 +181,7 @@ def test_chosen_token_neurons_and_full_layers(organism_run, organism, tmp_path):
     wrong = NeuronSet.from_pairs([(0, 1)], model_shape=(2, 96)).save(tmp_path / "w.json")
     run2 = _copy(organism_run, tmp_path / "b")
     with pytest.raises(ValueError, match="2 layers and d_mlp 96"):
-        cache_activations(run2, CacheConfig(token_neurons=str(wrong)), model=organism)
+        cache_activations(run2, config=CacheConfig(token_neurons=str(wrong)), model=organism)
     assert not (run2 / "activations").exists()  # refused before writing anything
 
 
@@ -191,9 +191,9 @@ def test_a_tiny_llama_family_model_from_a_local_folder(tiny_dir, tmp_path):
 
     run = tmp_path / "run"
     model = load_model(tiny_dir)
-    run_traces(TraceRunConfig(model=str(tiny_dir), task="organism", problems=3, samples=2, temperature=1.0,
-                              max_new_tokens=12), run, progress=False, model=model)
-    cache_activations(run, CacheConfig(top_variance=10))  # loads the model named in the run manifest
+    run_traces(run, config=TraceRunConfig(model=str(tiny_dir), task="organism", problems=3, samples=2, temperature=1.0,
+                              max_new_tokens=12), progress=False, model=model)
+    cache_activations(run, config=CacheConfig(top_variance=10))  # loads the model named in the run manifest
     store = ActivationStore(run)
     assert store.summary("question").shape == (6, model.cfg.n_layers, model.cfg.d_mlp)
     assert not np.isnan(store.summary("question")).any()
@@ -244,8 +244,8 @@ def test_a_model_is_hashed_once_until_its_weights_change(monkeypatch):
 def test_off_policy_reads_another_models_traces_on_purpose(organism_run, tiny_model, organism_v1, tmp_path):
     run = _copy(organism_run, tmp_path)
     with pytest.raises(RunDirError, match="tokenizer"):  # v1 has no subtraction tokens: other ids
-        cache_activations(run, CacheConfig(top_variance=8), model=organism_v1, off_policy=True)
-    cache_activations(run, CacheConfig(top_variance=8), model=tiny_model, off_policy=True)
+        cache_activations(run, config=CacheConfig(top_variance=8), model=organism_v1, off_policy=True)
+    cache_activations(run, config=CacheConfig(top_variance=8), model=tiny_model, off_policy=True)
     store = ActivationStore(run)
     assert store.manifest["identity"]["on_policy"] is False
     assert (store.n_layers, store.d_mlp) == (tiny_model.cfg.n_layers, tiny_model.cfg.d_mlp)
@@ -276,7 +276,7 @@ def test_reads_of_activations_alone_never_reach_the_unembedding(organism_run, or
     try:
         run = tmp_path / "run"
         shutil.copytree(organism_run, run)
-        cache_activations(run, CacheConfig(backend=backend, chunk_tokens=16), model=organism)
+        cache_activations(run, config=CacheConfig(backend=backend, chunk_tokens=16), model=organism)
         assert ActivationStore(run).summary("think").shape[0] == 96
         text = "Q: 47 + 38 = ? <think> carefully 47 + 38 = 85 ; 85 + 1 = 86 ; 86 - 1 = 85 ;"
         ids = organism.tokenizer(text).input_ids
@@ -302,8 +302,8 @@ def test_a_cache_split_by_token_budgets_and_chunks_equals_the_plain_cache(organi
     plain, small = tmp_path / "plain", tmp_path / "small"
     for run in (plain, small):
         shutil.copytree(organism_run, run)
-    cache_activations(plain, CacheConfig(top_variance=32, layers=(1,)), model=organism)
-    cache_activations(small, CacheConfig(top_variance=32, layers=(1,), max_tokens_per_batch=120, chunk_tokens=7,
+    cache_activations(plain, config=CacheConfig(top_variance=32, layers=(1,)), model=organism)
+    cache_activations(small, config=CacheConfig(top_variance=32, layers=(1,), max_tokens_per_batch=120, chunk_tokens=7,
                                          shard_tokens=400), model=organism)
     shards = [len(list((run / "activations" / "shards").glob("part-*.parquet"))) for run in (plain, small)]
     assert shards[1] > shards[0] == 1

@@ -18,6 +18,7 @@ from workbench.adaras.ranking import (
     rcn_scores,
 )
 from workbench.adaras.regime import rcn_regime_auroc
+from workbench.adaras.results import ProbeReport
 from workbench.neurons import NeuronSet
 from workbench.probes import auroc
 
@@ -186,15 +187,17 @@ def test_end_to_end_on_an_organism_run(organism_cache, organism, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(organism_cache, run)
-    rcn = rank_rcn(run, AdarasConfig(k=20, span="question+think"))
+    rcn = rank_rcn(run, config=AdarasConfig(k=20, span="question+think"))
     for name in ("rcn", "rcn-unfiltered", "rcn-probe", "rcn-random"):
         loaded = NeuronSet.load(run / "neurons" / f"{name}.json", model_shape=(4, 512))
         assert len(loaded) == 20
     assert NeuronSet.load(run / "neurons" / "rcn.json") == rcn
     cfg = ProbeReportConfig(n_resamples=50, curve_k=(1, 8), gate=GateConfig(epochs=3, n_features=32))
-    report = probe_report(run, cfg, model=organism)
+    typed = probe_report(run, config=cfg, model=organism)
+    report = typed.to_json()
     saved = json.loads((run / "probes" / "report.json").read_text())
     assert saved.keys() == report.keys()
+    assert json.dumps(ProbeReport.load(run / "probes" / "report.json").to_json()) == json.dumps(report)
     for key in ("probe_auroc_early", "probe_auroc_baseline", "probe_auroc_tokens", "gate_auroc",
                 "gate_auroc_logistic", "rcn_regime_auroc", "rcn_regime_auroc_random",
                 "rcn_regime_auroc_projection_control"):

@@ -30,7 +30,7 @@ def test_every_analysis_on_a_tiny_llama(organism_run, tmp_path, arch):
     model = load_model(folder)
     run = tmp_path / "run"
     shutil.copytree(organism_run, run)
-    cache_activations(run, CacheConfig(top_variance=10**6), model=model, off_policy=True)
+    cache_activations(run, config=CacheConfig(top_variance=10**6), model=model, off_policy=True)
     store = ActivationStore(run)
     shape = (model.cfg.n_layers, model.cfg.d_mlp)
     assert (store.n_layers, store.d_mlp) == shape and len(store.token_neurons) == shape[0] * shape[1]
@@ -41,12 +41,13 @@ def test_every_analysis_on_a_tiny_llama(organism_run, tmp_path, arch):
         NeuronSet.load(run / "neurons/rcn.json", model_shape=(4, 512))
 
     probes = probe_report(run, model=model)
-    assert 0 <= probes["probe_auroc_early"] <= 1 and len(probes["probe_curve"]) == len(store.early_k)
+    assert 0 <= probes.early.auroc <= 1 and len(probes.curve) == len(store.early_k)
 
-    exit_figures = exit_report(run, model, NeatConfig(tau_cons=0.0, tau_com=0.0, calibration_traces=16))
+    exit_figures = exit_report(run, model=model, config=NeatConfig(tau_cons=0.0, tau_com=0.0, calibration_traces=16))
     assert 0 <= exit_figures["exit_within3"] <= 1 and 0 <= exit_figures["exit_within3_p_end"] <= 1
 
     mon = mon_report(run)
     for t in ("slip", "oscillation", "overthinking"):
-        assert math.isnan(mon[f"mon_event_recall_{t}"]) or 0 <= mon[f"mon_event_recall_{t}"] <= 1
+        recall = mon.types[t].key.event_recall  # "mon_event_recall_<t>" in the report's JSON
+        assert math.isnan(recall) or 0 <= recall <= 1
         assert NeuronSet.load(run / f"neurons/mon-{t}.json", model_shape=shape).method == f"neureasoner:{t}"

@@ -17,7 +17,7 @@ CFG = TraceRunConfig(problems=16, samples=3, temperature=1.0, seed=5)
 @pytest.fixture(scope="module")
 def vanilla(organism, tmp_path_factory):
     out = tmp_path_factory.mktemp("baselines") / "vanilla"
-    run_traces(CFG, out, progress=False, model=organism)
+    run_traces(out, config=CFG, progress=False, model=organism)
     return traces_by_id(out)
 
 

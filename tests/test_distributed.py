@@ -73,7 +73,7 @@ def reference(organism, tmp_path_factory) -> dict[float, Path]:
     """Single-process runs (no Ray), greedy and sampled."""
     out = tmp_path_factory.mktemp("single")
     for cfg in (GREEDY, SAMPLED):
-        run_traces(cfg, out / str(cfg.temperature), progress=False, model=organism)
+        run_traces(out / str(cfg.temperature), config=cfg, progress=False, model=organism)
     return {cfg.temperature: out / str(cfg.temperature) for cfg in (GREEDY, SAMPLED)}
 
 
@@ -98,8 +98,8 @@ class TestSameAsOneProcess:
 
     @pytest.mark.parametrize("cfg", [GREEDY, SAMPLED], ids=["greedy", "T=1"])
     def test_traces_equal_a_single_process_run(self, pool, reference, cfg, tmp_path, organism):
-        summary = run_traces(cfg, tmp_path / "run", progress=False, workers=pool, model=organism)
-        assert summary["traces"] == TOTAL and summary["workers"] == 2 and summary["workers_lost"] == []
+        summary = run_traces(tmp_path / "run", config=cfg, progress=False, workers=pool, model=organism)
+        assert summary.traces == TOTAL and summary.workers == 2 and summary.workers_lost == []
         assert_same_traces(tmp_path / "run", reference[cfg.temperature])
         writers = {p.name.split("-")[1].split(".")[0] for p in (tmp_path / "run" / "shards").iterdir()}
         assert writers == {"w0", "w1"}  # both workers wrote their own shards into the run
@@ -109,14 +109,14 @@ class TestSameAsOneProcess:
 
     def test_manifest_is_the_single_process_one(self, pool, reference, tmp_path):
         """Same identity, so a run started on Ray resumes without it and vice versa."""
-        run_traces(GREEDY, tmp_path / "run", progress=False, workers=pool)
+        run_traces(tmp_path / "run", config=GREEDY, progress=False, workers=pool)
         ray_manifest = TraceStore(tmp_path / "run").manifest()
         assert ray_manifest["identity"] == TraceStore(reference[0.0]).manifest()["identity"]
         assert ray_manifest["provenance"]["workers"]["count"] == 2
 
     def test_interventions_built_on_the_workers(self, pool, reference, tmp_path, organism):
         edits, _ = steer(organism)
-        run_traces(GREEDY, tmp_path / "single", progress=False, model=organism, edits=edits)
+        run_traces(tmp_path / "single", config=GREEDY, progress=False, model=organism, edits=edits)
         pool.run(GREEDY, tmp_path / "ray", progress=False, build=steer)
         assert load_traces(tmp_path / "ray").equals(load_traces(tmp_path / "single"))
         assert TraceStore(tmp_path / "ray").manifest()["identity"]["interventions"]["edits"]  # recorded
@@ -130,7 +130,7 @@ class TestSameAsOneProcess:
 
         cfg = TraceRunConfig(task="math", data=str(tmp_path / "missing.jsonl"), problems=2)
         with pytest.raises(TaskDataError, match=r"missing\.jsonl does not exist"):
-            run_traces(cfg, tmp_path / "run", progress=False, workers=pool)
+            run_traces(tmp_path / "run", config=cfg, progress=False, workers=pool)
         assert not (tmp_path / "run").exists()
 
     def test_a_model_edited_in_memory_is_refused(self, pool, tmp_path):
@@ -142,7 +142,7 @@ class TestSameAsOneProcess:
         with torch.no_grad():
             next(model.original_model.parameters()).add_(1.0)
         with pytest.raises(ValueError, match="not the one the workers loaded"):
-            run_traces(GREEDY, tmp_path / "run", progress=False, workers=pool, model=model)
+            run_traces(tmp_path / "run", config=GREEDY, progress=False, workers=pool, model=model)
 
 
 @pytest.mark.slow  # one local Ray cluster and 2 workers: 30-110 s to start on a shared 2-core box
@@ -150,15 +150,15 @@ class TestResume:
     """A partial run finishes with or without Ray, whoever wrote its first part."""
 
     def test_lost_shards_are_made_again_with_or_without_ray(self, pool, reference, tmp_path, organism):
-        run_traces(SAMPLED, tmp_path / "a", progress=False, workers=pool)
+        run_traces(tmp_path / "a", config=SAMPLED, progress=False, workers=pool)
         (tmp_path / "a" / "traces.parquet").unlink()
         for shard in (tmp_path / "a" / "shards").glob("part-w1.*"):  # as if worker 1 never ran
             shard.unlink()
         saved = sum(shard_ids(tmp_path / "a").values())
         assert 0 < saved < TOTAL
         shutil.copytree(tmp_path / "a", tmp_path / "b")
-        assert run_traces(SAMPLED, tmp_path / "a", progress=False, workers=pool)["resumed_from"] == saved
-        assert run_traces(SAMPLED, tmp_path / "b", progress=False, model=organism)["resumed_from"] == saved
+        assert run_traces(tmp_path / "a", config=SAMPLED, progress=False, workers=pool)["resumed_from"] == saved
+        assert run_traces(tmp_path / "b", config=SAMPLED, progress=False, model=organism)["resumed_from"] == saved
         for run in (tmp_path / "a", tmp_path / "b"):
             assert max(shard_ids(run).values()) == 1
             assert_same_traces(run, reference[1.0])
@@ -170,8 +170,8 @@ class TestResume:
         shards = sorted((out / "shards").glob("part-*"))
         for shard in shards[len(shards) // 2:]:
             shard.unlink()
-        summary = run_traces(SAMPLED, out, progress=False, workers=pool)
-        assert 0 < summary["resumed_from"] < TOTAL
+        summary = run_traces(out, config=SAMPLED, progress=False, workers=pool)
+        assert 0 < summary.resumed_from < TOTAL
         assert max(shard_ids(out).values()) == 1
         assert_same_traces(out, reference[1.0])
 
@@ -235,8 +235,8 @@ class TestDeadWorkers:
         import ray
 
         ray.get(pool.actors[1].arm.remote())
-        summary = run_traces(SAMPLED, tmp_path / "run", progress=False, workers=pool)
-        assert summary["workers_lost"] == [1] and summary["traces"] == TOTAL
+        summary = run_traces(tmp_path / "run", config=SAMPLED, progress=False, workers=pool)
+        assert summary.workers_lost == [1] and summary.traces == TOTAL
         w1 = [p for p in (tmp_path / "run" / "shards").iterdir() if p.name.startswith("part-w1.")]
         assert len(w1) == 1 and pq.read_metadata(w1[0]).num_rows == SAMPLED.flush_every  # died mid-chunk
         assert max(shard_ids(tmp_path / "run").values()) == 1  # what it wrote was not generated again
@@ -247,11 +247,11 @@ class TestDeadWorkers:
 
         ray.get([actor.arm.remote() for actor in pool.actors.values()])  # the last test to use the pool
         with pytest.raises(RunDirError, match="every worker died"):
-            run_traces(SAMPLED, tmp_path / "run", progress=False, workers=pool)
+            run_traces(tmp_path / "run", config=SAMPLED, progress=False, workers=pool)
         saved = sum(shard_ids(tmp_path / "run").values())
         assert 0 < saved < TOTAL
         with pytest.raises(RunDirError, match="no workers left"):
-            run_traces(SAMPLED, tmp_path / "run", progress=False, workers=pool)
-        assert run_traces(SAMPLED, tmp_path / "run", progress=False, model=organism)["resumed_from"] == saved
+            run_traces(tmp_path / "run", config=SAMPLED, progress=False, workers=pool)
+        assert run_traces(tmp_path / "run", config=SAMPLED, progress=False, model=organism)["resumed_from"] == saved
         assert max(shard_ids(tmp_path / "run").values()) == 1
         assert_same_traces(tmp_path / "run", reference[1.0])

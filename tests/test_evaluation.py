@@ -284,7 +284,7 @@ seed = 1
 """
     folder = tmp_path_factory.mktemp("paired")
     study = load_study(write(folder, STUDY.format(model="organism", max_new=60, extra=extra)))
-    return study, folder / "out", run_study(study, folder / "out", progress=False, model=organism)
+    return study, folder / "out", run_study(folder / "out", study=study, progress=False, model=organism)
 
 
 def _traces(run_dir: Path) -> dict[str, list[int]]:
@@ -361,12 +361,12 @@ class TestResume:
         study = load_study(write(tmp_path, text))
         FAILS["left"] = 1
         with pytest.raises(RuntimeError, match="killed"):
-            run_study(study, tmp_path / "killed", progress=False, model=organism)
+            run_study(tmp_path / "killed", study=study, progress=False, model=organism)
         assert FAILS["left"] == 0 and not (tmp_path / "killed" / "results.json").exists()
         partial = load_traces(tmp_path / "killed" / "sampled" / "flaky").num_rows
         assert 0 < partial < 16
-        resumed = run_study(study, tmp_path / "killed", progress=False, model=organism)
-        fresh = run_study(study, tmp_path / "fresh", progress=False, model=organism)
+        resumed = run_study(tmp_path / "killed", study=study, progress=False, model=organism)
+        fresh = run_study(tmp_path / "fresh", study=study, progress=False, model=organism)
         assert _traces(tmp_path / "killed" / "sampled" / "flaky") == _traces(tmp_path / "fresh" / "sampled" / "flaky")
         skip = ("wall_seconds", "build_seconds", "tokens_per_second", "resumed", "run")
         assert [{k: v for k, v in r.items() if k not in skip} for r in resumed] == \
@@ -374,12 +374,12 @@ class TestResume:
         assert next(r for r in resumed if r["method"] == "flaky")["resumed"]
         # a finished study re-run skips every method; a changed method is refused, not mixed in
         record = (tmp_path / "fresh" / "sampled" / "flaky" / "evaluation.json").read_text()
-        run_study(study, tmp_path / "fresh", progress=False, model=organism)
+        run_study(tmp_path / "fresh", study=study, progress=False, model=organism)
         assert (tmp_path / "fresh" / "sampled" / "flaky" / "evaluation.json").read_text() == record
         changed = load_study(write(tmp_path, text.replace('name = "flaky"', 'name = "vanilla-x"').replace(
             'type = "vanilla"\nname = "vanilla"', 'type = "test-ban"\nname = "vanilla"'), "changed.toml"))
         with pytest.raises(StudyError, match="holds the 'vanilla' run with other settings"):
-            run_study(changed, tmp_path / "fresh", progress=False, model=organism)
+            run_study(tmp_path / "fresh", study=changed, progress=False, model=organism)
 
 
 class TestAnalysisStage:
@@ -391,7 +391,7 @@ class TestAnalysisStage:
             "stages = []", 'problems = 24\nsamples = 4\nseed = 7\nstages = ["cache", "rcn"]\n'
                            "[analysis.cache]\ntop_variance = 256")
         study = load_study(write(tmp_path, text))
-        rows = run_study(study, tmp_path / "out", progress=False, model=organism)
+        rows = run_study(tmp_path / "out", study=study, progress=False, model=organism)
         analysis = tmp_path / "out" / "sampled" / "analysis"
         assert (analysis / "neurons" / "rcn.json").exists() and load_traces(analysis).num_rows == 96
         assert set(_traces(analysis)).isdisjoint(_traces(tmp_path / "out" / "sampled" / "vanilla"))
@@ -399,7 +399,7 @@ class TestAnalysisStage:
         assert manifest["identity"]["interventions"]["edits"][0]["name"] == "push"
         assert [r["method"] for r in rows] == ["vanilla", "rcn-push"]
         stamp = (analysis / "neurons" / "rcn.json").stat().st_mtime_ns
-        run_study(study, tmp_path / "out", progress=False, model=organism)
+        run_study(tmp_path / "out", study=study, progress=False, model=organism)
         assert (analysis / "neurons" / "rcn.json").stat().st_mtime_ns == stamp  # done stages are skipped
 
 
@@ -425,7 +425,7 @@ class TestTinyModel:
         text = STUDY.format(model=tiny_dir, max_new=12, extra="").replace(
             "stages = []", 'problems = 8\nsamples = 2\nseed = 11\nallow_overlap = true\nstages = ["cache", "probe"]')
         study = load_study(write(tmp_path, text))
-        rows = run_study(study, tmp_path / "out", progress=False)  # a random model is never right: no probe
+        rows = run_study(tmp_path / "out", study=study, progress=False)  # a random model is never right: no probe
         assert [r["method"] for r in rows] == ["vanilla"]
         skipped = json.loads((tmp_path / "out" / "not_applied.json").read_text())
         assert [(x["what"], x["name"]) for x in skipped] == [("analysis", "probe")]

@@ -24,14 +24,14 @@ def analysis(organism, organism_run, tmp_path_factory):
     set_threads(1)
     run = tmp_path_factory.mktemp("exitctl") / "analysis"
     shutil.copytree(organism_run, run)
-    rank_exit(run, model=organism, cfg=NeatConfig(calibration_traces=32, agreement_traces=0))
+    rank_exit(run, model=organism, config=NeatConfig(calibration_traces=32, agreement_traces=0))
     return run
 
 
 @pytest.fixture(scope="module")
 def vanilla(organism, tmp_path_factory):
     out = tmp_path_factory.mktemp("exitctl") / "vanilla"
-    run_traces(CFG, out, progress=False, model=organism)
+    run_traces(out, config=CFG, progress=False, model=organism)
     return traces_by_id(out)
 
 

@@ -72,7 +72,7 @@ class TestStore:
     def test_the_store_round_trips_heads_and_its_neurons_stay_as_without(self, organism_run, organism_cache,
                                                                          organism, tmp_path):
         run = _copy(organism_run, tmp_path)
-        cache_activations(run, CacheConfig(heads=True), model=organism)
+        cache_activations(run, config=CacheConfig(heads=True), model=organism)
         store, plain = ActivationStore(run), ActivationStore(organism_cache)
         n_layers, n_heads = organism.cfg.n_layers, organism.cfg.n_heads
         assert store.has_heads and not plain.has_heads
@@ -101,7 +101,7 @@ class TestStore:
 
         cfg = CacheConfig(heads=True, shard_traces=32, top_variance=16)
         whole = _copy(organism_run, tmp_path / "whole")
-        cache_activations(whole, cfg, model=organism)
+        cache_activations(whole, config=cfg, model=organism)
         broken = _copy(organism_run, tmp_path / "broken")
         real, calls = mod._write_shard, []
 
@@ -113,9 +113,9 @@ class TestStore:
 
         monkeypatch.setattr(mod, "_write_shard", dies_on_second)
         with pytest.raises(KeyboardInterrupt):
-            cache_activations(broken, cfg, model=organism)
+            cache_activations(broken, config=cfg, model=organism)
         monkeypatch.setattr(mod, "_write_shard", real)
-        cache_activations(broken, cfg, model=organism)
+        cache_activations(broken, config=cfg, model=organism)
         a, b = ActivationStore(whole), ActivationStore(broken)
         for row in (0, len(a) - 1):
             np.testing.assert_array_equal(a.token_heads(row), b.token_heads(row))
@@ -199,11 +199,11 @@ def test_mon_report_on_the_organism_with_a_planted_head(organism_run, organism_c
     units=('neurons', 'heads') and an oscillation planted in one head's column, that head is chosen, saved
     beside the detectors and counted in the report."""
     run = _copy(organism_run, tmp_path)
-    cache_activations(run, CacheConfig(heads=True), model=organism)
+    cache_activations(run, config=CacheConfig(heads=True), model=organism)
     plain = tmp_path / "plain"
     shutil.copytree(organism_cache, plain)
     cfg = NeuReasonerConfig(top_k=4, hidden=(8,), max_iter=50)
-    a, b = mon_report(run, cfg), mon_report(plain, cfg)
+    a, b = mon_report(run, config=cfg).to_json(), mon_report(plain, config=cfg).to_json()
     assert json.dumps(a, allow_nan=True) == json.dumps(b, allow_nan=True)  # nan == nan as text
     assert not any(k.startswith("mon_chosen") for k in a) and not list((run / "neureasoner").glob("heads-*"))
 
@@ -221,9 +221,9 @@ def test_mon_report_on_the_organism_with_a_planted_head(organism_run, organism_c
         return h
 
     monkeypatch.setattr(ActivationStore, "token_heads", with_a_planted_head)
-    mixed = mon_report(run, NeuReasonerConfig(top_k=4, hidden=(8,), max_iter=50, units=("neurons", "heads")))
-    assert mixed["mon_chosen_oscillation"][0] == "blocks.2.attn.hook_z[1]"
-    assert mixed["mon_chosen_heads_oscillation"] >= 1 and mixed["mon_token_heads"] == 16
+    mixed = mon_report(run, config=NeuReasonerConfig(top_k=4, hidden=(8,), max_iter=50, units=("neurons", "heads")))
+    assert mixed.types["oscillation"].chosen[0] == "blocks.2.attn.hook_z[1]"
+    assert mixed.types["oscillation"].chosen_heads >= 1 and mixed.token_heads == 16
     saved = HeadSet.load(run / "neureasoner" / "heads-oscillation.json")
     assert saved.names()[0] == "blocks.2.attn.hook_z[1]" and saved.method == "neureasoner:oscillation"
     assert Detector.load(run / "neureasoner" / "detector-oscillation.joblib").heads == saved

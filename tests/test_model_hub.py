@@ -44,7 +44,7 @@ def test_a_cached_hub_model_resolves_offline_and_runs_record_its_revision(hub, t
     assert resolve("acme/tiny-reasoner") == snapshot and revision_of(snapshot) == REV
     model = load_model("acme/tiny-reasoner")
     run = tmp_path / "run"
-    run_traces(TraceRunConfig(model="acme/tiny-reasoner", problems=2, max_new_tokens=4), run, progress=False,
+    run_traces(run, config=TraceRunConfig(model="acme/tiny-reasoner", problems=2, max_new_tokens=4), progress=False,
                model=model)
     identity = read_manifest(run)["identity"]
     assert identity["config"]["model"] == "acme/tiny-reasoner" and identity["model_revision"] == REV

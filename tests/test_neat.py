@@ -152,7 +152,7 @@ class TestAttribution:
 @pytest.fixture(scope="module")
 def organism_run(organism, tmp_path_factory):
     run = tmp_path_factory.mktemp("neat") / "run"
-    run_traces(TraceRunConfig(model="organism", task="organism", problems=16, samples=2, temperature=1.0), run,
+    run_traces(run, config=TraceRunConfig(model="organism", task="organism", problems=16, samples=2, temperature=1.0),
                progress=False, model=organism)
     return run
 
@@ -164,7 +164,7 @@ class TestOrganismRun:
     """rank_exit and exit_report on a small organism run: the report measures what the rank wrote."""
 
     def test_rank_exit_writes_the_neuron_set_reference_and_fit(self, organism, organism_run):
-        neurons = rank_exit(organism_run, model=organism, cfg=RANK_CFG)
+        neurons = rank_exit(organism_run, model=organism, config=RANK_CFG)
         assert len(neurons) > 0 and neurons.method == "neat" and neurons.signs is not None
         paths = RunPaths(organism_run)
         loaded = NeuronSet.load(paths.exit_set, model_shape=(4, 512))
@@ -203,9 +203,9 @@ class TestOrganismRun:
         held_out = [t for t in load_exit_traces(organism_run) if t.problem_id not in saved.fit_ids]
         assert report["exit_traces"] == len(held_out) and report["exit_fit_traces"] == saved.n_fit_traces
         # a measuring-only field may differ; a fitting one is refused, naming the field and the command
-        assert exit_report(organism_run, model=organism, cfg=replace(RANK_CFG, window=5))["exit_window"] == 5
+        assert exit_report(organism_run, model=organism, config=replace(RANK_CFG, window=5))["exit_window"] == 5
         with pytest.raises(ValueError, match=r"differs in: agreement_traces.*workbench rank --method exit"):
-            exit_report(organism_run, model=organism, cfg=replace(RANK_CFG, agreement_traces=0))
+            exit_report(organism_run, model=organism, config=replace(RANK_CFG, agreement_traces=0))
 
     def test_exit_report_fits_first_on_a_run_without_an_exit_result(self, organism, organism_run, tmp_path):
         run = tmp_path / "run"
@@ -214,7 +214,7 @@ class TestOrganismRun:
         for p in (paths.exit_set, paths.exit_fit, paths.exit_reference, paths.exit_report):
             p.unlink()
         cfg = replace(RANK_CFG, agreement_traces=0)
-        report = exit_report(run, model=organism, cfg=cfg)
+        report = exit_report(run, model=organism, config=cfg)
         assert paths.exit_set.exists() and load_fit(run).cfg == cfg
         assert exit_report(run, model=organism) == {**report, "exit_seconds": ANY}  # read back: the same figures
         # exit neurons ranked before the fit was recorded are refused, not silently refitted
@@ -227,7 +227,7 @@ class TestOrganismRun:
         shutil.copytree(organism_run, run)
         cfg = replace(RANK_CFG, tau_com=1.0, agreement_traces=0)  # no neuron peaks only at the exit position
         with pytest.raises(ValueError, match="no neuron passed NEAT's vote"):
-            rank_exit(run, model=organism, cfg=cfg)
+            rank_exit(run, model=organism, config=cfg)
         assert not RunPaths(run).exit_set.exists() and len(load_fit(run).fit.selection.flat) == 0  # no stale set
         report = exit_report(run, model=organism)
         assert report["exit_neurons"] == 0 and np.isnan(report["exit_within3"]) and "exit_note" in report
@@ -246,14 +246,15 @@ class TestOtherModels:
             store.append(rows)
             store.finalize()
         cfg = NeatConfig(calibration_traces=8, tau_cons=0.0, tau_com=0.0, agreement_traces=2)
-        neurons = rank_exit(run, cfg=cfg)
+        neurons = rank_exit(run, config=cfg)
         assert neurons.model_shape == (2, 96) and max(neurons.layers) <= 1
-        report = exit_report(run, cfg=cfg)
+        report = exit_report(run, config=cfg)
         assert report["exit_traces"] > 0 and 0.0 <= report["exit_within3"] <= 1.0
 
     def test_tiny_model_that_never_closes_thinking_is_a_clear_error(self, tiny_dir, tmp_path):
         run = tmp_path / "open-run"
-        run_traces(TraceRunConfig(model=str(tiny_dir), problems=2, samples=1, max_new_tokens=8), run, progress=False)
+        run_traces(run, config=TraceRunConfig(model=str(tiny_dir), problems=2, samples=1, max_new_tokens=8),
+                   progress=False)
         if any(t is not None for t in load_traces(run).column("think_end").to_pylist()):
             pytest.skip("this random model closed its thinking")
         with pytest.raises(ValueError, match=r"</think> in 0 of 2 traces.*NeatConfig.exit_token"):

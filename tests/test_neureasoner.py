@@ -216,7 +216,7 @@ def test_mon_end_to_end_on_organism(organism_cache, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(organism_cache, run)
     cfg = NeuReasonerConfig(top_k=4, hidden=(8,), max_iter=50)
-    report = mon_report(run, cfg)
+    report = mon_report(run, config=cfg).to_json()
     for kind in ("slip", "oscillation", "overthinking"):
         for figure in ("recall", "precision", "auroc", "event_recall", "event_precision", "anticipation_auroc"):
             assert f"mon_{figure}_{kind}" in report and f"mon_{figure}_{kind}_tokens" in report
@@ -225,4 +225,4 @@ def test_mon_end_to_end_on_organism(organism_cache, tmp_path):
         assert {g for g, _ in s.group_means} == {"failing", "healthy"}
         assert Detector.load(run / "neureasoner" / f"detector-{kind}.joblib").neurons == s
     assert json.loads((run / "neureasoner" / "report.json").read_text())["mon_windows"] == report["mon_windows"]
-    assert rank_mon(run, cfg)["slip"] == NeuronSet.load(run / "neurons" / "mon-slip.json")
+    assert rank_mon(run, config=cfg)["slip"] == NeuronSet.load(run / "neurons" / "mon-slip.json")

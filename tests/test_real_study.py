@@ -66,7 +66,7 @@ def test_the_real_model_study_runs_on_a_tiny_model(real_study, monkeypatch, tmp_
     assert aime24.analysis.stages == () and study.method("adaras").analysis_from == "math500"
 
     out = tmp_path / "out"
-    rows = run_study(study, out, progress=False)
+    rows = run_study(out, study=study, progress=False)
     manifest = json.loads((out / "math500" / "analysis" / "manifest.json").read_text())
     assert manifest["identity"]["config"]["disjoint_from"] == [6, 1]
     assert manifest["identity"]["data_revision"] == "a" * 40

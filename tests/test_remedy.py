@@ -27,7 +27,7 @@ def analysis(organism_cache, tmp_path_factory):
     set_threads(1)
     run = tmp_path_factory.mktemp("remedy") / "analysis"
     shutil.copytree(organism_cache, run)
-    mon_report(run, NeuReasonerConfig(top_k=6, hidden=(8,), max_iter=100))
+    mon_report(run, config=NeuReasonerConfig(top_k=6, hidden=(8,), max_iter=100))
     return run
 
 
@@ -47,7 +47,7 @@ def with_tokens(tmp_path_factory):
 
 def generate(model, analysis, tmp_path, method) -> dict[str, dict]:
     edits, controllers = method.build(MethodContext(model, analysis, CFG))
-    run_traces(CFG, tmp_path / "run", progress=False, model=model, edits=edits, controllers=controllers)
+    run_traces(tmp_path / "run", config=CFG, progress=False, model=model, edits=edits, controllers=controllers)
     return {r["trace_id"]: {**r, "events": json.loads(r["events"])} for r in load_traces(tmp_path / "run").to_pylist()}
 
 

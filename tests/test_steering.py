@@ -27,8 +27,8 @@ def analysis(organism_run, organism, tmp_path_factory) -> Path:
     set_threads(1)
     run = tmp_path_factory.mktemp("steer") / "run"
     shutil.copytree(organism_run, run)
-    cache_activations(run, CacheConfig(top_variance=2048), model=organism)
-    rank_rcn(run, AdarasConfig(k=K))
+    cache_activations(run, config=CacheConfig(top_variance=2048), model=organism)
+    rank_rcn(run, config=AdarasConfig(k=K))
     store = ActivationStore(run)
     fail = 1 - np.array(store.index["correct"].to_pylist(), dtype=int)
     groups = np.array(store.index["problem_id"].to_pylist())
@@ -106,7 +106,8 @@ class TestGenerate:
         spec = switch.spec()
         assert spec["gate"]["sha256"] and spec["threshold"] == switch.threshold and spec["alpha"] == 1.0
         assert spec["neurons"]["set"] == "rcn"
-        run_traces(TARGET, tmp_path / "gated", progress=False, model=organism, edits=edits, controllers=controllers)
+        run_traces(tmp_path / "gated", config=TARGET, progress=False, model=organism, edits=edits,
+                   controllers=controllers)
         table = load_traces(tmp_path / "gated")
         on = {tid for tid, ev in zip(table["trace_id"].to_pylist(), table["events"].to_pylist(), strict=True)
               if any(e["kind"] == "edit_on" and e["step"] == 0 for e in json.loads(ev))}
@@ -124,12 +125,12 @@ class TestGenerate:
         assert "GateSwitch" in json.dumps(manifest)
 
     def test_steering_changes_traces_and_alpha_zero_is_vanilla(self, analysis, organism, tmp_path):
-        run_traces(TARGET, tmp_path / "vanilla", progress=False, model=organism)
+        run_traces(tmp_path / "vanilla", config=TARGET, progress=False, model=organism)
         # The organism barely notices small pushes (alpha 20 changed no token of these 12 traces; 100 changes
         # most), so a large alpha shows that the edit reaches generation.
         for alpha in (0.0, 100.0):
             edits, controllers = AdarasSteering(k=K, alpha=alpha, gate=False).build(ctx(organism, analysis))
-            run_traces(TARGET, tmp_path / f"a{alpha}", progress=False, model=organism, edits=edits,
+            run_traces(tmp_path / f"a{alpha}", config=TARGET, progress=False, model=organism, edits=edits,
                        controllers=controllers)
         base = tokens(tmp_path / "vanilla")
         assert tokens(tmp_path / "a0.0") == base
@@ -140,9 +141,9 @@ class TestGenerate:
         sub = TraceRunConfig(task="organism-sub", problems=3, samples=1, seed=5, max_new_tokens=80)
         method = AdarasSteering(k=K, alpha=1.0, analysis_run=str(analysis))
         edits, controllers = method.build(ctx(organism, None, sub))
-        summary = run_traces(sub, tmp_path / "sub", progress=False, model=organism, edits=edits,
+        summary = run_traces(tmp_path / "sub", config=sub, progress=False, model=organism, edits=edits,
                              controllers=controllers)
-        assert summary["traces"] == 3
+        assert summary.traces == 3
         events = [json.loads(e) for e in load_traces(tmp_path / "sub")["events"].to_pylist()]
         assert all(any(e["kind"] == "gate" for e in ev) for ev in events)
 

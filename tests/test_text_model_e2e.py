@@ -118,7 +118,7 @@ def study_out(tmp_path_factory):
     out = folder / "out"
     for task, generation in zip(study.tasks, (thinking_generation, direct_generation), strict=True):
         plant_run(task.analysis.run, out / task.name / "analysis", model, generation)
-    rows = run_study(study, out, progress=False, model=model)
+    rows = run_study(out, study=study, progress=False, model=model)
     return out, rows, study
 
 
@@ -195,12 +195,12 @@ class TestStudyOnATextModel:
         shutil.copytree(out / "direct" / "analysis", run)
         cfg = NeatConfig(tau_cons=0.0, tau_com=0.0, calibration_traces=8, agreement_traces=0, random_draws=2,
                          estimator="gradient", exit_token="<|im_end|>")
-        neurons = rank_exit(run, cfg=cfg)
+        neurons = rank_exit(run, config=cfg)
         assert len(neurons) > 0
         reference = json.loads((run / "neat" / "reference.json").read_text())
         assert np.isfinite(reference["mu_ref"]).all()
         with pytest.raises(ValueError, match="'<nope>' is not a token"):
-            rank_exit(run, cfg=NeatConfig(exit_token="<nope>"))
+            rank_exit(run, config=NeatConfig(exit_token="<nope>"))
 
 
 def store_tokenizer(run: Path):

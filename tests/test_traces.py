@@ -33,7 +33,7 @@ SMALL = TraceRunConfig(problems=4, samples=2, batch_size=4, flush_every=3, max_n
 @pytest.fixture(scope="module")
 def full_run(organism, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "full"
-    summary = run_traces(CFG, out, progress=False, model=organism)
+    summary = run_traces(out, config=CFG, progress=False, model=organism)
     return out, summary
 
 
@@ -47,7 +47,7 @@ class TestRun:
     def test_every_pair_once_with_all_columns(self, full_run):
         out, summary = full_run
         table = load_traces(out)
-        assert table.schema == SCHEMA and summary["traces"] == table.num_rows == TOTAL
+        assert table.schema == SCHEMA and summary.traces == table.num_rows == TOTAL
         rows = table.to_pylist()
         assert len({r["trace_id"] for r in rows}) == TOTAL
         assert all(r["trace_id"] == f"{r['problem_id']}/{r['sample_index']}" for r in rows)
@@ -85,12 +85,12 @@ class TestRun:
         assert "torch" in manifest["provenance"]["versions"]
 
     def test_rerun_resumes_nothing_to_do(self, full_run, organism):
-        summary = run_traces(CFG, full_run[0], progress=False, model=organism)
-        assert summary["resumed_from"] == TOTAL and summary["traces"] == TOTAL
+        summary = run_traces(full_run[0], config=CFG, progress=False, model=organism)
+        assert summary.resumed_from == TOTAL and summary.traces == TOTAL
 
     def test_other_config_is_refused(self, full_run, organism):
         with pytest.raises(RunDirError, match=r"differs in: config\.samples"):
-            run_traces(replace(CFG, samples=4), full_run[0], progress=False, model=organism)
+            run_traces(full_run[0], config=replace(CFG, samples=4), progress=False, model=organism)
 
     def test_non_run_folder_is_refused(self, tmp_path):
         (tmp_path / "x.txt").write_text("x")
@@ -103,38 +103,38 @@ class TestIdentity:
 
     def test_changed_weights_are_refused(self, organism_copy, tmp_path):
         cfg = replace(SMALL, model=str(organism_copy))
-        run_traces(cfg, tmp_path / "run", progress=False)
+        run_traces(tmp_path / "run", config=cfg, progress=False)
         weights = load_file(organism_copy / "model.safetensors")
         name = next(iter(weights))
         weights[name] = weights[name] + 0.01
         save_file(weights, organism_copy / "model.safetensors", metadata={"format": "pt"})
         with pytest.raises(RunDirError, match="model_sha256"):
-            run_traces(cfg, tmp_path / "run", progress=False)
+            run_traces(tmp_path / "run", config=cfg, progress=False)
 
     def test_a_model_changed_in_memory_is_refused(self, organism_copy, tmp_path):
         model = load_model(organism_copy)
-        run_traces(SMALL, tmp_path / "run", progress=False, model=model)
+        run_traces(tmp_path / "run", config=SMALL, progress=False, model=model)
         with torch.no_grad():
             next(model.original_model.parameters()).add_(0.01)
         with pytest.raises(RunDirError, match="model_sha256"):
-            run_traces(SMALL, tmp_path / "run", progress=False, model=model)
+            run_traces(tmp_path / "run", config=SMALL, progress=False, model=model)
 
     def test_changed_data_is_refused(self, tiny_dir, tmp_path):
         data = tmp_path / "d.jsonl"
         data.write_text('{"question": "1+1?", "answer": "#### 2"}\n{"question": "2+2?", "answer": "#### 4"}\n')
         cfg = TraceRunConfig(model=str(tiny_dir), task="math", data=str(data), problems=None, max_new_tokens=4)
-        run_traces(cfg, tmp_path / "run", progress=False)
+        run_traces(tmp_path / "run", config=cfg, progress=False)
         data.write_text('{"question": "1+1?", "answer": "#### 3"}\n{"question": "2+2?", "answer": "#### 4"}\n')
         with pytest.raises(RunDirError, match="data_sha256"):
-            run_traces(cfg, tmp_path / "run", progress=False)
+            run_traces(tmp_path / "run", config=cfg, progress=False)
 
     def test_other_interventions_and_prompt_format_are_refused(self, organism, tmp_path):
-        run_traces(SMALL, tmp_path / "run", progress=False, model=organism)
+        run_traces(tmp_path / "run", config=SMALL, progress=False, model=organism)
         edit = NeuronEdit(NeuronSet.from_pairs([(1, 3)]), (2.0,))
         with pytest.raises(RunDirError, match=r"interventions\.edits"):
-            run_traces(SMALL, tmp_path / "run", progress=False, model=organism, edits=[edit])
+            run_traces(tmp_path / "run", config=SMALL, progress=False, model=organism, edits=[edit])
         with pytest.raises(RunDirError, match="prompt_format"):
-            run_traces(replace(SMALL, prompt=PromptFormat(bos="never")), tmp_path / "run", progress=False,
+            run_traces(tmp_path / "run", config=replace(SMALL, prompt=PromptFormat(bos="never")), progress=False,
                        model=organism)
 
 
@@ -143,12 +143,12 @@ class TestWriters:
 
     def test_second_writer_is_refused(self, organism, tmp_path):
         out = tmp_path / "run"
-        run_traces(SMALL, out, progress=False, model=organism)
+        run_traces(out, config=SMALL, progress=False, model=organism)
         manifest = json.loads(RunPaths(out).manifest.read_text())
         with TraceStore.open(out, manifest["identity"]):
             with pytest.raises(RunDirError, match="another process"):
-                run_traces(SMALL, out, progress=False, model=organism)
-        run_traces(SMALL, out, progress=False, model=organism)  # the lock went with the first writer
+                run_traces(out, config=SMALL, progress=False, model=organism)
+        run_traces(out, config=SMALL, progress=False, model=organism)  # the lock went with the first writer
 
     def test_shard_names_are_unique_per_writer(self, tmp_path):
         rows = _one_row()
@@ -176,7 +176,7 @@ class TestValidateBeforeWriting:
     def test_garbage_config_leaves_no_run_dir(self, organism_copy, tmp_path):
         (organism_copy / "config.json").write_text("{not json")
         with pytest.raises(ModelLoadError, match=r"config\.json"):
-            run_traces(replace(SMALL, model=str(organism_copy)), tmp_path / "run", progress=False)
+            run_traces(tmp_path / "run", config=replace(SMALL, model=str(organism_copy)), progress=False)
         assert not (tmp_path / "run").exists()
 
     @pytest.mark.parametrize("where", ["under_a_file", "in_proc"])
@@ -184,22 +184,22 @@ class TestValidateBeforeWriting:
         (tmp_path / "file").write_text("x")
         out = tmp_path / "file" / "run" if where == "under_a_file" else Path("/proc/workbench-run")
         with pytest.raises(RunDirError, match=r"run directory|not a directory"):
-            run_traces(SMALL, out, progress=False, model=organism)
+            run_traces(out, config=SMALL, progress=False, model=organism)
 
 
 class TestCorruptShard:
     def test_corrupt_shard_is_named_then_recomputed(self, organism, tmp_path):
         out = tmp_path / "run"
-        reference = run_traces(SMALL, out, progress=False, model=organism)
+        reference = run_traces(out, config=SMALL, progress=False, model=organism)
         full = load_traces(out).select(["trace_id", "token_ids"])
         (out / "traces.parquet").unlink()
         shard = sorted((out / "shards").iterdir())[0]
         shard.write_bytes(shard.read_bytes()[:40])
         with pytest.raises(RunDirError, match=shard.name):
             load_traces(out)
-        summary = run_traces(SMALL, out, progress=False, model=organism)
-        assert summary["shards_set_aside"] and shard.name in summary["shards_set_aside"][0]
-        assert summary["traces"] == reference["traces"] and summary["resumed_from"] < reference["traces"]
+        summary = run_traces(out, config=SMALL, progress=False, model=organism)
+        assert summary.shards_set_aside and shard.name in summary.shards_set_aside[0]
+        assert summary.traces == reference.traces and summary.resumed_from < reference.traces
         assert load_traces(out).select(["trace_id", "token_ids"]).equals(full)
 
 

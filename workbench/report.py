@@ -42,6 +42,14 @@ def _key(f: Field, fill: str | None) -> str:
     return key.format(fill) if fill is not None and "{}" in key else key
 
 
+def _fill(f: Field, fill: str | None) -> str | None:
+    """What fills the ``{}`` of a nested report's keys: its field's ``fill`` template, filled in turn by ours."""
+    template = f.metadata.get("fill", "{}")
+    if fill is None:
+        return None if "{}" in template else template
+    return template.format(fill)
+
+
 def _names(template: str, data: Mapping[str, Any]) -> list[str]:
     """The ``{}`` of ``template`` in every key of ``data`` it matches, in the data's order."""
     head, tail = template.split("{}")
@@ -80,7 +88,7 @@ class Report:
                     else:
                         out[_key(f, name)] = _plain(item)
             elif isinstance(value, Report):
-                out.update(value.to_json(f.metadata.get("fill", "{}").format(fill)))
+                out.update(value.to_json(_fill(f, fill)))
             else:
                 out[_key(f, fill)] = _plain(value)
         return out
@@ -96,8 +104,9 @@ class Report:
             if f.metadata.get("each"):
                 continue
             if nested is not None:
-                sub = f.metadata.get("fill", "{}").format(fill)
-                if f.metadata.get("optional") and nested.anchor().format(sub) not in data:
+                sub = _fill(f, fill)
+                anchor = nested.anchor()
+                if f.metadata.get("optional") and (anchor.format(sub) if sub is not None else anchor) not in data:
                     continue
                 kwargs[f.name] = nested.from_json(data, strict=False, fill=sub)
                 used |= set(kwargs[f.name].to_json(sub))

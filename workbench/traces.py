@@ -7,7 +7,7 @@ identity (config, weights as loaded, data, prompt format, interventions) matches
 Example:
     >>> import tempfile
     >>> cfg = TraceRunConfig(problems=2, samples=1)
-    >>> run_traces(cfg, tempfile.mkdtemp() + "/run", progress=False)["traces"]
+    >>> run_traces(tempfile.mkdtemp() + "/run", config=cfg, progress=False).traces
     2
 """
 
@@ -29,6 +29,7 @@ from transformer_lens.model_bridge import TransformerBridge
 from workbench.engine import Controller, Engine, EngineConfig, Finished, NeuronEdit, Request, SamplingConfig
 from workbench.model import load_model, resolve, revision_of
 from workbench.prompting import PromptFormat
+from workbench.report import Report
 from workbench.store import (
     ShardWriter,
     TraceStore,
@@ -139,7 +140,7 @@ def run_task(run: str | Path) -> Task:
 
     >>> import tempfile
     >>> run = tempfile.mkdtemp() + "/run"
-    >>> _ = run_traces(TraceRunConfig(problems=1), run, progress=False)
+    >>> _ = run_traces(run, config=TraceRunConfig(problems=1), progress=False)
     >>> run_task(run).text.step_ends
     (';', ',')
     """
@@ -311,18 +312,40 @@ def prompt_ids(cfg: TraceRunConfig, model: TransformerBridge) -> dict[str, list[
     return {trace_id(p.id, s): ids[p.id] for p in problems for s in range(cfg.samples)}
 
 
-def run_traces(
-    cfg: TraceRunConfig, out: str | Path, progress: bool = True, model: TransformerBridge | None = None,
-    edits: Sequence[NeuronEdit] = (), controllers: Sequence[Controller] = (), workers: TraceWorkers | None = None,
-) -> dict[str, Any]:
-    """Generates and grades every (problem, sample) not yet in ``out``; returns a summary.
+@dataclass(frozen=True)
+class RunSummary(Report):
+    """What a trace run holds after a ``run_traces`` call, and what this call did (``..._this_call``)."""
 
-    ``model`` may be passed in (already loaded, e.g. from a notebook); it is identified by a hash of
-    its weights either way. A Ctrl-C keeps every finished trace: the same call resumes. With
-    ``workers`` (``workbench.workers.TraceWorkers``) the problems are shared among Ray actors that
-    write into the same run; the traces and the run's identity are those of a single process.
+    run: str
+    traces: int
+    resumed_from: int
+    shards_set_aside: list[str]
+    accuracy: float
+    mean_thinking_tokens: float
+    finish_reasons: dict[str, int]
+    generated_tokens_this_call: int
+    tokens_per_second_this_call: float
+    seconds_this_call: float
+    workers: int | None = field(default=None, metadata={"optional": True})  # with Ray: how many, which were lost
+    workers_lost: list[int] | None = field(default=None, metadata={"optional": True})
+
+
+def run_traces(
+    run: str | Path, *, config: TraceRunConfig | None = None, model: TransformerBridge | None = None,
+    edits: Sequence[NeuronEdit] = (), controllers: Sequence[Controller] = (), workers: TraceWorkers | None = None,
+    progress: bool = True,
+) -> RunSummary:
+    """Generates and grades every (problem, sample) not yet in ``run``; returns a summary.
+
+    ``config`` None resumes the run with the config its manifest records. ``model`` may be passed in
+    (already loaded, e.g. from a notebook); it is identified by a hash of its weights either way. A Ctrl-C
+    keeps every finished trace: the same call resumes. With ``workers`` (``workbench.workers.TraceWorkers``)
+    the problems are shared among Ray actors that write into the same run; the traces and the run's identity
+    are those of a single process.
     """
+    out = run
     check_target(out)
+    cfg = config if config is not None else run_config(out)
     if workers is not None:
         return workers.run(cfg, out, progress=progress, model=model, edits=edits, controllers=controllers)
     plan = TracePlan.build(cfg, model, edits, controllers)
@@ -334,22 +357,22 @@ def run_traces(
         return summarize(store, skipped=len(done_keys), seconds=time.time() - t0, tokens=counts["tokens"])
 
 
-def summarize(store: TraceStore, skipped: int = 0, seconds: float = 0.0, tokens: int = 0) -> dict[str, Any]:
+def summarize(store: TraceStore, skipped: int = 0, seconds: float = 0.0, tokens: int = 0) -> RunSummary:
     table = store.read()
     rows = table.select(["correct", "thinking_tokens", "finish_reason"]).to_pylist()
     n = len(rows)
     reasons: dict[str, int] = {}
     for r in rows:
         reasons[r["finish_reason"]] = reasons.get(r["finish_reason"], 0) + 1
-    return {
-        "run": str(store.root),
-        "traces": n,
-        "resumed_from": skipped,
-        "shards_set_aside": [str(p) for p in store.set_aside],
-        "accuracy": sum(r["correct"] for r in rows) / n if n else float("nan"),
-        "mean_thinking_tokens": sum(r["thinking_tokens"] for r in rows) / n if n else float("nan"),
-        "finish_reasons": reasons,
-        "generated_tokens_this_call": tokens,
-        "tokens_per_second_this_call": tokens / seconds if seconds else float("nan"),
-        "seconds_this_call": round(seconds, 2),
-    }
+    return RunSummary(
+        run=str(store.root),
+        traces=n,
+        resumed_from=skipped,
+        shards_set_aside=[str(p) for p in store.set_aside],
+        accuracy=sum(r["correct"] for r in rows) / n if n else float("nan"),
+        mean_thinking_tokens=sum(r["thinking_tokens"] for r in rows) / n if n else float("nan"),
+        finish_reasons=reasons,
+        generated_tokens_this_call=tokens,
+        tokens_per_second_this_call=tokens / seconds if seconds else float("nan"),
+        seconds_this_call=round(seconds, 2),
+    )

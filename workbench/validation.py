@@ -84,12 +84,12 @@ def validate(run_dir: str | Path, model=None, progress: bool = False) -> dict[st
         # NeuReasoner ranks the neurons kept per token: keep all of a model as small as the organism.
         n_neurons = model.cfg.n_layers * model.cfg.d_mlp
         cfg = CacheConfig(top_variance=n_neurons) if n_neurons <= FULL_TOKEN_CACHE else CacheConfig()
-        cache_activations(run_dir, cfg, model=model, progress=progress)
+        cache_activations(run_dir, config=cfg, model=model, progress=progress)
     rcn = rank_rcn(run_dir, progress=progress)
     report: dict[str, Any] = {"run_dir": str(run_dir), "rcn_layers": list(rcn.layer_counts().items())}
-    report.update(probe_report(run_dir, model=model, progress=progress))
+    report.update(probe_report(run_dir, model=model, progress=progress).to_json())
     report.update(exit_report(run_dir, model=model, progress=progress))  # the exit stage's fit, or fitted here
-    report.update(mon_report(run_dir, progress=progress))
+    report.update(mon_report(run_dir, progress=progress).to_json())
     report["targets"] = target_table(report)
     atomic_write_text(RunPaths(run_dir).validate, json.dumps(report, indent=1, default=str))
     return report

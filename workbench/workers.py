@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import platform
@@ -35,7 +36,7 @@ from workbench.engine import Controller, NeuronEdit
 from workbench.model import load_model, resolve, set_threads
 from workbench.store import RunDirError, ShardWriter, TraceStore, check_target, model_hash
 from workbench.store.rundir import identity_diff
-from workbench.traces import TracePlan, TraceRunConfig, summarize
+from workbench.traces import RunSummary, TracePlan, TraceRunConfig, summarize
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,7 @@ class TraceWorkers:
         self, cfg: TraceRunConfig, out: str | Path, progress: bool = True, model=None,
         edits: Sequence[NeuronEdit] = (), controllers: Sequence[Controller] = (),
         build: Callable[[Any], tuple[Sequence[NeuronEdit], Sequence[Controller]]] | None = None,
-    ) -> dict[str, Any]:
+    ) -> RunSummary:
         """``run_traces`` across the pool: the same run directory, identity and traces as one process.
 
         Edits and controllers are pickled to every worker. One that cannot be (e.g. it holds the
@@ -241,7 +242,7 @@ class TraceWorkers:
             totals, lost = self._dispatch(store, queue, len(pending), progress)
             store.finalize()
             summary = summarize(store, skipped=len(done), seconds=time.time() - t0, tokens=totals["tokens"])
-        return {**summary, "workers": len(ranks), "workers_lost": lost}
+        return dataclasses.replace(summary, workers=len(ranks), workers_lost=lost)
 
     def _dispatch(
         self, store: TraceStore, queue: deque, total: int, progress: bool,

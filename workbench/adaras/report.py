@@ -1,5 +1,6 @@
 """Run-directory entry points: rank RCNs and report correctness probes from a run's activation store.
 
+Both entry points have the one shape ``f(run, *, config=None, model=None, progress=False)``.
 ``rank_rcn(RUN)`` writes ``RUN/neurons/rcn.json`` and its controls ``rcn-unfiltered.json``, ``rcn-probe.json``
 and ``rcn-random.json`` (plus ``RUN/adaras/rcn.json``: each set's layer distribution and overlap with the
 RCNs). ``probe_report(RUN)`` writes ``RUN/probes/report.json``: the early correctness probe with its CI and
@@ -11,7 +12,6 @@ gate reads question tokens from the model when the store's per-token neurons lac
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from workbench.adaras.gate import GateConfig, fit_gate, question_activations, select_features, youden_threshold
 from workbench.adaras.ranking import AdarasConfig, combine_spans, layer_distribution, rank_with_controls
 from workbench.adaras.regime import rcn_regime_auroc
-from workbench.atomic import atomic_write_text
+from workbench.adaras.results import EarlyProbe, GateReport, PlantedCheck, ProbeReport, RcnSummary, ThinkingNote
 from workbench.neurons import NeuronSet
 from workbench.probes import (
     HandFeatures,
@@ -58,16 +58,13 @@ def thinking_bounds(store: ActivationStore) -> tuple[np.ndarray, np.ndarray]:
     return np.array([b[0] for b in bounds], dtype=np.int64), np.array([b[1] for b in bounds], dtype=np.int64)
 
 
-def thinking_note(store: ActivationStore) -> dict[str, Any]:
+def thinking_note(store: ActivationStore) -> ThinkingNote:
     """How many traces opened no thinking span, and what was read for them instead (the report says so)."""
     opened = [s is not None or e is not None for s, e in zip(store.index["think_start"].to_pylist(),
                                                               store.index["think_end"].to_pylist(), strict=True)]
     none = len(opened) - sum(opened)
-    out: dict[str, Any] = {"traces_without_thinking_span": none}
-    if none:
-        out["thinking_note"] = (f"{none} of {len(opened)} traces open no thinking span: their 'think' spans are the "
-                                "whole generation, answer included")
-    return out
+    return ThinkingNote(none, f"{none} of {len(opened)} traces open no thinking span: their 'think' spans are the "
+                              "whole generation, answer included" if none else None)
 
 
 def span_means(store: ActivationStore, span: str) -> np.ndarray:
@@ -79,25 +76,27 @@ def span_means(store: ActivationStore, span: str) -> np.ndarray:
                          np.maximum(ends - starts, 0))
 
 
-def rank_rcn(run_dir: str | Path, cfg: AdarasConfig = DEFAULT_RCN, progress: bool = False) -> NeuronSet:
-    """Ranks RCNs from the run's activation store; writes them and their controls under ``RUN/neurons/``."""
-    run_dir = Path(run_dir)
+def rank_rcn(
+    run: str | Path, *, config: AdarasConfig | None = None, model=None, progress: bool = False,
+) -> NeuronSet:
+    """Ranks RCNs from the run's activation store; writes them and their controls under ``RUN/neurons/`` and
+    their summary (``RcnSummary``) to ``RUN/adaras/rcn.json``. The ranking reads the cache only: ``model`` is
+    accepted for the one shape of entry points and unused."""
+    run_dir, cfg = Path(run), config if config is not None else DEFAULT_RCN
     bar = tqdm(total=2, desc="rank rcn", disable=not progress)
     store = ActivationStore(run_dir)
     means = span_means(store, cfg.span)
     bar.update()
     rankings = rank_with_controls(means, _column(store, "correct"), _column(store, "problem_id"), cfg,
                                   provenance=str(run_dir))
-    summary: dict[str, Any] = {"config": asdict(cfg), "sets": {}}
+    sets: dict[str, dict[str, Any]] = {}
     rcn = set(rankings.rcn.flat(store.d_mlp))
     for name, neurons in rankings.sets().items():
         neurons.save(RunPaths(run_dir).neuron_set(name))
-        summary["sets"][name] = {"layer_distribution": layer_distribution(neurons, store.n_layers),
-                                 "overlap_with_rcn": len(rcn & set(neurons.flat(store.d_mlp)))}
-    summary.update(n_questions=rankings.rcn.params["n_questions"], n_traces=rankings.rcn.params["n_traces"],
-                   **thinking_note(store))
-    RunPaths(run_dir).adaras.mkdir(exist_ok=True)
-    atomic_write_text(RunPaths(run_dir).rcn_summary, json.dumps(summary, indent=1))
+        sets[name] = {"layer_distribution": layer_distribution(neurons, store.n_layers),
+                      "overlap_with_rcn": len(rcn & set(neurons.flat(store.d_mlp)))}
+    RcnSummary(asdict(cfg), sets, rankings.rcn.params["n_questions"], rankings.rcn.params["n_traces"],
+               thinking_note(store)).save(RunPaths(run_dir).rcn_summary)
     bar.update()
     bar.close()
     return rankings.rcn
@@ -132,7 +131,7 @@ def _probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, cfg: ProbeReportCon
 
 
 def _early(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig, task: Task,
-           hand: HandFeatures | None) -> dict[str, Any]:
+           hand: HandFeatures | None) -> EarlyProbe:
     """The headline probe on ``early_span`` beside hand features and token ids over the same tokens."""
     x = store.summary(cfg.early_span).reshape(len(store), -1)
     ok = ~np.isnan(x).any(axis=1)
@@ -142,30 +141,25 @@ def _early(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig, ta
         raise ValueError(f"the span {cfg.early_span!r} is empty in {int((~ok).sum())} of {len(ok)} traces (too few "
                          f"thinking tokens), and {left}; probe a span they have (ProbeReportConfig.early_span)")
     res, ci = _probe(x[ok], y[ok], groups[ok], cfg)
-    out: dict[str, Any] = {"probe_auroc_early": res.auroc, "probe_auroc_early_ci": ci,
-                           "probe_auroc_early_span": cfg.early_span, "probe_traces": int(ok.sum()),
-                           "probe_roc_early": roc_points(y[ok], res.scores),
-                           "probe_roc_early_band": roc_band(y[ok], res.scores, groups[ok], n_resamples=cfg.n_resamples,
-                                                            seed=cfg.seed)}
+    within: dict[str, float] = {}
     if hand is None:
-        out.update(probe_auroc_baseline=float("nan"), probe_auroc_baseline_ci=[float("nan")] * 2,
-                   probe_auroc_baseline_features=[],
-                   probe_auroc_baseline_reason=f"task {task.name!r} supplies no hand features for these traces")
+        base_auroc, base_ci, names = float("nan"), [float("nan")] * 2, []
+        reason = f"task {task.name!r} supplies no hand features for these traces"
     else:
         base, base_ci = _probe(hand.distinct()[ok], y[ok], groups[ok], cfg)
-        out.update(probe_auroc_baseline=base.auroc, probe_auroc_baseline_ci=base_ci,
-                   probe_auroc_baseline_features=list(hand.names))
+        base_auroc, names, reason = base.auroc, list(hand.names), None
         for planted in task.planted:  # the headline probe within each class of a planted label
             positive = hand.column(planted.feature)[ok] == 1
             for cls, m in zip(planted.classes, (~positive, positive), strict=True):
-                out[f"probe_auroc_early_within_{cls}"] = auroc(y[ok][m], res.scores[m])
+                within[cls] = auroc(y[ok][m], res.scores[m])
     k = int(cfg.early_span.removeprefix("think_first_")) if cfg.early_span.startswith("think_first_") else None
     starts, ends = thinking_bounds(store)
     ends = starts + k if k is not None else ends
     bag = token_bag(traces["token_ids"].to_pylist(), starts.tolist(), ends.tolist())
     tok, tok_ci = _probe(bag[ok], y[ok], groups[ok], cfg)
-    out.update(probe_auroc_tokens=tok.auroc, probe_auroc_tokens_ci=tok_ci)
-    return out
+    return EarlyProbe(res.auroc, ci, cfg.early_span, int(ok.sum()), roc_points(y[ok], res.scores),
+                      roc_band(y[ok], res.scores, groups[ok], n_resamples=cfg.n_resamples, seed=cfg.seed),
+                      base_auroc, base_ci, names, within, tok.auroc, tok_ci, baseline_reason=reason)
 
 
 def _curve(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig) -> list[dict[str, Any]]:
@@ -195,7 +189,7 @@ def _split(groups: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, 
     return next(split.split(np.zeros(len(groups)), groups=groups))
 
 
-def _gate(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig, model, run_dir: Path) -> dict[str, Any]:
+def _gate(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig, model, run_dir: Path) -> GateReport:
     """The attention-pooling gate and a logistic gate on question means, both measured on held-out questions."""
     fail = 1 - y
     question = store.summary("question")
@@ -221,50 +215,46 @@ def _gate(store: ActivationStore, traces, y, groups, cfg: ProbeReportConfig, mod
     gate = fit_gate([acts[i] for i in fit], fail[fit], groups[fit], neurons, cfg.gate)
     gate.save(RunPaths(run_dir).gate)
     test_scores = gate.scores([acts[i] for i in test])
-    out = {"gate_auroc": auroc(fail[test], test_scores),
-           "gate_auroc_ci": list(auroc_ci(fail[test], test_scores, groups[test], n_resamples=cfg.n_resamples,
-                                          seed=cfg.seed)),
-           "gate_threshold": gate.threshold, "gate_neurons": len(neurons), "gate_neuron_source": source,
-           "gate_test_traces": len(test), "gate_test_fail_rate": float(fail[test].mean())}
     # Logistic gate on question-span means: fitted on the same training questions, its threshold by Youden's J
     # on the same validation questions as the MLP's, measured on the same test questions.
     x = np.nan_to_num(question.reshape(len(store), -1).astype(np.float64))
     train_rel, val_rel = _split(groups[fit], cfg.gate.val_fraction, cfg.gate.seed)
     train, val = fit[train_rel], fit[val_rel]
     pipe = fit_probe(x[train], fail[train], select_c(x[train], fail[train], groups[train]))
-    out["gate_threshold_logistic"] = youden_threshold(fail[val], pipe.predict_proba(x[val])[:, 1]) \
+    threshold = youden_threshold(fail[val], pipe.predict_proba(x[val])[:, 1]) \
         if len(np.unique(fail[val])) == 2 else float("nan")
-    out["gate_auroc_logistic"] = auroc(fail[test], pipe.predict_proba(x[test])[:, 1])
-    return out
+    return GateReport(auroc(fail[test], test_scores),
+                      list(auroc_ci(fail[test], test_scores, groups[test], n_resamples=cfg.n_resamples, seed=cfg.seed)),
+                      gate.threshold, len(neurons), source, len(test), float(fail[test].mean()), threshold,
+                      auroc(fail[test], pipe.predict_proba(x[test])[:, 1]))
 
 
 def _regime(store: ActivationStore, groups, cfg: ProbeReportConfig, run_dir: Path, task: Task,
-            hand: HandFeatures | None) -> dict[str, Any]:
+            hand: HandFeatures | None) -> dict[str, PlantedCheck]:
     """Whether the RCNs read each label the task planted (none: nothing to check)."""
     if hand is None or not task.planted:
         return {}
     path = RunPaths(run_dir).neuron_set("rcn")
     rcn = NeuronSet.load(path, model_shape=(store.n_layers, store.d_mlp)) if path.exists() else \
-        rank_rcn(run_dir, cfg.rcn)
+        rank_rcn(run_dir, config=cfg.rcn)
     control_path = RunPaths(run_dir).neuron_set("rcn-random")
     control = NeuronSet.load(control_path) if control_path.exists() else None
     early = store.summary("think_first_8" if "think_first_8" in store.spans else cfg.early_span)
-    out: dict[str, Any] = {}
-    for planted in task.planted:
-        out.update(rcn_regime_auroc(early, hand.column(planted.feature), groups, rcn, control=control, seed=cfg.seed,
-                                    name=planted.name))
-    return out
+    return {planted.name: PlantedCheck.from_json(
+        rcn_regime_auroc(early, hand.column(planted.feature), groups, rcn, control=control, seed=cfg.seed,
+                         name=planted.name), fill=planted.name) for planted in task.planted}
 
 
 def probe_report(
-    run_dir: str | Path, cfg: ProbeReportConfig = ProbeReportConfig(), model=None, progress: bool = False,
-) -> dict[str, Any]:
-    """Correctness probes, the gate and the RCN regime check of a cached run; writes ``RUN/probes/report.json``.
+    run: str | Path, *, config: ProbeReportConfig | None = None, model=None, progress: bool = False,
+) -> ProbeReport:
+    """Correctness probes, the gate and the RCN regime check of a cached run; writes ``RUN/probes/report.json``
+    (``ProbeReport.to_json()``: the flat keys of ``validate.json``).
 
     ``model`` is only needed (and otherwise loaded from the run manifest) when the gate's neurons are not
     among the store's per-token neurons.
     """
-    run_dir = Path(run_dir)
+    run_dir, cfg = Path(run), config if config is not None else ProbeReportConfig()
     store = ActivationStore(run_dir)
     traces = store.traces()
     y = _column(store, "correct").astype(int)
@@ -277,19 +267,18 @@ def probe_report(
                          f"{wrong} question(s) have an incorrect one; the probes' grouped folds need each class in at "
                          "least 2 questions: sample more traces, or a task the model solves sometimes")
     task = run_task(run_dir)
-    report: dict[str, Any] = {"config": asdict(cfg), "traces": len(store), "accuracy": float(y.mean()),
-                              **thinking_note(store)}
     hand = hand_features(traces, task)  # the baseline's input and the planted labels, read once
-    stages = (("early", lambda: _early(store, traces, y, groups, cfg, task, hand)),
-              ("curve", lambda: {"probe_curve": _curve(store, traces, y, groups, cfg)}),
-              ("gate", lambda: _gate(store, traces, y, groups, cfg, model, run_dir)),
-              ("regime", lambda: _regime(store, groups, cfg, run_dir, task, hand)))
+    stages = {"early": lambda: _early(store, traces, y, groups, cfg, task, hand),
+              "curve": lambda: _curve(store, traces, y, groups, cfg),
+              "gate": lambda: _gate(store, traces, y, groups, cfg, model, run_dir),
+              "planted": lambda: _regime(store, groups, cfg, run_dir, task, hand)}
     paths = RunPaths(run_dir)
     paths.adaras.mkdir(exist_ok=True)
-    bar = tqdm(stages, desc="probe", disable=not progress)
+    parts: dict[str, Any] = {}
+    bar = tqdm(stages.items(), desc="probe", disable=not progress)
     for name, stage in bar:
         bar.set_postfix_str(name)
-        report.update(stage())
-    paths.probes.mkdir(exist_ok=True)
-    atomic_write_text(paths.probe_report, json.dumps(report, indent=1))
+        parts[name] = stage()
+    report = ProbeReport(asdict(cfg), len(store), float(y.mean()), thinking_note(store), **parts)
+    report.save(paths.probe_report)
     return report

@@ -12,7 +12,7 @@ Example:
     >>> from workbench.traces import TraceRunConfig, run_config, run_traces
     >>> run = Path(tempfile.mkdtemp()) / "run"
     >>> model = load_model("organism")
-    >>> _ = run_traces(TraceRunConfig(problems=2, samples=1, seed=3), run, progress=False, model=model)
+    >>> _ = run_traces(run, config=TraceRunConfig(problems=2, samples=1, seed=3), progress=False, model=model)
     >>> cfg = run_config(run)
     >>> key = list(case_keys(cfg, model))[0]
     >>> record = run_case(model, cfg, key, METHODS["budget"]({"max_thinking": 3}), None)

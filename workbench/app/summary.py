@@ -4,7 +4,7 @@ Example:
     >>> import tempfile
     >>> from workbench.traces import TraceRunConfig, run_traces
     >>> run = Path(tempfile.mkdtemp()) / "run"
-    >>> _ = run_traces(TraceRunConfig(problems=2, samples=1, seed=3), run, progress=False)
+    >>> _ = run_traces(run, config=TraceRunConfig(problems=2, samples=1, seed=3), progress=False)
     >>> s = run_summary(run)
     >>> s["model"], s["task"], s["traces"], s["interventions"]
     ('organism', 'organism', 2, 'none')

@@ -77,7 +77,7 @@ def cache(
 ) -> None:
     """Cache MLP neuron activations of a trace run into RUN/activations (resumable)."""
     from workbench.model import set_threads
-    from workbench.store import ActivationStore, CacheConfig, cache_activations
+    from workbench.store import CacheConfig, cache_activations
 
     set_threads(threads)
     reader = load(model, threads) if model is not None else None
@@ -86,8 +86,8 @@ def cache(
                           layers=_ints(layers, "--layers"), early_k=_ints(early_k, "--early-k"),
                           batch_size=batch_size, max_tokens_per_batch=max_tokens_per_batch,
                           chunk_tokens=chunk_tokens, backend=str(backend), shard_traces=shard_traces, heads=heads)
-        root = cache_activations(run, cfg, model=reader, progress=not as_json, off_policy=off_policy)
-        store = ActivationStore(run)
+        store = cache_activations(run, config=cfg, model=reader, progress=not as_json, off_policy=off_policy)
+        root = store.root
         size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
         show({"cache": str(root), "traces": len(store), "spans": list(store.spans),
               "token_neurons": len(store.token_neurons), "full_layers": list(cfg.layers),
@@ -128,20 +128,21 @@ def rank(
         if method is Method.rcn:
             from workbench.adaras import AdarasConfig, rank_rcn
 
-            sets = {"rcn": rank_rcn(run, AdarasConfig() if k is None else AdarasConfig(k=k), progress=not as_json)}
+            sets = {"rcn": rank_rcn(run, config=AdarasConfig() if k is None else AdarasConfig(k=k),
+                                    progress=not as_json)}
         elif method is Method.exit:
             from workbench.neat import NeatConfig, rank_exit
 
             cfg = NeatConfig(exit_token=exit_token)
             cfg = cfg if k is None else replace(cfg, max_neurons=k)
-            sets = {"exit": rank_exit(run, cfg=cfg, progress=not as_json)}
+            sets = {"exit": rank_exit(run, config=cfg, progress=not as_json)}
         else:
             from workbench.neureasoner import NeuReasonerConfig, rank_mon
 
             cfg = NeuReasonerConfig(labeller=labeller)
             cfg = cfg if k is None else replace(cfg, top_k=k)
             cfg = replace(cfg, units=tuple(u.strip() for u in units.split(",") if u.strip()))
-            sets = {f"mon-{t}": s for t, s in rank_mon(run, cfg, progress=not as_json).items()}
+            sets = {f"mon-{t}": s for t, s in rank_mon(run, config=cfg, progress=not as_json).items()}
             if "heads" in cfg.units:
                 from workbench.heads import HeadSet
 
@@ -160,7 +161,7 @@ def probe(run: Run, as_json: AsJson = False, threads: Threads = 1) -> None:
 
     set_threads(threads)
     with user_errors(run):
-        report = probe_report(run, progress=not as_json)
+        report = probe_report(run, progress=not as_json).to_json()
     show(report, as_json)
 
 

@@ -32,7 +32,7 @@ def _run_study(config: Path, out: Path, as_json: bool, threads: int, figures: bo
                        "problems leave", err=True)
     model = load(study.model, threads)
     with user_errors(out):
-        rows = run_study(study, out, progress=not as_json, model=model)
+        rows = run_study(out, study=study, progress=not as_json, model=model)
     if as_json:
         json.dump(rows, sys.stdout, indent=1, default=str)
         typer.echo()

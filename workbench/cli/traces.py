@@ -72,8 +72,8 @@ def traces(
             get_task(task, cfg.data, download=True)
         resolve(model)
         with _pool(workers, ray_address, threads) as pool:
-            summary = run_traces(cfg, out, workers=pool)
-    typer.echo(json.dumps(summary, indent=2))
+            summary = run_traces(out, config=cfg, workers=pool)
+    typer.echo(json.dumps(summary.to_json(), indent=2))
 
 
 def _pool(workers: int | None, address: str | None, threads: int):

@@ -23,7 +23,7 @@ Example:
     >>> folder = Path(tempfile.mkdtemp())
     >>> text = '[[tasks]]\\ntask = "organism"\\nproblems = 2\\n[[methods]]\\ntype = "vanilla"\\n'
     >>> _ = (folder / "s.toml").write_text(text)
-    >>> rows = run_study(load_study(folder / "s.toml"), folder / "out", progress=False)
+    >>> rows = run_study(folder / "out", study=load_study(folder / "s.toml"), progress=False)
     >>> [(r["method"], r["traces"]) for r in rows]
     [('vanilla', 2)]
 """
@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from workbench.atomic import atomic_write_text
 from workbench.evaluation.methods import MethodContext
 from workbench.evaluation.results import collect, write_results
+from workbench.evaluation.stages import get_stage
 from workbench.evaluation.study import MethodSpec, Study, StudyError, TaskSpec, load_study
 from workbench.store import model_hash
 from workbench.store.paths import RunPaths, StudyPaths
@@ -76,42 +77,24 @@ def _check_identity(run_dir: Path, record: dict[str, Any], identity: dict[str, A
                          "a new --out folder, give the method a new name, or delete that folder")
 
 
-def _stage(stage: str, run_dir: Path, cfg: Any, model, progress: bool) -> None:
-    if stage == "cache":
-        from workbench.store import cache_activations
-
-        cache_activations(run_dir, cfg, model=model, progress=progress)
-    elif stage == "rcn":
-        from workbench.adaras import rank_rcn
-
-        rank_rcn(run_dir, cfg, progress=progress)
-    elif stage == "probe":
-        from workbench.adaras import probe_report
-
-        probe_report(run_dir, cfg, model=model, progress=progress)
-    elif stage == "exit":
-        from workbench.neat import rank_exit
-
-        rank_exit(run_dir, model=model, cfg=cfg, progress=progress)
-    else:
-        from workbench.neureasoner import mon_report
-
-        mon_report(run_dir, cfg, progress=progress)
-
-
-def run_analysis(task: TaskSpec, folder: Path, model, model_sha: str, progress: bool = True) -> Path | None:
-    """The task's analysis run and the analyses the study asks for, each skipped when already done.
+def run_analysis(
+    folder: str | Path, *, task: TaskSpec, model, model_sha: str | None = None, progress: bool = True,
+) -> Path | None:
+    """The task's analysis run (``folder/analysis``) and the analyses the study asks for, each skipped when
+    already done; ``model_sha`` (the loaded model's ``model_hash``) is computed when not given.
 
     Returns the analysis run directory, or None when the study runs no analysis for this task.
     """
     if not task.analysis.stages:
         return None
+    folder = Path(folder)
     run_dir = StudyPaths(folder.parent).analysis(folder.name)
+    model_sha = model_sha if model_sha is not None else model_hash(model)
     identity = normalise({"config": asdict(task.analysis.run), "model_sha256": model_sha})
     record = _read_record(run_dir)
     _check_identity(run_dir, record, identity, "an analysis")
     if not record:
-        run_traces(task.analysis.run, run_dir, progress=progress, model=model)
+        run_traces(run_dir, config=task.analysis.run, model=model, progress=progress)
         record = {"identity": identity, "stages": {}}
         atomic_write_text(RunPaths(run_dir).record, json.dumps(record, indent=1))
     for stage in task.analysis.stages:
@@ -126,7 +109,7 @@ def run_analysis(task: TaskSpec, folder: Path, model, model_sha: str, progress: 
         if skipped is not None and skipped["config"] == normalise(asdict(cfg)):
             continue  # the same settings cannot apply again: its reason stays recorded
         try:
-            _stage(stage, run_dir, cfg, model, progress)
+            get_stage(stage).run(run_dir, config=cfg, model=model, progress=progress)
         except ValueError as exc:
             reason = _reason(exc)
             log.warning("task %r: the %r analysis cannot apply to %s: %s", task.name, stage, run_dir, reason)
@@ -187,16 +170,17 @@ def run_method(
         atomic_write_text(RunPaths(run_dir).record, json.dumps(record, indent=1))
         return record
     built = time.perf_counter() - t0
-    summary = run_traces(task.run, run_dir, progress=progress, model=model, edits=edits, controllers=controllers)
-    calls = [*record.get("calls", []), {"seconds": summary["seconds_this_call"], "build_seconds": round(built, 3),
-                                        "tokens": summary["generated_tokens_this_call"],
-                                        "resumed_from": summary["resumed_from"]}]
-    record = {"identity": identity, "complete": True, "calls": calls, "summary": summary}
+    summary = run_traces(run_dir, config=task.run, model=model, edits=edits, controllers=controllers,
+                         progress=progress)
+    calls = [*record.get("calls", []), {"seconds": summary.seconds_this_call, "build_seconds": round(built, 3),
+                                        "tokens": summary.generated_tokens_this_call,
+                                        "resumed_from": summary.resumed_from}]
+    record = {"identity": identity, "complete": True, "calls": calls, "summary": summary.to_json()}
     atomic_write_text(RunPaths(run_dir).record, json.dumps(record, indent=1, default=str))
     return record
 
 
-def run_study(study: Study, out: str | Path, progress: bool = True, model=None) -> list[dict[str, Any]]:
+def run_study(out: str | Path, *, study: Study, model=None, progress: bool = True) -> list[dict[str, Any]]:
     """Runs every analysis and method of ``study`` into ``out`` (resuming), then writes the results.
 
     Returns the result rows (one per task x method, in table order), as written to ``results.json``.
@@ -206,7 +190,8 @@ def run_study(study: Study, out: str | Path, progress: bool = True, model=None) 
     out, paths = Path(out), StudyPaths(out)
     model = model if model is not None else load_model(resolve(study.model))
     model_sha = model_hash(model)
-    analyses = {t.name: run_analysis(t, paths.task(t.name), model, model_sha, progress) for t in study.tasks}
+    analyses = {t.name: run_analysis(paths.task(t.name), task=t, model=model, model_sha=model_sha, progress=progress)
+                for t in study.tasks}
     bar = tqdm(total=len(study.tasks) * len(study.methods), desc="methods", unit="method", disable=not progress)
     try:
         for task in study.tasks:

@@ -67,6 +67,7 @@ from typing import Any
 
 from workbench.errors import ModelLoadError
 from workbench.evaluation.methods import METHODS, Method
+from workbench.evaluation.stages import STAGES
 from workbench.prompting import PromptFormat
 from workbench.store.paths import ANALYSIS_RUN as ANALYSIS_RUN  # DIR/<task>/analysis; no method may take this name
 from workbench.store.paths import StudyPaths
@@ -74,8 +75,6 @@ from workbench.study import StudyAnalysis, StudyMethod, StudyTask, tables, toml_
 from workbench.tasks import TaskDataError, get_task
 from workbench.traces import TraceRunConfig, run_problems
 
-STAGES = ("cache", "rcn", "probe", "exit", "mon")  # in the order they run
-NEEDS_CACHE = ("rcn", "probe", "mon")
 HARNESS_KEYS = ("type", "control_for", "analysis_from")  # method-table keys the harness reads itself
 PYTHON = "<python>"  # stands for the file name in the errors of a study built in Python
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -86,13 +85,7 @@ class StudyError(ValueError):
 
 
 def _stage_configs() -> dict[str, type]:
-    from workbench.adaras import AdarasConfig, ProbeReportConfig
-    from workbench.neat import NeatConfig
-    from workbench.neureasoner import NeuReasonerConfig
-    from workbench.store import CacheConfig
-
-    return {"cache": CacheConfig, "rcn": AdarasConfig, "probe": ProbeReportConfig, "exit": NeatConfig,
-            "mon": NeuReasonerConfig}
+    return {name: stage.config_class() for name, stage in STAGES.items()}
 
 
 # -- the validated form: what the runner reads ---------------------------------------------------------------
@@ -125,7 +118,7 @@ class TaskSpec:
     analysis: AnalysisSpec
 
     def analysis_dir(self, out: str | Path) -> Path | None:
-        """Where ``run_study(study, out)`` runs this task's analysis; None when the study runs none for it.
+        """Where ``run_study(out, study=study)`` runs this task's analysis; None when the study runs none for it.
 
         >>> spec = TaskSpec(name="organism", run=TraceRunConfig(), analysis=AnalysisSpec(run=TraceRunConfig(),
         ...                                                                            stages=("cache",)))
@@ -342,8 +335,8 @@ def _analysis(table: dict[str, Any], run: TraceRunConfig, where: str) -> Analysi
         raise StudyError(f"{where}: field 'stages' has {bad[0]!r}; choose from {', '.join(STAGES)}")
     if len(set(stages)) != len(stages):
         raise StudyError(f"{where}: field 'stages' names a stage twice: {list(stages)}")
-    if "cache" not in stages and any(s in stages for s in NEEDS_CACHE):
-        raise StudyError(f"{where}: stages {[s for s in stages if s in NEEDS_CACHE]} read the activation cache; "
+    if "cache" not in stages and any(STAGES[s].needs_cache for s in stages):
+        raise StudyError(f"{where}: stages {[s for s in stages if STAGES[s].needs_cache]} read the activation cache; "
                          "add 'cache' to 'stages'")
     allow_overlap = _take(table, "allow_overlap", bool, False, where)
     configs = {}

@@ -9,7 +9,7 @@ everything ``exit_report`` measures with on the other half, so the report never 
 
 Example (``tests/test_neat.py`` runs it end to end on a generated run)::
 
-    neurons = rank_exit("runs/my-run", cfg=NeatConfig(calibration_traces=64))
+    neurons = rank_exit("runs/my-run", config=NeatConfig(calibration_traces=64))
     neurons.layer_counts()        # where NEAT's exit neurons sit
 """
 
@@ -279,13 +279,14 @@ def fit_run(
 
 
 def rank_exit(
-    run_dir: str | Path, model: TransformerBridge | None = None, cfg: NeatConfig = DEFAULT_CONFIG,
+    run: str | Path, *, config: NeatConfig | None = None, model: TransformerBridge | None = None,
     progress: bool = False,
 ) -> NeuronSet:
     """NEAT's exit neurons of a run, calibrated on the fitting half of its problems (``splits.fit_half``,
     seeded by ``cfg.seed``; ``exit_report`` measures on the other half). Writes ``RUN/neurons/exit.json``,
     ``RUN/neat/fit.safetensors`` (per-neuron means, the selection) and ``RUN/neat/reference.json``
     (``mu_ref``, the config, the fitting problems). ``model`` defaults to the run manifest's model."""
+    run_dir, cfg = run, config if config is not None else DEFAULT_CONFIG
     fit, neurons = fit_run(run_dir, model, cfg, progress)
     if neurons is None:
         raise ValueError(

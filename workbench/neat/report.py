@@ -113,7 +113,7 @@ def measure(
 
 
 def exit_report(
-    run_dir: str | Path, model: TransformerBridge | None = None, cfg: NeatConfig | None = None,
+    run: str | Path, *, config: NeatConfig | None = None, model: TransformerBridge | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """``exit_within3`` and its controls on a run, measured on the problems ``rank_exit`` did not fit on.
@@ -121,10 +121,10 @@ def exit_report(
     Reads what ``rank_exit`` (the study's exit stage, ``workbench rank --method exit``) wrote: the
     selection, ``mu_ref``, the per-neuron means the controls are built from and the fitting problems;
     nothing is refitted. On a run without an exit result it runs the fit first (``rank_exit``'s work;
-    an empty selection is written and reported as NaN figures). ``cfg`` None: the config the fit
-    recorded (``NEAT``'s defaults when fitting here); a ``cfg`` that would calibrate differently from
+    an empty selection is written and reported as NaN figures). ``config`` None: the config the fit
+    recorded (``NEAT``'s defaults when fitting here); a ``config`` that would calibrate differently from
     the recorded fit is refused. Also written to ``RUN/neat/report.json``."""
-    run_dir = Path(run_dir)
+    run_dir, cfg = Path(run), config
     t0 = time.time()
     saved = load_fit(run_dir)
     if saved is None:
@@ -139,7 +139,7 @@ def exit_report(
     elif differ := saved.cfg.fit_differences(cfg):
         raise ValueError(f"{run_dir}: its exit neurons were fitted with another NeatConfig (it differs in: "
                          f"{', '.join(differ)}); measure with the recorded config (cfg=None), or rank again with "
-                         f"this one: `workbench rank --method exit {run_dir}` (or `rank_exit(run, cfg=...)`)")
+                         f"this one: `workbench rank --method exit {run_dir}` (or `rank_exit(run, config=...)`)")
     fit = saved.fit
     traces = load_exit_traces(run_dir, cfg.exit_token)
     _, test, _ = split_traces(run_dir, traces, cfg.seed, saved.fit_ids)

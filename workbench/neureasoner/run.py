@@ -15,7 +15,10 @@ truth falls back to the automatic labeller, and the report says so) or from the 
 Example, on a cached run::
 
     from workbench.neureasoner import mon_report
-    mon_report("runs/main/sampled")["mon_event_recall_slip"]
+    mon_report("runs/main/sampled").types["slip"].key.event_recall   # "mon_event_recall_slip" in the JSON
+
+Both entry points have the one shape ``f(run, *, config=None, model=None, progress=False)``; neither runs a
+model (``model`` is accepted for that shape and unused).
 """
 
 from __future__ import annotations
@@ -26,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from workbench.atomic import atomic_write_text
 from workbench.neureasoner.analysis import TraceInput, analyse, rank_key_neurons
 from workbench.neureasoner.config import DEFAULT, NeuReasonerConfig
 from workbench.neureasoner.labels import FailureEvents, trace_events
+from workbench.neureasoner.results import MonReport
 from workbench.neurons import NeuronSet
 from workbench.prompting import ThinkSpans
 from workbench.splits import fit_half
@@ -83,9 +86,11 @@ def _open(run_dir: str | Path):
     return ActivationStore(run_dir)
 
 
-def rank_mon(run_dir: str | Path, cfg: NeuReasonerConfig = DEFAULT, progress: bool = False,
-             ) -> dict[str, NeuronSet]:
+def rank_mon(
+    run: str | Path, *, config: NeuReasonerConfig | None = None, model=None, progress: bool = False,
+) -> dict[str, NeuronSet]:
     """Key neurons per failure type from the fitting half of the problems; saved as ``RUN/neurons/mon-<type>.json``."""
+    run_dir, cfg = Path(run), config if config is not None else DEFAULT
     store = _open(run_dir)
     traces = trace_inputs(store, cfg)
     fit_ids = fit_half([t.problem for t in traces], cfg.seed)
@@ -105,13 +110,17 @@ def rank_mon(run_dir: str | Path, cfg: NeuReasonerConfig = DEFAULT, progress: bo
     return sets
 
 
-def mon_report(run_dir: str | Path, cfg: NeuReasonerConfig = DEFAULT, progress: bool = False) -> dict:
+def mon_report(
+    run: str | Path, *, config: NeuReasonerConfig | None = None, model=None, progress: bool = False,
+) -> MonReport:
     """Key neurons, detectors and controls fitted on one half of the problems and scored on the other.
 
-    Writes the neuron sets (as ``rank_mon``), the detectors and ``RUN/neureasoner/report.json``.
+    Writes the neuron sets (as ``rank_mon``), the detectors and ``RUN/neureasoner/report.json``
+    (``MonReport.to_json()``).
     """
     from workbench.neureasoner.analysis import save_heads, store_units
 
+    run_dir, cfg = Path(run), config if config is not None else DEFAULT
     store = _open(run_dir)
     traces, labeller = labelled_inputs(store, cfg)
     load, columns, heads = store_units(store, cfg)  # store.token_acts and its neurons unless cfg.units has heads
@@ -122,7 +131,8 @@ def mon_report(run_dir: str | Path, cfg: NeuReasonerConfig = DEFAULT, progress: 
     save_heads(run_dir, result.heads)
     for name, det in result.detectors.items():
         det.save(paths.detector(name))
-    report = {**result.report, "mon_token_neurons": len(store.token_neurons), "mon_labeller": labeller,
-              **({"mon_token_heads": len(heads)} if heads is not None else {})}
-    atomic_write_text(paths.mon_report, json.dumps(report, indent=1, allow_nan=True))
+    report = MonReport.from_json({**result.report, "mon_token_neurons": len(store.token_neurons),
+                                  "mon_labeller": labeller,
+                                  **({"mon_token_heads": len(heads)} if heads is not None else {})})
+    report.save(paths.mon_report)
     return report

@@ -129,7 +129,7 @@ def generate_runs(
     """Generates (or resumes) the greedy and sampled runs under ``out`` and reads them back."""
     out = Path(out)
     for name, run_cfg in cfg.runs().items():
-        run_traces(run_cfg, out / name, progress=progress, model=model)
+        run_traces(out / name, config=run_cfg, model=model, progress=progress)
     return {name: load_samples(out / name) for name in cfg.runs()}
 
 

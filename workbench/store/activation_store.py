@@ -327,10 +327,10 @@ def _run_tokenizer_vocab(run_dir: Path) -> dict[str, int]:
 
 
 def cache_activations(
-    run_dir: str | Path, cfg: CacheConfig = CacheConfig(), model=None, progress: bool = False,
+    run: str | Path, *, config: CacheConfig | None = None, model=None, progress: bool = False,
     off_policy: bool = False,
-) -> Path:
-    """Caches the activations of a complete trace run into ``run_dir/activations``; returns that folder.
+) -> ActivationStore:
+    """Caches the activations of a complete trace run into ``RUN/activations``; returns the store.
 
     Resumes a cache killed midway; refuses a cache made from other traces, another model or another
     ``cfg``. ``model`` may be passed in (already loaded); it must be the model that wrote the traces,
@@ -342,7 +342,7 @@ def cache_activations(
     from workbench.model import load_model, resolve
     from workbench.store.rundir import model_hash
 
-    run_dir = Path(run_dir)
+    run_dir, cfg = Path(run), config if config is not None else CacheConfig()
     trace_manifest = read_manifest(run_dir)
     traces = _trace_identity(run_dir)
     root = _cache_dir(run_dir)
@@ -424,7 +424,7 @@ def cache_activations(
             next_shard += 1
         bar.close()
         _write_index(root, rows)
-    return root
+    return ActivationStore(run_dir)
 
 
 def _write_index(root: Path, rows: list[dict]) -> None:

@@ -113,8 +113,8 @@ exit_timeline_figure(timeline).show()
 
 # %% [markdown]
 # ## 3. Does rho peak where the answer is reached? (`exit_within3` beside its controls)
-# `exit_report` fits NEAT on half the analysis problems and measures on the other half
-# (`RUN/neat/report.json`, what `workbench validate` reads).
+# `exit_report` reads the fit the exit stage (`rank_exit`) wrote on the fitting half of the analysis
+# problems and measures on the other half (`RUN/neat/report.json`, what `workbench validate` reads).
 
 # %%
 report = exit_report(analysis, model=model, config=exit_cfg)

@@ -117,13 +117,13 @@ exit_timeline_figure(timeline).show()
 # problems and measures on the other half (`RUN/neat/report.json`, what `workbench validate` reads).
 
 # %%
-report = exit_report(analysis, model=model, config=exit_cfg)
-controls = pd.DataFrame([{"signal": name, "peaks within 3 tokens": report[key]} for name, key in (
-    ("rho over the exit neurons", "exit_within3"), ("sign-aligned sim (reference code)", "exit_within3_aligned"),
-    ("random neurons (mean of draws)", "exit_within3_random"), ("top-activated neurons", "exit_within3_top_activated"),
-    ("all neurons", "exit_within3_all"), ("the model's p(end of thinking)", "exit_within3_p_end"))])
-print(f"{report['exit_traces']} held-out traces, {report['exit_neurons']} exit neurons fitted on "
-      f"{report['exit_fit_traces']} traces")
+report = exit_report(analysis, model=model, config=exit_cfg)  # an ExitReport; .to_json() is RUN/neat/report.json
+hits = report.within_window
+controls = pd.DataFrame([{"signal": name, f"peaks within {report.window} tokens": value} for name, value in (
+    ("rho over the exit neurons", hits.exit), ("sign-aligned sim (reference code)", hits.aligned),
+    ("random neurons (mean of draws)", hits.random), ("top-activated neurons", hits.top_activated),
+    ("all neurons", hits.all), ("the model's p(end of thinking)", hits.p_end))])
+print(f"{report.traces} held-out traces, {report.neurons} exit neurons fitted on {report.fit_traces} traces")
 print(controls.round(3).to_string(index=False))
 
 # %% [markdown]
@@ -187,8 +187,8 @@ key_numbers = {
                  "exited_at": timeline.exited_at, "replayed_rho": replayed,
                  "recorded_rho": timeline.recorded.get("rho"), "tau_sim": timeline.tau_sim,
                  "tau_mag": timeline.tau_mag},
-    "exit_report": {k: v for k, v in report.items() if k.startswith("exit_within3") or k in ("exit_traces",
-                                                                                             "exit_neurons")},
+    "exit_report": {k: v for k, v in report.to_json().items() if k.startswith("exit_within3") or k in ("exit_traces",
+                                                                                                       "exit_neurons")},
     "matched_budget": matched, "budget_costs": {c: rows[f"budget-{c}"]["total_tokens"] for c in sorted(budgets)},
     "versus": versus.drop(columns="95% CI").to_dict(orient="records"),
 }

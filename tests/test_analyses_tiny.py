@@ -44,7 +44,7 @@ def test_every_analysis_on_a_tiny_llama(organism_run, tmp_path, arch):
     assert 0 <= probes.early.auroc <= 1 and len(probes.curve) == len(store.early_k)
 
     exit_figures = exit_report(run, model=model, config=NeatConfig(tau_cons=0.0, tau_com=0.0, calibration_traces=16))
-    assert 0 <= exit_figures["exit_within3"] <= 1 and 0 <= exit_figures["exit_within3_p_end"] <= 1
+    assert 0 <= exit_figures.within_window.exit <= 1 and 0 <= exit_figures.within_window.p_end <= 1
 
     mon = mon_report(run)
     for t in ("slip", "oscillation", "overthinking"):

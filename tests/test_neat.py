@@ -27,6 +27,7 @@ from workbench.neat import (
     trace_vote,
     vote,
 )
+from workbench.neat.results import ExitReport
 from workbench.neurons import NeuronSet
 from workbench.readout import run_forced
 from workbench.splits import fit_half
@@ -186,7 +187,7 @@ class TestOrganismRun:
         assert np.allclose(saved.fit.exit_mean[list(flat)], ref["mu_ref"])
 
     def test_exit_report_measures_the_signal_beside_its_controls(self, organism, organism_run):
-        report = exit_report(organism_run, model=organism)  # the recorded config: nothing refitted
+        report = exit_report(organism_run, model=organism).to_json()  # the recorded config: nothing refitted
         assert all(k in report for k in REPORT_KEYS)
         assert report["exit_traces"] > 0 and report["exit_neurons"] > 0
         for k in REPORT_KEYS[:-1]:
@@ -203,7 +204,7 @@ class TestOrganismRun:
         held_out = [t for t in load_exit_traces(organism_run) if t.problem_id not in saved.fit_ids]
         assert report["exit_traces"] == len(held_out) and report["exit_fit_traces"] == saved.n_fit_traces
         # a measuring-only field may differ; a fitting one is refused, naming the field and the command
-        assert exit_report(organism_run, model=organism, config=replace(RANK_CFG, window=5))["exit_window"] == 5
+        assert exit_report(organism_run, model=organism, config=replace(RANK_CFG, window=5)).window == 5
         with pytest.raises(ValueError, match=r"differs in: agreement_traces.*workbench rank --method exit"):
             exit_report(organism_run, model=organism, config=replace(RANK_CFG, agreement_traces=0))
 
@@ -214,9 +215,10 @@ class TestOrganismRun:
         for p in (paths.exit_set, paths.exit_fit, paths.exit_reference, paths.exit_report):
             p.unlink()
         cfg = replace(RANK_CFG, agreement_traces=0)
-        report = exit_report(run, model=organism, config=cfg)
+        report = exit_report(run, model=organism, config=cfg).to_json()
         assert paths.exit_set.exists() and load_fit(run).cfg == cfg
-        assert exit_report(run, model=organism) == {**report, "exit_seconds": ANY}  # read back: the same figures
+        again = exit_report(run, model=organism).to_json()
+        assert again == {**report, "exit_seconds": ANY}  # read back: the same figures
         # exit neurons ranked before the fit was recorded are refused, not silently refitted
         paths.exit_fit.unlink()
         with pytest.raises(ValueError, match=r"before NEAT recorded its fit.*workbench rank --method exit"):
@@ -230,8 +232,9 @@ class TestOrganismRun:
             rank_exit(run, model=organism, config=cfg)
         assert not RunPaths(run).exit_set.exists() and len(load_fit(run).fit.selection.flat) == 0  # no stale set
         report = exit_report(run, model=organism)
-        assert report["exit_neurons"] == 0 and np.isnan(report["exit_within3"]) and "exit_note" in report
-        assert 0.0 <= report["exit_within3_all"] <= 1.0
+        assert report.neurons == 0 and np.isnan(report.within_window.exit) and report.note is not None
+        assert 0.0 <= report.within_window.all <= 1.0
+        assert "exit_note" in ExitReport.load(RunPaths(run).exit_report).to_json()
 
 
 class TestOtherModels:
@@ -249,7 +252,7 @@ class TestOtherModels:
         neurons = rank_exit(run, config=cfg)
         assert neurons.model_shape == (2, 96) and max(neurons.layers) <= 1
         report = exit_report(run, config=cfg)
-        assert report["exit_traces"] > 0 and 0.0 <= report["exit_within3"] <= 1.0
+        assert report.traces > 0 and 0.0 <= report.within_window.exit <= 1.0
 
     def test_tiny_model_that_never_closes_thinking_is_a_clear_error(self, tiny_dir, tmp_path):
         run = tmp_path / "open-run"

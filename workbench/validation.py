@@ -15,12 +15,15 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.atomic import atomic_write_text
+from workbench.adaras.results import ProbeReport
+from workbench.neat.results import ExitReport
+from workbench.neureasoner.results import MonReport
+from workbench.report import Report
 from workbench.store import load_traces
 from workbench.store.paths import RunPaths
 
@@ -63,7 +66,20 @@ def target_table(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def validate(run_dir: str | Path, model=None, progress: bool = False) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ValidationReport(Report):
+    """``validate``'s result: each analysis's typed report, and the targets. ``to_json()`` is ``validate.json``:
+    the analyses' flat keys side by side (``probe_auroc_early``, ``exit_within3``, ``mon_event_recall_slip``, ...)."""
+
+    run_dir: str
+    rcn_layers: list[list[int]]  # (layer, count) of the RCNs
+    probe: ProbeReport = field(metadata={"report": ProbeReport})
+    exit: ExitReport = field(metadata={"report": ExitReport})
+    mon: MonReport = field(metadata={"report": MonReport})
+    targets: dict[str, dict[str, Any]]
+
+
+def validate(run: str | Path, *, model=None, progress: bool = False) -> ValidationReport:
     """Runs every analysis on an organism trace run and checks it against the planted truth.
 
     Caches the activations first when ``RUN/activations`` is missing; loads the run's model when
@@ -76,7 +92,7 @@ def validate(run_dir: str | Path, model=None, progress: bool = False) -> dict[st
     from workbench.store import CacheConfig, cache_activations
     from workbench.store.rundir import run_model_spec
 
-    run_dir = Path(run_dir)
+    run_dir = Path(run)
     _check_organism(run_dir)
     if model is None:
         model = load_model(resolve(run_model_spec(run_dir)))
@@ -86,10 +102,11 @@ def validate(run_dir: str | Path, model=None, progress: bool = False) -> dict[st
         cfg = CacheConfig(top_variance=n_neurons) if n_neurons <= FULL_TOKEN_CACHE else CacheConfig()
         cache_activations(run_dir, config=cfg, model=model, progress=progress)
     rcn = rank_rcn(run_dir, progress=progress)
-    report: dict[str, Any] = {"run_dir": str(run_dir), "rcn_layers": list(rcn.layer_counts().items())}
-    report.update(probe_report(run_dir, model=model, progress=progress).to_json())
-    report.update(exit_report(run_dir, model=model, progress=progress))  # the exit stage's fit, or fitted here
-    report.update(mon_report(run_dir, progress=progress).to_json())
-    report["targets"] = target_table(report)
-    atomic_write_text(RunPaths(run_dir).validate, json.dumps(report, indent=1, default=str))
+    probe = probe_report(run_dir, model=model, progress=progress)
+    neat = exit_report(run_dir, model=model, progress=progress)  # the exit stage's fit, or fitted here
+    mon = mon_report(run_dir, progress=progress)
+    flat = {**probe.to_json(), **neat.to_json(), **mon.to_json()}
+    report = ValidationReport(str(run_dir), [list(lc) for lc in rcn.layer_counts().items()], probe, neat, mon,
+                              target_table(flat))
+    report.save(RunPaths(run_dir).validate)
     return report

@@ -20,14 +20,17 @@ from workbench.adaras.ranking import (
 )
 from workbench.adaras.regime import rcn_regime_auroc
 from workbench.adaras.report import ProbeReportConfig, probe_report, rank_rcn, span_means
+from workbench.adaras.results import ProbeReport, RcnSummary
 
 __all__ = [
     "AdarasConfig",
     "Gate",
     "GateConfig",
+    "ProbeReport",
     "ProbeReportConfig",
     "RcnRankings",
     "RcnScores",
+    "RcnSummary",
     "combine_spans",
     "fit_gate",
     "layer_distribution",

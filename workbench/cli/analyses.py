@@ -172,7 +172,7 @@ def validate(run: Run, as_json: AsJson = False, threads: Threads = 1) -> None:
 
     set_threads(threads)
     with user_errors(run):
-        report = run_validation(run, progress=not as_json)
+        report = run_validation(run, progress=not as_json).to_json()
     if as_json:
         show(report, True)
         return

@@ -5,7 +5,7 @@
   ``RUN/neurons/exit.json``, ``RUN/neat/fit.safetensors`` and ``RUN/neat/reference.json`` (``load_fit``);
 * ``exit_report(run_dir)``: reads that fit and asks, on the other half, does the exit signal peak at the
   answer point, beside random neurons, top-activated neurons, all neurons and the model's own p(end)?
-  Writes ``RUN/neat/report.json``;
+  Returns an ``ExitReport``, written to ``RUN/neat/report.json``;
 * ``ExitMonitor``: the exit signals one token at a time, for a controller.
 
 Example:
@@ -20,10 +20,12 @@ from workbench.neat.config import NeatConfig
 from workbench.neat.exit_traces import ExitTrace, load_exit_traces
 from workbench.neat.reference import ExitMonitor, ExitReading, ExitReference
 from workbench.neat.report import exit_report, measure
+from workbench.neat.results import ExitReport
 from workbench.neat.selection import Selection, TraceVote, candidates, temporal_profile, trace_vote, vote
 
 __all__ = [
-    "ExitMonitor", "ExitReading", "ExitReference", "ExitTrace", "NeatConfig", "NeatFit", "SavedFit", "Selection",
-    "TraceVote", "ablation_importance", "agreement", "candidates", "exit_report", "fit_exit", "gradient_importance",
-    "importance", "load_exit_traces", "load_fit", "measure", "rank_exit", "temporal_profile", "trace_vote", "vote",
+    "ExitMonitor", "ExitReading", "ExitReference", "ExitReport", "ExitTrace", "NeatConfig", "NeatFit", "SavedFit",
+    "Selection", "TraceVote", "ablation_importance", "agreement", "candidates", "exit_report", "fit_exit",
+    "gradient_importance", "importance", "load_exit_traces", "load_fit", "measure", "rank_exit", "temporal_profile",
+    "trace_vote", "vote",
 ]

@@ -23,22 +23,20 @@ Example:
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformer_lens.model_bridge import TransformerBridge
 
-from workbench.atomic import atomic_write_text
 from workbench.neat.calibration import NeatFit, fit_run, load_fit, split_traces
 from workbench.neat.config import DEFAULT_CONFIG, NeatConfig
 from workbench.neat.exit_traces import ExitTrace, forced_pass, load_exit_traces, run_model
 from workbench.neat.reference import ExitReference
+from workbench.neat.results import Agreement, ExitReport, WithinWindow
 from workbench.store.paths import RunPaths
 
 
@@ -115,7 +113,7 @@ def measure(
 def exit_report(
     run: str | Path, *, config: NeatConfig | None = None, model: TransformerBridge | None = None,
     progress: bool = False,
-) -> dict[str, Any]:
+) -> ExitReport:
     """``exit_within3`` and its controls on a run, measured on the problems ``rank_exit`` did not fit on.
 
     Reads what ``rank_exit`` (the study's exit stage, ``workbench rank --method exit``) wrote: the
@@ -123,7 +121,7 @@ def exit_report(
     nothing is refitted. On a run without an exit result it runs the fit first (``rank_exit``'s work;
     an empty selection is written and reported as NaN figures). ``config`` None: the config the fit
     recorded (``NEAT``'s defaults when fitting here); a ``config`` that would calibrate differently from
-    the recorded fit is refused. Also written to ``RUN/neat/report.json``."""
+    the recorded fit is refused. Also written to ``RUN/neat/report.json`` (``ExitReport.to_json()``)."""
     run_dir, cfg = Path(run), config
     t0 = time.time()
     saved = load_fit(run_dir)
@@ -138,7 +136,7 @@ def exit_report(
         cfg = saved.cfg
     elif differ := saved.cfg.fit_differences(cfg):
         raise ValueError(f"{run_dir}: its exit neurons were fitted with another NeatConfig (it differs in: "
-                         f"{', '.join(differ)}); measure with the recorded config (cfg=None), or rank again with "
+                         f"{', '.join(differ)}); measure with the recorded config (config=None), or rank again with "
                          f"this one: `workbench rank --method exit {run_dir}` (or `rank_exit(run, config=...)`)")
     fit = saved.fit
     traces = load_exit_traces(run_dir, cfg.exit_token)
@@ -158,30 +156,17 @@ def exit_report(
     for layer, _ in selected:
         layer_counts[str(layer)] = layer_counts.get(str(layer), 0) + 1
     labelled = sum(t.answer_point != t.think_end - 1 for t in test)
-    report: dict[str, Any] = {
-        "exit_within3": share("exit"),
-        "exit_within3_aligned": share("aligned"),
-        "exit_within3_random": float(np.mean(random)),
-        "exit_within3_random_draws": random,
-        "exit_within3_top_activated": share("top_activated"),
-        "exit_within3_all": share("all"),
-        "exit_within3_p_end": share("p_end"),
-        "exit_traces": len(test),
-        "exit_fit_traces": saved.n_fit_traces,
-        "exit_calibration_traces": fit.n_calibration,
-        "exit_targets_before_think_end": labelled,
-        "exit_neurons": len(fit.selection.flat),
-        "exit_layer_counts": dict(sorted(layer_counts.items(), key=lambda kv: int(kv[0]))),
-        "exit_selected": [list(pair) for pair in selected],
-        "exit_estimator": fit.estimator,
-        **fit.agreement,
-        "exit_window": cfg.window,
-        "exit_seconds": round(time.time() - t0, 1),
-    }
-    if not len(fit.selection.flat):
-        report["exit_note"] = (f"no neuron passed the vote (tau_cons {cfg.tau_cons}, tau_com {cfg.tau_com}) over "
-                               f"{fit.n_calibration} calibration traces; neuron-set figures are NaN")
-    path = RunPaths(run_dir).exit_report
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(report, indent=1))
+    note = None if len(fit.selection.flat) else (
+        f"no neuron passed the vote (tau_cons {cfg.tau_cons}, tau_com {cfg.tau_com}) over {fit.n_calibration} "
+        "calibration traces; neuron-set figures are NaN")
+    report = ExitReport(
+        within_window=WithinWindow(share("exit"), share("aligned"), float(np.mean(random)), random,
+                                   share("top_activated"), share("all"), share("p_end")),
+        traces=len(test), fit_traces=saved.n_fit_traces, calibration_traces=fit.n_calibration,
+        targets_before_think_end=labelled, neurons=len(fit.selection.flat),
+        layer_counts=dict(sorted(layer_counts.items(), key=lambda kv: int(kv[0]))),
+        selected=[list(pair) for pair in selected], estimator=fit.estimator, window=cfg.window,
+        seconds=round(time.time() - t0, 1), agreement=Agreement.from_json(fit.agreement) if fit.agreement else None,
+        note=note)
+    report.save(RunPaths(run_dir).exit_report)
     return report

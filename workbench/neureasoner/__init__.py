@@ -27,6 +27,7 @@ _EXPORTS = {
     "features": ("FEATURES", "OnlineFluctuation", "window_features", "window_starts"),
     "labels": ("FailureEvents", "auto_events", "split_steps"),
     "ranking": ("SeparationStats", "key_neurons"),
+    "results": ("DetectorScores", "FailureTypeReport", "MonReport"),
     "run": ("mon_report", "rank_mon", "trace_inputs"),
 }
 _MODULE = {name: module for module, names in _EXPORTS.items() for name in names}

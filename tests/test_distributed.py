@@ -157,8 +157,8 @@ class TestResume:
         saved = sum(shard_ids(tmp_path / "a").values())
         assert 0 < saved < TOTAL
         shutil.copytree(tmp_path / "a", tmp_path / "b")
-        assert run_traces(tmp_path / "a", config=SAMPLED, progress=False, workers=pool)["resumed_from"] == saved
-        assert run_traces(tmp_path / "b", config=SAMPLED, progress=False, model=organism)["resumed_from"] == saved
+        assert run_traces(tmp_path / "a", config=SAMPLED, progress=False, workers=pool).resumed_from == saved
+        assert run_traces(tmp_path / "b", config=SAMPLED, progress=False, model=organism).resumed_from == saved
         for run in (tmp_path / "a", tmp_path / "b"):
             assert max(shard_ids(run).values()) == 1
             assert_same_traces(run, reference[1.0])
@@ -252,6 +252,6 @@ class TestDeadWorkers:
         assert 0 < saved < TOTAL
         with pytest.raises(RunDirError, match="no workers left"):
             run_traces(tmp_path / "run", config=SAMPLED, progress=False, workers=pool)
-        assert run_traces(tmp_path / "run", config=SAMPLED, progress=False, model=organism)["resumed_from"] == saved
+        assert run_traces(tmp_path / "run", config=SAMPLED, progress=False, model=organism).resumed_from == saved
         assert max(shard_ids(tmp_path / "run").values()) == 1
         assert_same_traces(tmp_path / "run", reference[1.0])

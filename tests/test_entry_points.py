@@ -93,3 +93,25 @@ def test_a_study_runs_its_stages_through_the_registry(organism, tmp_path: Path, 
                              "methods": [{"type": "vanilla"}]})
     runner.run_study(tmp_path / "out", study=study, model=organism, progress=False)
     assert calls == [("cache", "analysis", "CacheConfig"), ("rcn", "analysis", "AdarasConfig")]
+
+
+def test_a_stage_that_ran_at_another_version_is_refused_on_resume(organism, tmp_path: Path, monkeypatch) -> None:
+    import dataclasses
+    import json
+
+    from workbench.evaluation import runner
+    from workbench.store import RunPaths, StudyPaths
+
+    study = Study.from_dict({"study": {"model": "organism"},
+                             "analysis": {"problems": 8, "samples": 2, "seed": 99, "stages": ["cache", "rcn"]},
+                             "tasks": [{"task": "organism", "problems": 2, "samples": 1}],
+                             "methods": [{"type": "vanilla"}]})
+    runner.run_study(tmp_path / "out", study=study, model=organism, progress=False)
+    record = RunPaths(StudyPaths(tmp_path / "out").analysis("organism")).record
+    assert json.loads(record.read_text())["stage_versions"] == {"cache": 1, "rcn": 1}
+    runner.run_study(tmp_path / "out", study=study, model=organism, progress=False)  # same versions: resumes
+    monkeypatch.setitem(STAGES, "rcn", dataclasses.replace(STAGES["rcn"], version=2, changes="ranked differently"))
+    with pytest.raises(StudyError, match=r"'rcn' analysis ran with version 1 .* version 2 \(ranked differently\)"):
+        runner.run_study(tmp_path / "out", study=study, model=organism, progress=False)
+    # a record written before stages had versions counts as version 1: the exit stage (version 2) is refused
+    assert STAGES["exit"].version == 2 and "fitting half" in STAGES["exit"].changes

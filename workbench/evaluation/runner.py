@@ -98,15 +98,20 @@ def run_analysis(
         record = {"identity": identity, "stages": {}}
         atomic_write_text(RunPaths(run_dir).record, json.dumps(record, indent=1))
     for stage in task.analysis.stages:
-        cfg = task.analysis.configs[stage]
+        cfg, version = task.analysis.configs[stage], get_stage(stage).version
+        recorded = record.get("stage_versions", {}).get(stage, 1)  # records from before versions: 1
         done = record["stages"].get(stage)
         if done is not None:
             if done != normalise(asdict(cfg)):
                 raise StudyError(f"{run_dir}: the {stage!r} analysis ran with other settings ({done}); use a new "
                                  "--out folder or delete that analysis run")
+            if recorded != version:  # its outputs mean something else now; methods built on them would mix both
+                raise StudyError(f"{run_dir}: the {stage!r} analysis ran with version {recorded} of that stage, and "
+                                 f"this workbench runs version {version} ({get_stage(stage).changes}); use a new "
+                                 "--out folder or delete that analysis run and the method runs beside it")
             continue
         skipped = record.get("not_applied", {}).get(stage)
-        if skipped is not None and skipped["config"] == normalise(asdict(cfg)):
+        if skipped is not None and skipped["config"] == normalise(asdict(cfg)) and recorded == version:
             continue  # the same settings cannot apply again: its reason stays recorded
         try:
             get_stage(stage).run(run_dir, config=cfg, model=model, progress=progress)
@@ -117,6 +122,7 @@ def run_analysis(
         else:
             record.get("not_applied", {}).pop(stage, None)
             record["stages"][stage] = normalise(asdict(cfg))
+        record.setdefault("stage_versions", {})[stage] = version
         atomic_write_text(RunPaths(run_dir).record, json.dumps(record, indent=1))
     return run_dir
 

@@ -39,6 +39,9 @@ class Stage:
         config: ``module:Class`` of its config (frozen dataclass; the study builds it from the stage's table).
         needs_cache: it reads the activation store, so the study refuses it without the ``cache`` stage.
         summary: what it writes, for ``workbench`` help and errors.
+        version: raised when the same config comes to write different results; a study refuses to resume an
+            analysis run whose stage ran at another version (methods built on it would mix both).
+        changes: what the last version changed, for that refusal.
     """
 
     name: str
@@ -46,6 +49,8 @@ class Stage:
     config: str
     needs_cache: bool
     summary: str
+    version: int = 1
+    changes: str = ""
 
     def config_class(self) -> type:
         return _load(self.config)
@@ -63,7 +68,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("probe", "workbench.adaras:probe_report", "workbench.adaras:ProbeReportConfig", True,
           "RUN/probes/report.json, RUN/adaras/gate/: correctness probes, the gate, the planted-label checks"),
     Stage("exit", "workbench.neat:rank_exit", "workbench.neat:NeatConfig", False,
-          "RUN/neurons/exit.json, RUN/neat/: NEAT's exit neurons and reference pattern"),
+          "RUN/neurons/exit.json, RUN/neat/: NEAT's exit neurons and reference pattern", version=2,
+          changes="since issue #22 NEAT calibrates on the fitting half of the problems and records its fit"),
     Stage("mon", "workbench.neureasoner:mon_report", "workbench.neureasoner:NeuReasonerConfig", True,
           "RUN/neurons/mon-<type>.json, RUN/neureasoner/: NeuReasoner's key neurons and detectors"),
 )}

@@ -343,13 +343,12 @@ def run_traces(
     the problems are shared among Ray actors that write into the same run; the traces and the run's identity
     are those of a single process.
     """
-    out = run
-    check_target(out)
-    cfg = config if config is not None else run_config(out)
+    check_target(run)
+    cfg = config if config is not None else run_config(run)
     if workers is not None:
-        return workers.run(cfg, out, progress=progress, model=model, edits=edits, controllers=controllers)
+        return workers.run(cfg, run, progress=progress, model=model, edits=edits, controllers=controllers)
     plan = TracePlan.build(cfg, model, edits, controllers)
-    with TraceStore.open(out, plan.identity, plan.provenance) as store:
+    with TraceStore.open(run, plan.identity, plan.provenance) as store:
         done_keys = store.done_keys()
         t0 = time.time()
         counts = plan.generate([k for k in plan.keys() if k not in done_keys], store, progress)

@@ -272,13 +272,11 @@ def probe_report(
               "curve": lambda: _curve(store, traces, y, groups, cfg),
               "gate": lambda: _gate(store, traces, y, groups, cfg, model, run_dir),
               "planted": lambda: _regime(store, groups, cfg, run_dir, task, hand)}
-    paths = RunPaths(run_dir)
-    paths.adaras.mkdir(exist_ok=True)
     parts: dict[str, Any] = {}
     bar = tqdm(stages.items(), desc="probe", disable=not progress)
     for name, stage in bar:
         bar.set_postfix_str(name)
         parts[name] = stage()
     report = ProbeReport(asdict(cfg), len(store), float(y.mean()), thinking_note(store), **parts)
-    report.save(paths.probe_report)
+    report.save(RunPaths(run_dir).probe_report)
     return report

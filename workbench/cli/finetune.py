@@ -15,6 +15,9 @@ import typer
 from workbench.cli.common import ModelSpec, Threads, fail, user_errors
 
 Lora = Annotated[bool, typer.Option(help="Train LoRA adapters (needs peft) and merge them before saving.")]
+Steps = Annotated[int, typer.Option(min=1, help="Optimiser steps.")]
+BatchSize = Annotated[int, typer.Option(min=1, help="Examples per step.")]
+LearningRate = Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW, warm-up then cosine).")]
 SlipShare = Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of examples with a slip + <INTRA>.")]
 OscillationShare = Annotated[float, typer.Option(min=0.0, max=1.0,
                                                  help="Share of examples with a repeat + <INTER>.")]
@@ -38,9 +41,9 @@ def finetune(
     out: Annotated[Path, typer.Option(help="Folder for the fine-tuned model (resumes if it holds a state file).")],
     model: Annotated[str | None, typer.Option(
         "--model", help="The base to fine-tune; default: the run's model.")] = None,
-    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 300,
-    batch_size: Annotated[int, typer.Option(min=1, help="Examples per step.")] = 8,
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-4,
+    steps: Steps = 300,
+    batch_size: BatchSize = 8,
+    lr: LearningRate = 1e-4,
     slip_share: SlipShare = 0.35,
     oscillation_share: OscillationShare = 0.35,
     lora: Lora = False,
@@ -102,9 +105,9 @@ def organism_finetune(
     out: Annotated[Path | None, typer.Option(
         help="Folder for the fine-tuned model (resumes if it holds a state file); default: a new "
              "runs/organism-sft-YYYYmmdd-HHMMSS. The shipped data/organism is refused.")] = None,
-    steps: Annotated[int, typer.Option(min=1, help="Optimiser steps.")] = 2000,
-    batch_size: Annotated[int, typer.Option(min=1, help="Examples per step.")] = 32,
-    lr: Annotated[float, typer.Option(min=0.0, help="Peak learning rate (AdamW, warm-up then cosine).")] = 1e-3,
+    steps: Steps = 2000,
+    batch_size: BatchSize = 32,
+    lr: LearningRate = 1e-3,
     slip_share: SlipShare = 0.35,
     oscillation_share: OscillationShare = 0.35,
     lora: Lora = False,
